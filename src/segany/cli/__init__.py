@@ -1,0 +1,1 @@
+"""Command-line interface. Each subcommand lives in its own module under ``segany.cli``."""

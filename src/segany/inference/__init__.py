@@ -1,0 +1,1 @@
+"""Inference on top of the model: the interactive predictor and the automatic mask generator."""

@@ -1,0 +1,237 @@
+"""Interactive prediction: encode an image once, then answer many prompts quickly.
+
+Mirrors the official ``SamPredictor`` (same method names, arguments and return values) so existing code
+ports by changing the import, and adds path input, greyscale/RGBA/16-bit images, and saving/restoring
+the image embedding.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from segany.errors import ImageError, PromptError
+from segany.io.image import read_image, to_rgb_uint8
+from segany.model import Sam
+from segany.ops.transforms import ResizeLongestSide
+
+
+@dataclass
+class ImageEmbedding:
+    """An encoded image: what :meth:`SamPredictor.set_image_embedding` needs to skip the encoder."""
+
+    features: torch.Tensor  # (1, C, h, w)
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write to ``.safetensors`` (atomically), e.g. for a browser annotation tool to fetch."""
+        from segany.io.files import atomic_write_bytes
+        from safetensors.torch import save
+
+        meta = {
+            "original_size": f"{self.original_size[0]},{self.original_size[1]}",
+            "input_size": f"{self.input_size[0]},{self.input_size[1]}",
+        }
+        atomic_write_bytes(path, save({"features": self.features.detach().cpu().contiguous()}, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "ImageEmbedding":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            features = f.get_tensor("features")
+        orig = tuple(int(v) for v in meta["original_size"].split(","))
+        inp = tuple(int(v) for v in meta["input_size"].split(","))
+        return cls(features, (orig[0], orig[1]), (inp[0], inp[1]))
+
+
+class SamPredictor:
+    """Predict masks for prompts on one image at a time, reusing its embedding across prompts."""
+
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.reset_image()
+
+    # -- image ---------------------------------------------------------------------------------
+
+    def set_image(self, image: np.ndarray | str | os.PathLike[str], image_format: str = "RGB") -> None:
+        """Encode an image: an ``(H, W, 3)`` uint8 array in ``image_format`` ("RGB" or "BGR"), a
+        greyscale, RGBA, 16-bit or float array, or a path to an image file."""
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image(image)
+        else:
+            if image_format not in ("RGB", "BGR"):
+                raise ImageError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}")
+            arr = np.asarray(image)
+            if image_format != self.model.image_format and arr.ndim == 3 and arr.shape[2] >= 3:
+                arr = arr[..., [2, 1, 0] + list(range(3, arr.shape[2]))]
+            image = to_rgb_uint8(arr)
+        resized = self.transform.apply_image(image)
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(tensor, (image.shape[0], image.shape[1]))
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Encode an already resized ``(1, 3, h, w)`` image whose long side is the model's input size."""
+        if transformed_image.ndim != 4 or transformed_image.shape[1] != 3:
+            raise ImageError(f"expected a (1, 3, h, w) tensor, got shape {tuple(transformed_image.shape)}")
+        if max(transformed_image.shape[2:]) != self.model.image_encoder.img_size:
+            raise ImageError(
+                f"the long side must be {self.model.image_encoder.img_size}; resize with ResizeLongestSide"
+            )
+        self.reset_image()
+        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
+        self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
+        self.features = self.model.image_encoder(self.model.preprocess(transformed_image.to(self.device)))
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image's embedding ``(1, C, h, w)``."""
+        self._require_image()
+        assert self.features is not None
+        return self.features
+
+    def get_embedding(self) -> ImageEmbedding:
+        """The embedding with the sizes needed to reuse it later (see :meth:`set_image_embedding`)."""
+        self._require_image()
+        assert self.features is not None and self.original_size and self.input_size
+        return ImageEmbedding(self.features, self.original_size, self.input_size)
+
+    def set_image_embedding(
+        self, embedding: torch.Tensor | ImageEmbedding, original_size: tuple[int, int] | None = None
+    ) -> None:
+        """Use a stored embedding instead of running the encoder. ``original_size`` (H, W) is required
+        when ``embedding`` is a bare tensor."""
+        if isinstance(embedding, ImageEmbedding):
+            features, original_size = embedding.features, embedding.original_size
+        else:
+            features = embedding
+            if original_size is None:
+                raise ImageError("original_size (H, W) is needed with a bare embedding tensor")
+        grid = self.model.prompt_encoder.image_embedding_size
+        expected = (1, self.model.prompt_encoder.embed_dim, grid[0], grid[1])
+        if features.ndim == 3:
+            features = features[None]
+        if tuple(features.shape) != expected:
+            raise ImageError(f"embedding has shape {tuple(features.shape)}, this model needs {expected}")
+        self.reset_image()
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = self.transform.get_preprocess_shape(*self.original_size)
+        self.features = features.to(self.device)
+        self.is_image_set = True
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("no image is set: call set_image() first")
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one prompt set, in original image coordinates.
+
+        Args:
+            point_coords: ``(N, 2)`` pixel coordinates (x, y).
+            point_labels: ``(N,)``: 1 foreground, 0 background.
+            box: ``(4,)`` or ``(1, 4)`` as x0, y0, x1, y1.
+            mask_input: ``(1, 256, 256)`` low-resolution logits, e.g. a previous call's output.
+            multimask_output: three masks (for an ambiguous prompt) instead of one.
+            return_logits: return logits instead of thresholded masks.
+        Returns:
+            masks ``(M, H, W)`` (bool, or float logits), scores ``(M,)`` and low-resolution logits
+            ``(M, 256, 256)``, ``M`` = 3 or 1.
+        """
+        self._require_image()
+        assert self.original_size is not None
+        coords_t = labels_t = box_t = mask_t = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise PromptError("point_labels are required with point_coords")
+            coords = np.asarray(point_coords, dtype=float)
+            labels = np.asarray(point_labels)
+            if coords.ndim != 2 or coords.shape[1] != 2:
+                raise PromptError(f"point_coords must have shape (N, 2), got {coords.shape}")
+            if labels.shape != (coords.shape[0],):
+                raise PromptError(f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}")
+            coords = self.transform.apply_coords(coords, self.original_size)
+            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            b = np.asarray(box, dtype=float)
+            if b.size != 4:
+                raise PromptError(f"box must have 4 numbers x0, y0, x1, y1, got shape {b.shape}")
+            b = self.transform.apply_boxes(b.reshape(1, 4), self.original_size)
+            box_t = torch.as_tensor(b, dtype=torch.float, device=self.device)
+        if mask_input is not None:
+            m = np.asarray(mask_input, dtype=np.float32)
+            expected = (1, *self.model.prompt_encoder.mask_input_size)
+            if m.shape != expected:
+                raise PromptError(f"mask_input must have shape {expected}, got {m.shape}")
+            mask_t = torch.as_tensor(m, dtype=torch.float, device=self.device)[None]
+        masks, scores, low_res = self.predict_torch(
+            coords_t, labels_t, box_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
+        )
+        return masks[0].cpu().numpy(), scores[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masks for ``B`` prompt sets at once, with prompts already in the resized frame
+        (use ``predictor.transform.apply_coords_torch`` / ``apply_boxes_torch``).
+
+        Args:
+            point_coords: ``(B, N, 2)``; point_labels: ``(B, N)``; boxes: ``(B, 4)``;
+            mask_input: ``(B, 1, 256, 256)``.
+        Returns:
+            masks ``(B, M, H, W)``, scores ``(B, M)``, low-resolution logits ``(B, M, 256, 256)``.
+        """
+        self._require_image()
+        assert self.features is not None and self.input_size and self.original_size
+        points = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise PromptError("point_labels are required with point_coords")
+            points = (point_coords.to(self.device), point_labels.to(self.device))
+        sparse, dense = self.model.prompt_encoder(
+            points,
+            boxes.to(self.device) if boxes is not None else None,
+            mask_input.to(self.device) if mask_input is not None else None,
+        )
+        low_res, scores = self.model.mask_decoder(
+            self.features, self.model.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
+        )
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, scores, low_res

@@ -1,0 +1,1 @@
+"""Pure tensor and array operations shared by inference, training and evaluation."""
