@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -45,15 +44,18 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     else:
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        except Exception as exc:  # torch raises many types for a bad file; all mean "can't read"
+            text = str(exc)
+            if isinstance(exc, pickle.UnpicklingError) and ("GLOBAL" in text or "global" in text):
+                line = next((ln.strip() for ln in text.splitlines() if "global" in ln.lower()), "")
+                raise CheckpointError(
+                    f"{p}: refused: the file holds more than plain tensors, and loading it could run code"
+                    + (f" ({line[:160]})" if line else "")
+                ) from None
+            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
             raise CheckpointError(
-                f"{p}: refused: the file holds more than plain tensors, and loading it could run code "
-                f"({first[:160]})"
+                f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): {first[:160]}"
             ) from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): {msg[:160]}") from None
     for wrapper in ("model", "state_dict", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -84,6 +86,12 @@ def _need(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
     return state[key]
 
 
+def _dim(state: dict[str, torch.Tensor], key: str, axis: int, default: int) -> int:
+    """A size read off ``key``, or the official default when the key is absent (the strict load
+    that follows then names every missing key, which says more than failing here)."""
+    return int(state[key].shape[axis]) if key in state else default
+
+
 def infer_config(state: dict[str, torch.Tensor], name: str = "custom") -> SamConfig:
     """Read the architecture off the tensor shapes of a SAM state dict.
 
@@ -108,14 +116,15 @@ def infer_config(state: dict[str, torch.Tensor], name: str = "custom") -> SamCon
     global_idx = tuple(i for i, n in enumerate(table_len) if n == 2 * grid - 1)
     windowed = [n for n in table_len if n != 2 * grid - 1]
     window = (windowed[0] + 1) // 2 if windowed else 14
-    mlp_hidden = int(_need(state, "image_encoder.blocks.0.mlp.lin1.weight").shape[0])
-    prompt_dim = int(_need(state, "image_encoder.neck.0.weight").shape[0])
-    mask_in = int(_need(state, "prompt_encoder.mask_downscaling.3.weight").shape[0])
+    d = SamConfig()
+    mlp_hidden = _dim(state, "image_encoder.blocks.0.mlp.lin1.weight", 0, int(embed_dim * d.mlp_ratio))
+    prompt_dim = _dim(state, "image_encoder.neck.0.weight", 0, d.prompt_embed_dim)
+    mask_in = _dim(state, "prompt_encoder.mask_downscaling.3.weight", 0, d.mask_in_chans)
     dec_layers = {int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))}
-    dec_mlp = int(_need(state, "mask_decoder.transformer.layers.0.mlp.lin1.weight").shape[0])
+    dec_mlp = _dim(state, "mask_decoder.transformer.layers.0.mlp.lin1.weight", 0, d.decoder_mlp_dim)
     iou_layers = {int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.", k))}
-    iou_hidden = int(_need(state, "mask_decoder.iou_prediction_head.layers.0.weight").shape[0])
-    num_tokens = int(_need(state, "mask_decoder.mask_tokens.weight").shape[0])
+    iou_hidden = _dim(state, "mask_decoder.iou_prediction_head.layers.0.weight", 0, d.iou_head_hidden_dim)
+    num_tokens = _dim(state, "mask_decoder.mask_tokens.weight", 0, d.num_multimask_outputs + 1)
     config = SamConfig(
         image_size=grid * patch,
         patch_size=patch,
@@ -127,9 +136,9 @@ def infer_config(state: dict[str, torch.Tensor], name: str = "custom") -> SamCon
         mlp_ratio=mlp_hidden / embed_dim,
         prompt_embed_dim=prompt_dim,
         mask_in_chans=mask_in,
-        decoder_depth=max(dec_layers) + 1 if dec_layers else 2,
+        decoder_depth=max(dec_layers) + 1 if dec_layers else d.decoder_depth,
         decoder_mlp_dim=dec_mlp,
-        iou_head_depth=max(iou_layers) + 1 if iou_layers else 3,
+        iou_head_depth=max(iou_layers) + 1 if iou_layers else d.iou_head_depth,
         iou_head_hidden_dim=iou_hidden,
         num_multimask_outputs=num_tokens - 1,
         name=name,
@@ -153,7 +162,10 @@ def _mismatch_message(path: object, missing: list[str], unexpected: list[str]) -
 
 def model_from_state_dict(state: dict[str, torch.Tensor], source: object = "state dict") -> Sam:
     """Build the inferred architecture and load ``state`` strictly."""
-    config = infer_config(state, name=Path(str(source)).stem)
+    try:
+        config = infer_config(state, name=Path(str(source)).stem)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
     model = build_sam(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

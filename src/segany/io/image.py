@@ -67,14 +67,9 @@ def read_image(path: str | os.PathLike[str], exif_transpose: bool = True) -> np.
             im.load()
             if exif_transpose:
                 im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                array = np.asarray(im)
-            elif im.mode in ("RGB", "L"):
-                array = np.asarray(im)
-            elif im.mode in ("RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1"):
-                array = np.asarray(im.convert("RGB"))
-            else:
-                array = np.asarray(im.convert("RGB"))
+            # Deep greyscale stays deep so to_rgb_uint8 can stretch it; everything else goes via RGB.
+            deep = ("I;16", "I;16B", "I;16L", "I", "F")
+            array = np.asarray(im) if im.mode in deep + ("RGB", "L") else np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{p}: cannot read image ({exc})") from None
     return to_rgb_uint8(array)

@@ -1,0 +1,50 @@
+"""Helpers shared by subcommands: parsing prompt strings, loading a model with a clean error."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from segany.errors import PromptError
+
+
+def parse_numbers(text: str, what: str, count: tuple[int, ...]) -> list[float]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise PromptError(f"malformed {what} {text!r}: expected comma-separated numbers") from None
+    if len(values) not in count:
+        expected = " or ".join(str(c) for c in count)
+        raise PromptError(f"malformed {what} {text!r}: expected {expected} numbers, got {len(values)}")
+    return values
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+    """``X,Y`` (foreground) or ``X,Y,LABEL`` with LABEL 1 (foreground) or 0 (background)."""
+    values = parse_numbers(text, "point", (2, 3))
+    label = int(values[2]) if len(values) == 3 else 1
+    if len(values) == 3 and values[2] not in (0.0, 1.0):
+        raise PromptError(f"malformed point {text!r}: the label must be 1 (foreground) or 0 (background)")
+    return values[0], values[1], label
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = parse_numbers(text, "box", (4,))
+    if x1 < x0 or y1 < y0:
+        raise PromptError(f"box {text!r}: x1 must be >= x0 and y1 >= y0 (the format is X0,Y0,X1,Y1)")
+    return x0, y0, x1, y1
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--checkpoint", metavar="PATH",
+        help="model weights (.pth or .safetensors, official or segany); default: the packaged default model",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+
+
+def load_model_from_args(args: argparse.Namespace) -> Any:
+    from segany.build import load_model
+
+    return load_model(args.checkpoint, device=args.device)

@@ -1,0 +1,104 @@
+"""``segany segment`` and ``segany info``: outputs, help, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam_testing import random_tiny
+from segany.cli.main import main
+from segany.io.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_checkpoint(random_tiny(seed=11), tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def image(test_images):
+    return next(p for p in test_images if p.name == "suim_d_r_47.jpg")  # 480x448
+
+
+def test_segment_writes_mask_and_overlay(tmp_path, checkpoint, image, capsys):
+    out, overlay = tmp_path / "mask.png", tmp_path / "overlay.png"
+    rc = main(["segment", str(image), "--point", "200,150", "--point", "50,60,0", "--box", "10,10,300,400",
+               "-c", str(checkpoint), "-o", str(out), "--overlay", str(overlay), "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    mask = np.asarray(Image.open(out))
+    assert mask.shape == (448, 480) and set(np.unique(mask)) <= {0, 255}
+    assert result["masks"][0]["area"] == int((mask == 255).sum())
+    pic = np.asarray(Image.open(overlay))
+    assert pic.shape == (448, 480, 3)
+
+
+def test_segment_multimask_writes_three_best_first(tmp_path, checkpoint, image, capsys):
+    out = tmp_path / "m.png"
+    assert main(["segment", str(image), "-p", "200,150", "--multimask", "-c", str(checkpoint), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    files = [tmp_path / f"m_{i}.png" for i in range(3)]
+    assert all(f.exists() for f in files)
+    scores = [float(line.split("score ")[1].split(",")[0]) for line in text.splitlines() if "score" in line]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["-p", "5000,10"], "outside the image"),
+        (["-p", "10;20"], "malformed point"),
+        (["-p", "10,20,7"], "label must be"),
+        (["--box", "300,10,100,200"], "x1 must be >= x0"),
+        (["--box", "1,2,3"], "malformed box"),
+        ([], "at least one --point"),
+    ],
+)
+def test_segment_bad_prompts(tmp_path, checkpoint, image, capsys, extra, message):
+    rc = main(["segment", str(image), "-c", str(checkpoint), "-o", str(tmp_path / "m.png"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_segment_bad_files(tmp_path, checkpoint, image, capsys):
+    rc = main(["segment", str(tmp_path / "missing.jpg"), "-p", "1,1", "-c", str(checkpoint), "-o", str(tmp_path / "m.png")])
+    assert rc == 2 and "no such file" in capsys.readouterr().err
+    junk = tmp_path / "junk.jpg"
+    junk.write_text("junk")
+    rc = main(["segment", str(junk), "-p", "1,1", "-c", str(checkpoint), "-o", str(tmp_path / "m.png")])
+    assert rc == 2 and "cannot read image" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.pth"
+    import torch
+
+    torch.save({"fc.weight": torch.zeros(2)}, foreign)
+    rc = main(["segment", str(image), "-p", "1,1", "-c", str(foreign), "-o", str(tmp_path / "m.png")])
+    assert rc == 2 and "not a SAM checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_info(checkpoint, capsys):
+    assert main(["info", str(checkpoint), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "tiny"
+    assert info["parameters"] == sum(p.numel() for p in random_tiny().parameters())
+    assert info["config"]["encoder_depth"] == 4
+    assert main(["info", str(checkpoint)]) == 0
+    assert "window 4, global blocks [1, 3]" in capsys.readouterr().out
+
+
+def test_console_script_help_and_errors(tmp_path):
+    exe = [sys.executable, "-m", "segany.cli.main"]
+    top = subprocess.run(exe + ["--help"], capture_output=True, text=True)
+    assert top.returncode == 0 and "segment" in top.stdout and "info" in top.stdout
+    sub = subprocess.run(exe + ["segment", "--help"], capture_output=True, text=True)
+    assert sub.returncode == 0 and "example:" in sub.stdout
+    bad = subprocess.run(exe + ["segment", "x.jpg"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    missing = subprocess.run(exe + ["info", str(tmp_path / "none.pth")], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
