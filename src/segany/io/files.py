@@ -1,13 +1,17 @@
-"""Atomic file writes: a reader never sees a half-written output file.
+"""Atomic file writes (a reader never sees a half-written output file) and checked JSON reading.
 
 Each writer puts the data in a temporary file in the destination folder (so that the final rename
 stays on one file system), flushes it to disk, then renames it over the destination with
 :func:`os.replace`, which is atomic on POSIX and Windows. On any failure the temporary file is removed
 and the destination is left as it was.
+
+:func:`read_json` and the small ``json_*`` field checkers turn unreadable or malformed JSON input into
+:class:`~segany.io.FormatError` messages that name the file and the field.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -62,10 +66,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_dir(folder)
     return target
@@ -119,8 +121,11 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        hint = "; the file ends early (truncated?)" if exc.pos >= len(text.rstrip()) else ""
-        raise FormatError(f"{p}: invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}{hint}") from exc
+        stripped = text.rstrip()
+        # Every object/array document ends with a closing bracket; a missing one means a cut file.
+        cut = exc.pos >= len(stripped) or not stripped.endswith(("}", "]"))
+        hint = "; the file ends early (truncated?)" if cut else ""
+        raise FormatError(f"{p}: invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}){hint}") from exc
 
 
 def json_int(value: Any, where: str, name: str, minimum: int | None = None) -> int:

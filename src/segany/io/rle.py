@@ -13,7 +13,7 @@ Two encodings are used:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -161,14 +161,16 @@ def decode_rle(segmentation: Any, height: int | None = None, width: int | None =
     if h * w == 0:
         return np.zeros((h, w), dtype=bool)
     pyrle = _pycoco_rle(rle)
+    # pycocotools decodes a batch into one buffer, run after run, and does not check that the counts
+    # cover all H*W pixels. Decoding a full sentinel mask right after ours makes too-short counts
+    # visible: the sentinel's ones then spill into the end of our mask, which the area check catches.
+    sentinel = mask_utils.frPyObjects({"size": [h, w], "counts": [0, h * w]}, h, w)
     try:
-        decoded = mask_utils.decode(pyrle)
+        decoded = mask_utils.decode([pyrle, sentinel])[:, :, 0]
     except ValueError as exc:  # pycocotools refuses counts that run past H*W
         raise FormatError(f"invalid RLE counts for size [{h}, {w}]: {exc}") from exc
-    # pycocotools leaves pixels past the last run uninitialised when the counts are too short; they
-    # then disagree with the area computed from the counts alone.
     if np.count_nonzero(decoded) != int(mask_utils.area(pyrle)):
-        raise FormatError(f"invalid RLE counts: they do not cover the whole [{h}, {w}] mask")
+        raise FormatError(f"invalid RLE counts: they do not cover exactly the {h}x{w} pixels of the mask")
     return decoded.astype(bool)
 
 
@@ -275,4 +277,3 @@ def masks_to_uncompressed_rle_torch(masks: torch.Tensor) -> list[Rle]:
         result.append({"size": [int(h), int(w)], "counts": values[begin:end]})
         begin = end
     return result
-

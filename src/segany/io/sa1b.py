@@ -104,8 +104,7 @@ def _segmentation_to_rle(seg: Any, image: SA1BImage, where: str) -> dict[str, An
     if hasattr(seg, "shape") and not isinstance(seg, Mapping):
         if tuple(seg.shape) != (image.height, image.width):
             raise FormatError(
-                f"{where}: mask shape {tuple(seg.shape)} does not match the image size "
-                f"({image.height}, {image.width})"
+                f"{where}: mask shape {tuple(seg.shape)} does not match the image size ({image.height}, {image.width})"
             )
         return encode_mask(seg)
     try:
@@ -173,9 +172,7 @@ def write_sa1b(
     """
     where = str(path)
     image = sa1b_image(image_info, where)
-    annotations = [
-        sa1b_annotation(rec, image, first_id + i, f"{where}: record #{i}") for i, rec in enumerate(records)
-    ]
+    annotations = [sa1b_annotation(rec, image, first_id + i, f"{where}: record #{i}") for i, rec in enumerate(records)]
     return atomic_write_json(path, SA1BFile(image, annotations).to_json())
 
 

@@ -1,0 +1,199 @@
+"""Tests of the shared data set reader (segany.io.datasets) on every shared data set and on broken input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from segany.io import FormatError
+from segany.io.datasets import SegmentationDataset
+
+SA1B_FIXTURE = Path(__file__).resolve().parent / "data" / "io" / "sa1b"
+
+# Image and mask counts from the shared data README.
+COUNTS = {
+    "BSDS500": (500, 56427),
+    "COCO_MVal": (377, 400),
+    "ISBI2012_EM": (30, 3293),
+    "SUIM_sample": (8, 57),
+    "KvasirSEG_sample": (5, 6),
+    "DSB2018": (110, 5940),
+    "CVPPP_A1": (40, 644),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_shared_data_sets(shared_data: Path, name: str) -> None:
+    images, masks = COUNTS[name]
+    ds = SegmentationDataset(shared_data / name)
+    assert ds.layout == "coco"
+    assert len(ds) == images
+    assert ds.num_instances() == masks
+    for sample in (ds[0], ds[-1]):
+        image = sample.load_image()  # greyscale (ISBI) and RGBA (CVPPP, DSB) files too
+        assert image.shape == (sample.height, sample.width, 3) and image.dtype == np.uint8
+        assert sample.path.is_file() and sample.path.name == sample.file_name
+        assert sample.ignore_mask() is None  # no crowd regions in these sets
+        for inst in sample.annotations[:5]:
+            mask = inst.mask()
+            assert mask.shape == (sample.height, sample.width)
+            assert int(mask.sum()) == inst.area
+            ys, xs = np.nonzero(mask)
+            assert inst.bbox[:2] == [float(xs.min()), float(ys.min())]
+
+
+def test_greyscale_jpeg_in_coco_mval(shared_data: Path) -> None:
+    ds = SegmentationDataset(shared_data / "COCO_MVal")
+    grey = [s for s in ds if Image.open(s.path).mode == "L"]
+    assert grey, "the README promises a greyscale image"
+    image = grey[0].load_image()
+    assert image.shape[2] == 3
+    np.testing.assert_array_equal(image[..., 0], image[..., 2])
+
+
+def test_bsds_splits(shared_data: Path) -> None:
+    root = shared_data / "BSDS500"
+    train_val = SegmentationDataset(root, split="train+val")
+    test = SegmentationDataset(root, split="test")
+    assert (len(train_val), len(test)) == (300, 200)
+    # The images' own 'split' field agrees with splits.json.
+    train_val_ids = {s.image_id: s.attributes["split"] for s in train_val}
+    test_ids = {s.image_id: s.attributes["split"] for s in test}
+    assert set(test_ids.values()) == {"test"} and set(train_val_ids.values()) == {"train", "val"}
+    assert not train_val_ids.keys() & test_ids.keys()
+    assert len(train_val_ids.keys() | test_ids.keys()) == 500
+    with pytest.raises(FormatError, match=r"no split 'holdout' \(it has test, train, val\)"):
+        SegmentationDataset(root, split="holdout")
+
+
+def test_split_needs_splits_file(shared_data: Path) -> None:
+    with pytest.raises(FormatError, match=r"splits\.json"):
+        SegmentationDataset(shared_data / "KvasirSEG_sample", split="train")
+
+
+def test_limit_and_iter_instances(shared_data: Path) -> None:
+    ds = SegmentationDataset(shared_data / "DSB2018", limit=3)
+    assert len(ds) == 3
+    pairs = list(ds.iter_instances(limit=70))
+    assert len(pairs) == 70
+    expected = [(s.image_id, a.id) for s in ds for a in s.annotations][:70]
+    assert [(s.image_id, a.id) for s, a in pairs] == expected
+    assert len(list(ds.iter_instances())) == ds.num_instances()
+    assert list(ds.iter_instances(limit=0)) == []
+
+
+def test_coco_json_file_layout(shared_data: Path, tmp_path: Path) -> None:
+    src = shared_data / "KvasirSEG_sample"
+    direct = SegmentationDataset(src / "annotations.json")  # images/ next to the file
+    assert len(direct) == 5 and direct[0].load_image().shape[2] == 3
+    # Images given explicitly, the JSON elsewhere.
+    shutil.copy(src / "annotations.json", tmp_path / "gt.json")
+    given = SegmentationDataset(tmp_path / "gt.json", images_dir=src / "images")
+    assert [s.path for s in given] == [s.path for s in direct]
+    # Images side by side with the JSON.
+    flat = tmp_path / "flat"
+    shutil.copytree(src / "images", flat)
+    shutil.copy(src / "annotations.json", flat / "kvasir.json")
+    side = SegmentationDataset(flat / "kvasir.json")
+    assert side.image_dir == flat and side[1].load_image().shape == direct[1].load_image().shape
+
+
+def test_sa1b_folder(tmp_path: Path) -> None:
+    ds = SegmentationDataset(SA1B_FIXTURE)
+    assert ds.layout == "sa1b" and len(ds) == 1
+    sample = ds[0]
+    raw = json.loads((SA1B_FIXTURE / "sa_1.json").read_text())
+    assert (sample.height, sample.width) == (raw["image"]["height"], raw["image"]["width"])
+    assert sample.load_image().shape == (sample.height, sample.width, 3)
+    assert [a.id for a in sample.annotations] == [a["id"] for a in raw["annotations"]]
+    assert [int(m.sum()) for m in sample.masks()] == [a["area"] for a in raw["annotations"]]
+    assert sample.annotations[0].attributes["predicted_iou"] == raw["annotations"][0]["predicted_iou"]
+    assert ds.num_instances() == 3
+    # splits.json works for SA-1B folders too, with a list of split names.
+    split_dir = tmp_path / "split"
+    shutil.copytree(SA1B_FIXTURE, split_dir)
+    (split_dir / "splits.json").write_text(json.dumps({"train": ["sa_1"], "val": []}))
+    assert len(SegmentationDataset(split_dir, split=["train"])) == 1
+    assert len(SegmentationDataset(split_dir, split=["val"])) == 0
+    # A JSON without its image is an error, not a silent skip.
+    broken = tmp_path / "sa"
+    shutil.copytree(SA1B_FIXTURE, broken)
+    shutil.copy(broken / "sa_1.json", broken / "sa_2.json")
+    with pytest.raises(FormatError, match=r"sa_2\.json has no image"):
+        SegmentationDataset(broken)
+
+
+def _write_coco_folder(root: Path, image: np.ndarray, size: tuple[int, int], crowd: bool = False) -> Path:
+    """A one-image COCO folder whose annotations claim ``size`` = (height, width)."""
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(image).save(root / "images" / "a.png")
+    h, w = size
+    masks = np.zeros((2, h, w), bool)
+    masks[0, : h // 2] = True
+    masks[1, :, : w // 3] = True
+    anns = []
+    for i, m in enumerate(masks):
+        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": int(crowd and i == 1),
+                "segmentation": {"size": [h, w], "counts": rle["counts"].decode()},
+                "area": int(m.sum()),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            }
+        )
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": w, "height": h}], "annotations": anns}
+    (root / "annotations.json").write_text(json.dumps(coco))
+    return root
+
+
+def test_16bit_image_and_ignore_mask(tmp_path: Path) -> None:
+    grey16 = (np.arange(12 * 20, dtype=np.uint16).reshape(12, 20) * 250).astype(np.uint16)
+    root = _write_coco_folder(tmp_path / "d", grey16, (12, 20), crowd=True)
+    assert Image.open(root / "images" / "a.png").mode.startswith("I")
+    sample = SegmentationDataset(root)[0]
+    image = sample.load_image()
+    assert image.shape == (12, 20, 3) and image.dtype == np.uint8
+    assert image[0, 0, 0] < image[-1, -1, 0]  # the intensity ramp survives the conversion
+    ignore = sample.ignore_mask()
+    assert ignore is not None and ignore.sum() == 12 * (20 // 3) and ignore[:, : 20 // 3].all()
+    assert sample.masks().shape == (1, 12, 20)
+    assert sample.masks(include_crowd=True).shape == (2, 12, 20)
+    assert len(list(SegmentationDataset(root).iter_instances())) == 1
+
+
+def test_size_mismatch_names_the_image(tmp_path: Path) -> None:
+    root = _write_coco_folder(tmp_path / "d", np.zeros((10, 14, 3), np.uint8), (10, 15))
+    sample = SegmentationDataset(root)[0]
+    with pytest.raises(FormatError, match=r"image a\.png \(id 1\) is 14x10 pixels but its annotations say 15x10"):
+        sample.load_image()
+
+
+def test_bad_folders(tmp_path: Path) -> None:
+    root = _write_coco_folder(tmp_path / "d", np.zeros((10, 14, 3), np.uint8), (10, 14))
+    (root / "images" / "a.png").unlink()
+    with pytest.raises(FormatError, match=r"1 image file\(s\) listed but not found.*a\.png"):
+        SegmentationDataset(root)
+    shutil.rmtree(root / "images")
+    with pytest.raises(FormatError, match=r"images folder .* is missing"):
+        SegmentationDataset(root)
+    (root / "images").mkdir()
+    text = (root / "annotations.json").read_text()
+    (root / "annotations.json").write_text(text[: len(text) // 2])
+    with pytest.raises(FormatError, match=r"annotations\.json: invalid JSON.*truncated"):
+        SegmentationDataset(root)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FormatError, match="not a data set folder"):
+        SegmentationDataset(empty)
+    with pytest.raises(FormatError, match="not found"):
+        SegmentationDataset(tmp_path / "nowhere")
