@@ -181,24 +181,22 @@ def _to_coco(gt: Any) -> Any:
 
 
 def _encode(seg: Any) -> dict[str, Any]:
-    """A COCO RLE dict from an RLE dict or a bool [H, W] array."""
-    from pycocotools import mask as mask_utils
+    """A COCO RLE dict from any COCO segmentation or a bool [H, W] array."""
+    from segany.io.rle import encode_mask, to_coco_rle
 
     if isinstance(seg, Mapping):
-        return dict(seg)
+        return dict(to_coco_rle(seg))
     arr = np.asarray(seg)
     if arr.ndim != 2:
         raise ValueError(f"a segmentation must be an RLE dict or a 2-D mask, got shape {arr.shape}")
-    rle = mask_utils.encode(np.asfortranarray(arr.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    return dict(encode_mask(arr))
 
 
 def _run_cocoeval(coco_gt: Any, detections: Sequence[Mapping[str, Any]], params: dict[str, Any]) -> Any:
     """Evaluate + accumulate ``segm`` with the given param overrides; returns the COCOeval."""
+    from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-    from pycocotools import mask as mask_utils
 
     anns = []
     default_cat = coco_gt.getCatIds()[0] if coco_gt.getCatIds() else 1
@@ -223,7 +221,7 @@ def _run_cocoeval(coco_gt: Any, detections: Sequence[Mapping[str, Any]], params:
     # and fails on an empty list.
     coco_dt = COCO()
     coco_dt.dataset = {
-        "images": list(coco_gt.dataset["images"]),
+        "images": list(coco_gt.dataset.get("images", [])),
         "categories": copy.deepcopy(coco_gt.dataset.get("categories", [])),
         "annotations": anns,
     }
