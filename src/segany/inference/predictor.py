@@ -16,6 +16,7 @@ import torch
 from segany.errors import ImageError, PromptError
 from segany.io.image import read_image, to_rgb_uint8
 from segany.model import Sam
+from segany.ops.postprocess import upscale_logits
 from segany.ops.transforms import ResizeLongestSide
 
 
@@ -231,7 +232,8 @@ class SamPredictor:
         low_res, scores = self.model.mask_decoder(
             self.features, self.model.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
         )
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        # Same masks as model.postprocess_masks (to float rounding), without the padded-square detour.
+        masks = upscale_logits(low_res, self.input_size, self.original_size, self.model.image_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, scores, low_res

@@ -47,20 +47,22 @@ def _relative_table(q_size: int, k_size: int, table: torch.Tensor) -> torch.Tens
 def relative_position_bias(
     q: torch.Tensor, table_h: torch.Tensor, table_w: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:
-    """Decomposed relative-position bias (MViTv2) for queries ``q`` of shape ``(B, H*W, C)``.
+    """Decomposed relative-position bias (MViTv2) for queries ``q`` of shape ``(..., H*W, C)``.
 
-    Returns the additive attention bias ``(B, H*W, H*W)``: the sum of a term that depends on the row
-    offset and one that depends on the column offset.
+    Returns the additive attention bias ``(..., H*W, H*W)``: the sum of a term that depends on the row
+    offset and one that depends on the column offset. ``q`` may be a strided view (no copy is made).
     """
     h, w = size
     rh = _relative_table(h, h, table_h)
     rw = _relative_table(w, w, table_w)
-    b, _, c = q.shape
-    grid = q.reshape(b, h, w, c)
-    bias_h = torch.einsum("bhwc,hkc->bhwk", grid, rh)  # (B, h, w, kh)
-    bias_w = torch.einsum("bhwc,wkc->bhwk", grid, rw)  # (B, h, w, kw)
-    bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
-    return bias.reshape(b, h * w, h * w)
+    *lead, _, c = q.shape
+    grid = q.reshape(*lead, h, w, c)
+    # Both terms are small; making them contiguous makes the broadcast sum below come out in
+    # row-major order, so the final reshape is a view and the (N x N) bias is written exactly once.
+    bias_h = torch.einsum("...hwc,hkc->...hwk", grid, rh).contiguous()  # (..., h, w, kh)
+    bias_w = torch.einsum("...hwc,wkc->...hwk", grid, rw).contiguous()  # (..., h, w, kw)
+    bias = bias_h.unsqueeze(-1) + bias_w.unsqueeze(-2)  # (..., h, w, kh, kw)
+    return bias.reshape(*lead, h * w, h * w)
 
 
 class Attention(nn.Module):
@@ -88,22 +90,56 @@ class Attention(nn.Module):
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Global attention over the whole grid ``(B, H, W, D) -> (B, H, W, D)``."""
         b, h, w, d = x.shape
-        n = h * w
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        # Views into the projection output; no copies before the attention kernel.
+        qkv = self.qkv(x).view(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        out = self._attend(q, k, v, (h, w))  # (B, heads, N, head_dim)
+        out = out.transpose(1, 2).reshape(b, h, w, d)
+        return self.proj(out)
+
+    def forward_windows(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        """Attention within non-overlapping ``window x window`` windows: ``(B, H, W, D) -> (B, H, W, D)``.
+
+        Same result as padding the grid with zero tokens to a multiple of ``window``, partitioning,
+        attending and cropping (the reference), but the projections run on the real tokens only: a zero
+        token's ``qkv`` is exactly the bias, so the padding is filled with the bias after projecting,
+        and the output projection runs after cropping.
+        """
+        b, h, w, d = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(x)  # (B, H, W, 3D)
+        pad_h = (window - h % window) % window
+        pad_w = (window - w % window) % window
+        if pad_h or pad_w:
+            c = qkv.shape[-1]
+            filler = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(c)
+            filler = filler.to(qkv.dtype)
+            qkv = torch.cat([qkv, filler.expand(b, h, pad_w, c)], dim=2)
+            qkv = torch.cat([qkv, filler.expand(b, pad_h, w + pad_w, c)], dim=1)
+        hp, wp = h + pad_h, w + pad_w
+        nh, nw = hp // window, wp // window
+        # One copy partitions into windows and splits heads: (3, B*nW, heads, window^2, head_dim).
+        qkv = qkv.view(b, nh, window, nw, window, 3, heads, -1).permute(5, 0, 1, 3, 6, 2, 4, 7)
+        q, k, v = qkv.reshape(3, b * nh * nw, heads, window * window, -1).unbind(0)
+        out = self._attend(q, k, v, (window, window))
+        # And one copy puts windows back in image order with heads merged, then crops the padding.
+        out = out.view(b, nh, nw, heads, window, window, -1).permute(0, 1, 4, 2, 5, 3, 6)
+        out = out.reshape(b, hp, wp, d)
+        if pad_h or pad_w:
+            out = out[:, :h, :w, :]
+        return self.proj(out)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``softmax(q k^T * scale + bias) v`` for ``(B, heads, N, head_dim)`` inputs."""
         bias = None
         if self.use_rel_pos:
             # The bias is computed from the unscaled queries, as in MViTv2 and the official model.
-            bias = relative_position_bias(
-                q.reshape(b * self.num_heads, n, -1), self.rel_pos_h, self.rel_pos_w, (h, w)
-            ).view(b, self.num_heads, n, n)
-            bias = bias.to(q.dtype)
+            bias = relative_position_bias(q, self.rel_pos_h, self.rel_pos_w, size).to(q.dtype)
         # Fused attention (flash / memory-efficient kernels where available) instead of materialising
         # softmax(QK^T) by hand; the result equals the textbook formula within float rounding.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        out = out.transpose(1, 2).reshape(b, h, w, d)
-        return self.proj(out)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -166,10 +202,7 @@ class Block(nn.Module):
         shortcut = x
         x = self.norm1(x)
         if self.window_size > 0:
-            h, w = x.shape[1], x.shape[2]
-            x, padded = window_partition(x, self.window_size)
-            x = self.attn(x)
-            x = window_unpartition(x, self.window_size, padded, (h, w))
+            x = self.attn.forward_windows(x, self.window_size)
         else:
             x = self.attn(x)
         x = shortcut + drop_path(x, self.drop_path, self.training)

@@ -1,0 +1,112 @@
+"""The automatic generator's intermediate state: crops, candidate masks and cleaned-up masks.
+
+Candidates keep only their low-resolution logits (``4h x 4w`` floats each, whatever the image size);
+their full-resolution masks are recomputed when needed, so memory stays bounded by the number of
+candidates rather than by the image size times that number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from segany.errors import SeganyError
+from segany.ops.masks import build_all_layer_point_grids
+
+__all__ = ["Crop", "Candidates", "CleanedMask", "GeneratorSettingsError", "check_settings", "OUTPUT_MODES"]
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+class GeneratorSettingsError(SeganyError, ValueError):
+    """An automatic-generator setting is out of range or inconsistent."""
+
+
+def check_settings(
+    points_per_side: int | None,
+    point_grids: list[np.ndarray] | None,
+    points_per_batch: int,
+    crop_n_layers: int,
+    crop_n_points_downscale_factor: int,
+    output_mode: str,
+    max_mask_region_fraction: float | None,
+) -> list[np.ndarray]:
+    """Validate the generator's settings; return the point grid of each crop layer (``(N, 2)`` in [0, 1]).
+
+    Raises:
+        GeneratorSettingsError: with a message naming the setting.
+    """
+    if (points_per_side is None) == (point_grids is None):
+        raise GeneratorSettingsError("give exactly one of points_per_side and point_grids")
+    if output_mode not in OUTPUT_MODES:
+        raise GeneratorSettingsError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}, not {output_mode!r}")
+    if points_per_batch < 1:
+        raise GeneratorSettingsError(f"points_per_batch must be >= 1, got {points_per_batch}")
+    if crop_n_layers < 0:
+        raise GeneratorSettingsError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+    if crop_n_points_downscale_factor < 1:
+        raise GeneratorSettingsError("crop_n_points_downscale_factor must be >= 1")
+    if max_mask_region_fraction is not None and not 0.0 < max_mask_region_fraction <= 1.0:
+        raise GeneratorSettingsError(f"max_mask_region_fraction must be in (0, 1], got {max_mask_region_fraction}")
+    if point_grids is not None:
+        if len(point_grids) < crop_n_layers + 1:
+            raise GeneratorSettingsError(f"point_grids needs one grid per layer ({crop_n_layers + 1})")
+        return [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
+    assert points_per_side is not None
+    if points_per_side < 1:
+        raise GeneratorSettingsError(f"points_per_side must be >= 1, got {points_per_side}")
+    if int(points_per_side / crop_n_points_downscale_factor**crop_n_layers) < 1:
+        raise GeneratorSettingsError("the last crop layer would get no points; use fewer layers")
+    return build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+
+
+@dataclass
+class Crop:
+    """One window of the image and what its masks need to be brought back to full resolution."""
+
+    box: list[int]  # x0, y0, x1, y1 in the image
+    size: tuple[int, int]  # (h, w) of the crop
+    input_size: tuple[int, int]  # (h, w) of the crop resized for the encoder
+
+
+@dataclass
+class Candidates:
+    """Masks that passed the filters; full-resolution masks are recomputed from ``low_res``."""
+
+    low_res: torch.Tensor  # (N, 4h, 4w) logits
+    boxes: torch.Tensor  # (N, 4) int64 xyxy in the image frame
+    iou: torch.Tensor  # (N,) predicted IoU
+    stability: torch.Tensor  # (N,)
+    points: torch.Tensor  # (N, 2) float64 prompt (x, y) in the image frame
+    crop: torch.Tensor  # (N,) int64 index into the crop list
+
+    def take(self, index: torch.Tensor) -> "Candidates":
+        return Candidates(*(t[index.to(t.device)] for t in self._fields()))
+
+    def _fields(self) -> tuple[torch.Tensor, ...]:
+        return (self.low_res, self.boxes, self.iou, self.stability, self.points, self.crop)
+
+    @classmethod
+    def cat(cls, parts: list["Candidates"]) -> "Candidates":
+        return cls(*(torch.cat(ts) for ts in zip(*(p._fields() for p in parts))))
+
+    def __len__(self) -> int:
+        return int(self.iou.shape[0])
+
+
+@dataclass
+class CleanedMask:
+    """A cleaned-up mask stored compactly: its bits inside ``box`` (x0, y0, x1, y1, exclusive)."""
+
+    box: list[int]
+    bits: np.ndarray  # np.packbits of the (h, w) window
+    shape: tuple[int, ...]
+
+    def paste(self, out: torch.Tensor) -> None:
+        """Write the mask into ``out`` (H, W, all False outside the window)."""
+        x0, y0, x1, y1 = self.box
+        count = int(np.prod(self.shape))
+        window = np.unpackbits(self.bits, count=count).reshape(self.shape).astype(bool)
+        out[y0:y1, x0:x1] = torch.from_numpy(window).to(out.device)

@@ -1,0 +1,422 @@
+"""Interactive prediction with onnxruntime: a drop-in for :class:`SamPredictor` on CPUs.
+
+:class:`OnnxPredictor` runs a folder written by ``segany export`` (:func:`segany.export.onnx.export_onnx`)
+and has the predictor's API: ``set_image``, ``predict``, ``predict_torch``, ``get_image_embedding``,
+``get_embedding`` / ``set_image_embedding``, ``reset_image``, ``transform``, ``model.mask_threshold``.
+It adds :meth:`OnnxPredictor.predict_low_res` (batched prompts -> low-resolution logits and scores), the
+one call the automatic mask generator needs. Use :func:`predictor_for` to get either backend.
+
+Per image, the encoder graph and the decoder's image cache graph run once; per prompt batch only the
+small ``decoder_lowres`` graph runs, then :func:`segany.ops.postprocess.upscale_logits` maps logits
+to the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from segany.errors import CheckpointError, ImageError, PromptError
+from segany.inference.predictor import ImageEmbedding, SamPredictor
+from segany.io.image import read_image, to_rgb_uint8
+from segany.ops.postprocess import upscale_logits
+from segany.ops.transforms import ResizeLongestSide
+
+__all__ = ["OnnxPredictor", "OnnxModelInfo", "predictor_for", "MANIFEST"]
+
+MANIFEST = "segany_onnx.json"  # same name as segany.export.onnx.MANIFEST (export may not be imported here)
+# Labels of the exported graphs: 2/3 box corners, -1 padding; 4 has no learned embedding, which is how
+# the PyTorch prompt encoder treats any label other than 0, 1 and -1.
+_PAD, _TOP_LEFT, _BOTTOM_RIGHT, _POSITION_ONLY = -1.0, 2.0, 3.0, 4.0
+
+
+@dataclass(frozen=True)
+class OnnxModelInfo:
+    """What callers read off ``predictor.model`` besides the networks themselves."""
+
+    image_size: int
+    mask_threshold: float
+    image_format: str
+    embed_dim: int
+    embedding_size: tuple[int, int]
+    mask_input_size: tuple[int, int]
+    num_mask_tokens: int
+    config: dict[str, Any]
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+
+class OnnxPredictor:
+    """Predict masks with onnxruntime from an exported folder.
+
+    Args:
+        folder: a folder written by ``segany export``.
+        precision: ``"fp32"``, ``"int8"`` (needs an export with ``--quantize int8``) or ``"auto"``
+            (int8 where the folder has it).
+        num_threads: onnxruntime intra-op threads (default: ``torch.get_num_threads()``).
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        precision: Literal["auto", "fp32", "int8"] = "auto",
+        num_threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        manifest_path = self.folder / MANIFEST
+        if not manifest_path.is_file():
+            raise CheckpointError(f"{self.folder}: not an ONNX export folder (no {MANIFEST}); run 'segany export'")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{manifest_path}: unreadable manifest: {exc}") from exc
+        if manifest.get("format") != "segany-onnx":
+            raise CheckpointError(f"{manifest_path}: not a segany ONNX manifest")
+        files: dict[str, str] = manifest["files"]
+        if precision not in ("auto", "fp32", "int8"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'int8', not {precision!r}")
+        if precision == "int8" and not any(k.endswith(".int8") for k in files):
+            raise CheckpointError(f"{self.folder}: has no int8 graphs; export with --quantize int8")
+        self.precision = "int8" if precision == "int8" or (precision == "auto" and "encoder.int8" in files) else "fp32"
+        self.model = OnnxModelInfo(
+            image_size=int(manifest["image_size"]),
+            mask_threshold=float(manifest["mask_threshold"]),
+            image_format=str(manifest["image_format"]),
+            embed_dim=int(manifest["embed_dim"]),
+            embedding_size=(int(manifest["embedding_size"][0]), int(manifest["embedding_size"][1])),
+            mask_input_size=(int(manifest["mask_input_size"][0]), int(manifest["mask_input_size"][1])),
+            num_mask_tokens=int(manifest["num_mask_tokens"]),
+            config=dict(manifest.get("config", {})),
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(num_threads or torch.get_num_threads())
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+        def session(role: str) -> Any:
+            name = files.get(f"{role}.int8") if self.precision == "int8" else None
+            name = name or files.get(role)
+            if name is None:
+                raise CheckpointError(f"{self.folder}: the export has no {role} graph")
+            return ort.InferenceSession(str(self.folder / name), options, providers=["CPUExecutionProvider"])
+
+        self._encoder = session("encoder") if "encoder" in files else None
+        self._cache_graph = session("image_cache")
+        self._decoder = session("decoder_lowres")
+        self.transform = ResizeLongestSide(self.model.image_size)
+        self.reset_image()
+
+    # -- image ---------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def set_image(self, image: np.ndarray | str | os.PathLike[str], image_format: str = "RGB") -> None:
+        """Encode an image: an ``(H, W, 3)`` uint8 array in ``image_format`` ("RGB" or "BGR"), a
+        greyscale, RGBA, 16-bit or float array, or a path to an image file."""
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image(image)
+        else:
+            if image_format not in ("RGB", "BGR"):
+                raise ImageError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}")
+            arr = np.asarray(image)
+            if image_format != self.model.image_format and arr.ndim == 3 and arr.shape[2] >= 3:
+                arr = arr[..., [2, 1, 0] + list(range(3, arr.shape[2]))]
+            image = to_rgb_uint8(arr)
+        resized = self.transform.apply_image(image)
+        self._encode(np.ascontiguousarray(resized), (image.shape[0], image.shape[1]))
+
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Encode an already resized ``(1, 3, h, w)`` image (values 0..255; rounded to uint8)."""
+        if transformed_image.ndim != 4 or transformed_image.shape[:2] != (1, 3):
+            raise ImageError(f"expected a (1, 3, h, w) tensor, got shape {tuple(transformed_image.shape)}")
+        hwc = transformed_image[0].permute(1, 2, 0).detach().cpu().float().round().clamp(0, 255)
+        self._encode(np.ascontiguousarray(hwc.to(torch.uint8).numpy()), tuple(original_image_size))
+
+    def _encode(self, resized: np.ndarray, original_size: tuple[int, ...]) -> None:
+        if self._encoder is None:
+            raise ImageError(f"{self.folder}: exported without the image encoder; use set_image_embedding")
+        if max(resized.shape[:2]) != self.model.image_size:
+            raise ImageError(f"the long side must be {self.model.image_size}; resize with ResizeLongestSide")
+        (embedding,) = self._encoder.run(None, {"image": resized})
+        self._set_features(embedding, (int(original_size[0]), int(original_size[1])))
+
+    def _set_features(self, embedding: np.ndarray, original_size: tuple[int, int]) -> None:
+        self.reset_image()
+        self.original_size = original_size
+        self.input_size = self.transform.get_preprocess_shape(*original_size)
+        self._embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+        self.features = torch.from_numpy(self._embedding)
+        self._cache = self._run_cache(None)
+        self.is_image_set = True
+
+    def _run_cache(self, mask: np.ndarray | None) -> list[np.ndarray]:
+        """The decoder's image-side cache for the current embedding and an optional ``(1, 1, h, w)`` mask."""
+        has = np.array([0.0 if mask is None else 1.0], dtype=np.float32)
+        if mask is None:
+            mask = np.zeros((1, 1, *self.model.mask_input_size), dtype=np.float32)
+        feeds = {"image_embeddings": self._embedding, "mask_input": mask, "has_mask_input": has}
+        return self._cache_graph.run(None, feeds)
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image's embedding ``(1, C, h, w)``."""
+        self._require_image()
+        assert self.features is not None
+        return self.features
+
+    def get_embedding(self) -> ImageEmbedding:
+        """The embedding with the sizes needed to reuse it (also by the PyTorch predictor)."""
+        self._require_image()
+        assert self.features is not None and self.original_size and self.input_size
+        return ImageEmbedding(self.features, self.original_size, self.input_size)
+
+    def set_image_embedding(
+        self, embedding: torch.Tensor | ImageEmbedding, original_size: tuple[int, int] | None = None
+    ) -> None:
+        """Use a stored embedding instead of running the encoder (``original_size`` (H, W) is needed
+        with a bare tensor)."""
+        if isinstance(embedding, ImageEmbedding):
+            features, original_size = embedding.features, embedding.original_size
+        else:
+            features = embedding
+            if original_size is None:
+                raise ImageError("original_size (H, W) is needed with a bare embedding tensor")
+        if features.ndim == 3:
+            features = features[None]
+        expected = (1, self.model.embed_dim, *self.model.embedding_size)
+        if tuple(features.shape) != expected:
+            raise ImageError(f"embedding has shape {tuple(features.shape)}, this model needs {expected}")
+        self._set_features(features.detach().cpu().float().numpy(), (int(original_size[0]), int(original_size[1])))
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self._embedding: np.ndarray | None = None
+        self._cache: list[np.ndarray] | None = None
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("no image is set: call set_image() first")
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Same as :meth:`SamPredictor.predict`: masks ``(M, H, W)``, scores ``(M,)``, low-resolution
+        logits ``(M, 256, 256)`` for points ``(N, 2)`` (x, y) with labels ``(N,)``, a box ``(4,)`` and/or
+        a mask prompt ``(1, 256, 256)``, in original image pixels."""
+        self._require_image()
+        assert self.original_size is not None
+        coords_t = labels_t = box_t = mask_t = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise PromptError("point_labels are required with point_coords")
+            coords = np.asarray(point_coords, dtype=float)
+            labels = np.asarray(point_labels)
+            if coords.ndim != 2 or coords.shape[1] != 2:
+                raise PromptError(f"point_coords must have shape (N, 2), got {coords.shape}")
+            if labels.shape != (coords.shape[0],):
+                raise PromptError(f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}")
+            coords_t = torch.as_tensor(self.transform.apply_coords(coords, self.original_size), dtype=torch.float)[None]
+            labels_t = torch.as_tensor(labels, dtype=torch.float)[None]
+        if box is not None:
+            b = np.asarray(box, dtype=float)
+            if b.size != 4:
+                raise PromptError(f"box must have 4 numbers x0, y0, x1, y1, got shape {b.shape}")
+            box_t = torch.as_tensor(self.transform.apply_boxes(b.reshape(1, 4), self.original_size), dtype=torch.float)
+        if mask_input is not None:
+            m = np.asarray(mask_input, dtype=np.float32)
+            expected = (1, *self.model.mask_input_size)
+            if m.shape != expected:
+                raise PromptError(f"mask_input must have shape {expected}, got {m.shape}")
+            mask_t = torch.from_numpy(m)[None]
+        masks, scores, low_res = self.predict_torch(
+            coords_t, labels_t, box_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
+        )
+        return masks[0].numpy(), scores[0].numpy(), low_res[0].numpy()
+
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Same as :meth:`SamPredictor.predict_torch` (prompts in the resized frame): masks
+        ``(B, M, H, W)``, scores ``(B, M)``, low-resolution logits ``(B, M, 256, 256)``."""
+        self._require_image()
+        assert self.input_size is not None and self.original_size is not None
+        low_res, scores = self.predict_low_res(point_coords, point_labels, boxes, mask_input, multimask_output)
+        masks = upscale_logits(low_res, self.input_size, self.original_size, self.model.image_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, scores, low_res
+
+    def predict_low_res(
+        self,
+        point_coords: torch.Tensor | np.ndarray | None,
+        point_labels: torch.Tensor | np.ndarray | None,
+        boxes: torch.Tensor | np.ndarray | None = None,
+        mask_input: torch.Tensor | np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder output only, like ``model.mask_decoder(...)``: low-resolution logits ``(B, M, 4g, 4g)``
+        and predicted IoUs ``(B, M)`` for ``B`` prompt sets in the resized frame (points ``(B, N, 2)``,
+        labels ``(B, N)``, boxes ``(B, 4)``, masks ``(B, 1, 4g, 4g)``)."""
+        self._require_image()
+        coords, labels = self._sparse_prompts(point_coords, point_labels, boxes)
+        keep = slice(1, None) if multimask_output else slice(0, 1)
+        if mask_input is None:
+            low_res, scores = self._decode(self._cache, coords, labels)
+            return torch.from_numpy(low_res[:, keep]), torch.from_numpy(scores[:, keep])
+        masks = _numpy(mask_input).astype(np.float32, copy=False)
+        if masks.ndim != 4 or masks.shape[1:] != (1, *self.model.mask_input_size) or masks.shape[0] != coords.shape[0]:
+            raise PromptError(f"mask_input must have shape ({coords.shape[0]}, 1, *{self.model.mask_input_size})")
+        # The cache depends on the mask, so prompts with masks are decoded one at a time.
+        outs = [
+            self._decode(self._run_cache(np.ascontiguousarray(masks[i : i + 1])), coords[i : i + 1], labels[i : i + 1])
+            for i in range(coords.shape[0])
+        ]
+        low_res = np.concatenate([o[0] for o in outs])[:, keep]
+        scores = np.concatenate([o[1] for o in outs])[:, keep]
+        return torch.from_numpy(np.ascontiguousarray(low_res)), torch.from_numpy(np.ascontiguousarray(scores))
+
+    def _decode(self, cache: list[np.ndarray] | None, coords: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+        assert cache is not None
+        src, k1, v1, q1 = cache
+        feeds = {"src": src, "k1": k1, "v1": v1, "q1": q1, "point_coords": coords, "point_labels": labels}
+        return self._decoder.run(None, feeds)
+
+    def _sparse_prompts(
+        self,
+        point_coords: torch.Tensor | np.ndarray | None,
+        point_labels: torch.Tensor | np.ndarray | None,
+        boxes: torch.Tensor | np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Points and box corners as one ``(B, K, 2)`` / ``(B, K)`` pair in the graphs' convention."""
+        parts_c: list[np.ndarray] = []
+        parts_l: list[np.ndarray] = []
+        b = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise PromptError("point_labels are required with point_coords")
+            c = _numpy(point_coords).astype(np.float32)
+            lab = _numpy(point_labels).astype(np.float32)
+            if c.ndim != 3 or c.shape[2] != 2 or lab.shape != c.shape[:2]:
+                raise PromptError(f"point_coords must be (B, N, 2) and point_labels (B, N); got {c.shape}, {lab.shape}")
+            lab = np.where(np.isin(lab, (-1.0, 0.0, 1.0)), lab, _POSITION_ONLY).astype(np.float32)
+            parts_c.append(c)
+            parts_l.append(lab)
+            b = c.shape[0]
+        if boxes is not None:
+            bx = _numpy(boxes).astype(np.float32).reshape(-1, 2, 2)
+            if b is not None and bx.shape[0] != b:
+                raise PromptError(f"got {bx.shape[0]} boxes for {b} point sets")
+            b = bx.shape[0]
+            parts_c.append(bx)
+            parts_l.append(np.tile(np.array([[_TOP_LEFT, _BOTTOM_RIGHT]], dtype=np.float32), (b, 1)))
+        else:
+            # Without a box the model was trained with an extra padding token.
+            b = b if b is not None else 1
+            if point_coords is not None:
+                parts_c.append(np.zeros((b, 1, 2), dtype=np.float32))
+                parts_l.append(np.full((b, 1), _PAD, dtype=np.float32))
+        if not parts_c:
+            return np.zeros((b, 0, 2), dtype=np.float32), np.zeros((b, 0), dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate(parts_c, axis=1)), np.ascontiguousarray(np.concatenate(parts_l, axis=1))
+
+
+def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+# -- choosing a backend --------------------------------------------------------------------------
+
+
+def _is_export_folder(path: Path) -> bool:
+    return path.is_dir() and (path / MANIFEST).is_file()
+
+
+def _cache_folder(checkpoint: Path) -> Path:
+    """Where the ONNX export of a checkpoint file is kept between runs."""
+    stat = checkpoint.stat()
+    key = hashlib.sha256(f"{checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segany" / "onnx"
+    return base / f"{checkpoint.stem}-{key}"
+
+
+def predictor_for(
+    model_or_path: Any,
+    backend: Literal["torch", "onnx"] = "torch",
+    *,
+    precision: Literal["auto", "fp32", "int8"] = "auto",
+    export_dir: str | os.PathLike[str] | None = None,
+    quantize: str | None = None,
+    num_threads: int | None = None,
+) -> SamPredictor | OnnxPredictor:
+    """A predictor for ``model_or_path`` on the chosen backend.
+
+    ``model_or_path``: a :class:`~segany.model.Sam`, a checkpoint file or preset name, ``None`` (the
+    default model), or (ONNX only) a folder written by ``segany export``. For the ONNX backend, a model
+    or checkpoint is exported first: into ``export_dir`` if given, else (checkpoint files) into a cache
+    under ``~/.cache/segany/onnx`` that later calls reuse, else a temporary folder.
+    ``quantize="int8"`` adds int8 graphs to a new export; ``precision`` picks which graphs to run.
+    """
+    from segany.model import Sam
+
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"backend must be 'torch' or 'onnx', not {backend!r}")
+    path = Path(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else None
+    if backend == "torch":
+        if path is not None and _is_export_folder(path):
+            raise CheckpointError(f"{path} is an ONNX export; use backend='onnx' or pass a checkpoint")
+        if isinstance(model_or_path, Sam):
+            return SamPredictor(model_or_path)
+        from segany.build import load_model
+
+        return SamPredictor(load_model(model_or_path))
+
+    if path is not None and _is_export_folder(path):
+        return OnnxPredictor(path, precision=precision, num_threads=num_threads)
+    folder = Path(export_dir) if export_dir is not None else None
+    if folder is None and path is not None and path.is_file():
+        folder = _cache_folder(path)
+        if _is_export_folder(folder) and (quantize is None or (folder / "encoder.int8.onnx").is_file()):
+            return OnnxPredictor(folder, precision=precision, num_threads=num_threads)
+    if isinstance(model_or_path, Sam):
+        model = model_or_path
+    else:
+        from segany.build import load_model
+
+        model = load_model(model_or_path)
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="segany-onnx-"))
+    # Exporting needs the export layer; imported here so that inference does not depend on it otherwise.
+    from segany.export.onnx import export_onnx
+
+    export_onnx(model, folder, quantize=quantize)
+    return OnnxPredictor(folder, precision=precision, num_threads=num_threads)

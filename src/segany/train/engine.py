@@ -1,0 +1,250 @@
+"""The interactive training simulation (SAM paper, Appendix A), for one micro-batch of images.
+
+For every sampled mask, ``num_rounds`` rounds are simulated:
+
+* round 1: a foreground point drawn uniformly inside the mask, or the mask's box with Gaussian
+  noise on each coordinate (std 10% of the side, at most 20 px), with equal probability;
+* later rounds: one point drawn uniformly from the error region of the previous prediction
+  (foreground if it fell in a false negative, background if in a false positive); points accumulate,
+  and the previous round's low-resolution logits are fed back as the mask prompt; two rounds add no
+  point (one at a random position, the last one), per :func:`segany.ops.clicks.round_schedule`;
+* a prompt that is a single point is ambiguous: the three multimask outputs are scored and only the
+  best one's mask loss counts; any other prompt uses the single-mask output;
+* the highest-predicted-IoU mask is the one fed back and used to sample the next point.
+
+Clicks come from :mod:`segany.ops.clicks` (shared with evaluation). Every random draw for an image
+uses a generator seeded by ``(seed, step, image index)``, so the prompts do not depend on how images
+are spread over processes or micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segany.model import Sam
+from segany.ops.clicks import error_region_points, noisy_boxes, round_schedule, sample_points_uniform
+from segany.train.config import ConfigError, LoopSection
+from segany.train.losses import sam_loss
+
+STAT_NAMES = ("loss", "focal", "dice", "iou_loss", "iou_first", "iou_last")
+
+
+@dataclass
+class StepOutput:
+    """``loss``: the sum over images of each image's loss (mean over its masks and loss rounds), a
+    scalar with gradient; ``stats``: sums over images of the :data:`STAT_NAMES` values (floats);
+    ``images`` and ``masks``: how many were used."""
+
+    loss: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+    images: int = 0
+    masks: int = 0
+
+
+def _boxes_of(masks: torch.Tensor) -> torch.Tensor:
+    """bool ``(B, H, W)`` -> ``(B, 4)`` x0, y0, x1, y1 pixel boxes (inclusive) of non-empty masks."""
+    rows = masks.any(dim=2)
+    cols = masks.any(dim=1)
+    h, w = masks.shape[1:]
+    ar_h = torch.arange(h, device=masks.device)
+    ar_w = torch.arange(w, device=masks.device)
+    y0 = torch.where(rows, ar_h, h).min(1).values
+    y1 = torch.where(rows, ar_h, -1).max(1).values
+    x0 = torch.where(cols, ar_w, w).min(1).values
+    x1 = torch.where(cols, ar_w, -1).max(1).values
+    return torch.stack([x0, y0, x1, y1], dim=1).float()
+
+
+def _generators(batch: list[dict[str, Any]], seed: int, device: torch.device) -> list[torch.Generator]:
+    gens = []
+    for item in batch:
+        g = torch.Generator(device=device)
+        # A different stream from the data sampler's (which uses the same triple without the +1).
+        g.manual_seed(int(np.random.SeedSequence([seed, item["step"], item["index"], 1]).generate_state(1)[0]))
+        gens.append(g)
+    return gens
+
+
+def interactive_step(
+    model: Sam,
+    batch: list[dict[str, Any]],
+    loop: LoopSection,
+    freeze_image_encoder: bool = False,
+) -> StepOutput:
+    """Simulate the interactive rounds on a micro-batch and return its summed loss.
+
+    Args:
+        model: the SAM model (training mode).
+        batch: items of :class:`segany.train.data.TrainDataset`: ``image`` uint8 ``(3, h, w)`` with
+            ``max(h, w) <= model.image_size``, ``masks`` bool ``(M, h, w)``, ``index``, ``step``.
+        loop: the loop settings (rounds, losses, box probability and noise, bf16, seed).
+        freeze_image_encoder: encode without gradient.
+    """
+    if loop.loss_rounds not in ("all", "first_last"):
+        raise ConfigError(f"loop.loss_rounds must be 'all' or 'first_last', not {loop.loss_rounds!r}")
+    device = model.device
+    s = model.image_size
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if loop.bf16
+        else contextlib.nullcontext()
+    )
+    images = torch.stack([model.preprocess(item["image"].to(device).float()) for item in batch])
+    gts, owner, valid = [], [], []
+    for i, item in enumerate(batch):
+        m = item["masks"].to(device)
+        h, w = m.shape[-2:]
+        gts.append(F.pad(m, (0, s - w, 0, s - h)))
+        owner += [i] * len(m)
+        v = torch.zeros(s, s, dtype=torch.bool, device=device)
+        v[:h, :w] = True
+        valid.append(v)
+    gt = torch.cat(gts)  # (B, S, S) bool
+    owner_t = torch.tensor(owner, device=device)
+    valid_px = torch.stack(valid)[owner_t]  # (B, S, S): pixels of the image, not the padding
+    n_rows = gt.shape[0]
+    rows_of = [torch.nonzero(owner_t == i).squeeze(1) for i in range(len(batch))]
+    gens = _generators(batch, loop.seed, device)
+    loss_size = loop.loss_size or s
+    if loss_size != s:
+        loss_gt = F.interpolate(gt.unsqueeze(1).float(), (loss_size, loss_size), mode="area").squeeze(1)
+        small_valid = F.interpolate(valid_px.unsqueeze(1).float(), (loss_size, loss_size), mode="area").squeeze(1) > 0
+    else:
+        loss_gt = gt
+
+    with autocast, torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_image_encoder):
+        embeddings = model.image_encoder(images)  # (n, C, g, g)
+    row_embeddings = embeddings[owner_t]
+
+    # Round-1 prompt and round schedule, per image from its own generator.
+    use_box = torch.zeros(n_rows, dtype=torch.bool, device=device)
+    first_pts = torch.zeros(n_rows, 2, device=device)
+    boxes = torch.zeros(n_rows, 4, device=device)
+    schedules = []
+    for i, rows in enumerate(rows_of):
+        g = gens[i]
+        use_box[rows] = torch.rand(len(rows), generator=g, device=device) < loop.box_probability
+        first_pts[rows] = sample_points_uniform(gt[rows], generator=g)
+        h, w = batch[i]["masks"].shape[-2:]
+        boxes[rows] = noisy_boxes(
+            _boxes_of(gt[rows]), loop.box_noise_fraction, loop.box_noise_max, generator=g, image_size=(h, w)
+        )
+        np_rng = np.random.default_rng([loop.seed, batch[i]["step"], batch[i]["index"], 2])
+        schedules.append(round_schedule(loop.num_rounds, np_rng))
+    box_rows = torch.nonzero(use_box).squeeze(1)
+    pt_rows = torch.nonzero(~use_box).squeeze(1)
+
+    extra_pts = torch.zeros(n_rows, 0, 2, device=device)  # points added after round 1
+    extra_lbl = torch.zeros(n_rows, 0, dtype=torch.long, device=device)
+    prev_logits: torch.Tensor | None = None
+    pe = model.prompt_encoder
+    image_pe = pe.get_dense_pe()
+    per_row_loss = torch.zeros(n_rows, device=device)
+    sums = {k: torch.zeros(n_rows, device=device) for k in ("focal", "dice", "iou_loss")}
+    iou_first = iou_last = torch.zeros(n_rows, device=device)
+    loss_rounds = 0
+    for r in range(loop.num_rounds):
+        with_grad = torch.is_grad_enabled() and (
+            loop.loss_rounds == "all" or r in (0, loop.num_rounds - 1)
+        )
+        with autocast, torch.set_grad_enabled(with_grad):
+            k = extra_pts.shape[1]
+            sparse = torch.zeros(n_rows, k + 2, pe.embed_dim, device=device)
+            if len(pt_rows):
+                coords = torch.cat([first_pts[pt_rows].unsqueeze(1), extra_pts[pt_rows]], dim=1)
+                labels = torch.cat([torch.ones(len(pt_rows), 1, dtype=torch.long, device=device), extra_lbl[pt_rows]], 1)
+                sp, _ = pe((coords, labels), None, None)
+                sparse = sparse.index_copy(0, pt_rows, sp.to(sparse.dtype))
+            if len(box_rows):
+                pts = (extra_pts[box_rows], extra_lbl[box_rows]) if k else None
+                sp, _ = pe(pts, boxes[box_rows], None)
+                sparse = sparse.index_copy(0, box_rows, sp.to(sparse.dtype))
+            if prev_logits is None:
+                _, dense = pe(None, None, None)
+                dense = dense.expand(n_rows, -1, -1, -1)
+            else:
+                _, dense = pe(None, None, prev_logits)
+            low, iou_pred = model.mask_decoder.predict_masks(row_embeddings, image_pe, sparse, dense)
+            low, iou_pred = low.float(), iou_pred.float()
+            # Ambiguous = exactly one valid point and no box: score the three multimask outputs.
+            n_valid = 1 + (extra_lbl >= 0).sum(1)
+            ambiguous = (~use_box) & (n_valid == 1)
+            logits = F.interpolate(low, (s, s), mode="bilinear", align_corners=False)
+            logits = logits.masked_fill(~valid_px.unsqueeze(1), -20.0)  # padding is never the object
+            if loss_size != s:
+                # Cheaper loss: low-res logits (resampled to loss_size) against area-averaged targets.
+                loss_logits = low if low.shape[-1] == loss_size else F.interpolate(
+                    low, (loss_size, loss_size), mode="bilinear", align_corners=False
+                )
+                loss_logits = loss_logits.masked_fill(~small_valid.unsqueeze(1), -20.0)
+            else:
+                loss_logits = logits
+            amb_rows = torch.nonzero(ambiguous).squeeze(1)
+            one_rows = torch.nonzero(~ambiguous).squeeze(1)
+            total = torch.zeros(n_rows, device=device)
+            feedback = torch.zeros(n_rows, dtype=torch.long, device=device)
+            true_iou = torch.zeros(n_rows, device=device)
+            terms_all = {k2: torch.zeros(n_rows, device=device) for k2 in sums}
+            for rows, sel in ((amb_rows, slice(1, None)), (one_rows, slice(0, 1))):
+                if not len(rows):
+                    continue
+                terms = sam_loss(
+                    loss_logits[rows, sel], iou_pred[rows, sel], loss_gt[rows],
+                    loop.focal_weight, loop.dice_weight, loop.iou_weight, loop.focal_alpha, loop.focal_gamma,
+                )
+                total = total.index_copy(0, rows, terms.total)
+                for name, value in (("focal", terms.focal), ("dice", terms.dice), ("iou_loss", terms.iou)):
+                    terms_all[name] = terms_all[name].index_copy(0, rows, value.detach())
+                offset = sel.start
+                feedback[rows] = iou_pred[rows, sel].detach().argmax(1) + offset
+                true_iou[rows] = (
+                    ((logits[rows, feedback[rows]] > 0) & gt[rows]).flatten(1).sum(1).float()
+                    / ((logits[rows, feedback[rows]] > 0) | gt[rows]).flatten(1).sum(1).clamp(min=1).float()
+                ).detach()
+        if with_grad:
+            per_row_loss = per_row_loss + total
+            for name in sums:
+                sums[name] = sums[name] + terms_all[name]
+            loss_rounds += 1
+        if r == 0:
+            iou_first = true_iou
+        iou_last = true_iou
+        if r == loop.num_rounds - 1:
+            break
+        # Feed back the chosen mask's logits and, where the schedule says so, add a point.
+        row_idx = torch.arange(n_rows, device=device)
+        prev_logits = low[row_idx, feedback].detach().unsqueeze(1)
+        pred = (logits[row_idx, feedback].detach() > 0) & valid_px
+        new_pts = torch.full((n_rows, 1, 2), -1.0, device=device)
+        new_lbl = torch.full((n_rows, 1), -1, dtype=torch.long, device=device)
+        for i, rows in enumerate(rows_of):
+            if schedules[i][r + 1]:
+                p, lbl = error_region_points(pred[rows], gt[rows], generator=gens[i])
+                new_pts[rows, 0] = p
+                new_lbl[rows, 0] = lbl
+        extra_pts = torch.cat([extra_pts, new_pts], dim=1)
+        extra_lbl = torch.cat([extra_lbl, new_lbl], dim=1)
+
+    rounds = max(loss_rounds, 1)
+    loss = torch.zeros((), device=device)
+    per_row_stats = {
+        "focal": sums["focal"] / rounds,
+        "dice": sums["dice"] / rounds,
+        "iou_loss": sums["iou_loss"] / rounds,
+        "iou_first": iou_first,
+        "iou_last": iou_last,
+    }
+    stats = {name: 0.0 for name in STAT_NAMES}
+    for rows in rows_of:
+        image_loss = (per_row_loss[rows] / rounds).mean()
+        loss = loss + image_loss
+        stats["loss"] += float(image_loss.detach())
+        for name, values in per_row_stats.items():
+            stats[name] += float(values[rows].mean())
+    return StepOutput(loss=loss, stats=stats, images=len(batch), masks=n_rows)

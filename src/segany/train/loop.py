@@ -1,0 +1,246 @@
+"""The training loop: build everything from a recipe, run the steps, log, checkpoint, export.
+
+One process::
+
+    segany train recipes/tiny_smoke.toml --output runs/tiny
+
+Several processes (same command, same results up to float rounding; the global batch is fixed by
+the recipe, each process takes ``global_batch / N`` images and accumulates micro-batches)::
+
+    torchrun --nproc_per_node 2 -m segany.cli.main train recipes/tiny_smoke.toml --output runs/tiny
+
+Resume after an interruption (same output folder)::
+
+    segany train recipes/tiny_smoke.toml --output runs/tiny --resume
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from segany.io.checkpoint import load_checkpoint, save_checkpoint
+from segany.model import PRESETS, Sam, build_sam
+from segany.train import distributed as dist_utils
+from segany.train.config import ConfigError, TrainConfig
+from segany.train.data import StepBatchSampler, TrainDataset, build_cache, collate_list, split_dataset_spec
+from segany.train.engine import STAT_NAMES, interactive_step
+from segany.train.logs import MetricsLog, plot_losses
+from segany.train.optim import build_optimizer, build_scheduler, lr_factor
+from segany.train.state import load_training_state, save_training_state, set_rng_state
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports: last step, mean of the logged metrics over the last log window,
+    the exported weights and the wall time."""
+
+    step: int
+    metrics: dict[str, float]
+    weights: Path | None
+    seconds: float
+
+
+def build_model(cfg: TrainConfig) -> Sam:
+    """The model to train: ``model.init`` if set (any SAM checkpoint; its architecture wins), else
+    ``model.preset`` with ``model.architecture`` overrides, randomly initialised."""
+    m = cfg.model
+    if m.init:
+        base = load_checkpoint(cfg.resolve_path(m.init))
+        config = base.config.replace(drop_path_rate=m.drop_path_rate)
+        model = build_sam(config)
+        model.load_state_dict(base.state_dict(), strict=True)
+    else:
+        if m.preset not in PRESETS:
+            raise ConfigError(f"model.preset {m.preset!r} is not one of {', '.join(sorted(PRESETS))}")
+        arch = dict(m.architecture)
+        if "encoder_global_attn_indexes" in arch:
+            arch["encoder_global_attn_indexes"] = tuple(arch["encoder_global_attn_indexes"])
+        try:
+            config = PRESETS[m.preset].replace(**arch, drop_path_rate=m.drop_path_rate)
+        except TypeError as exc:
+            raise ConfigError(f"model.architecture: {exc}") from None
+        model = build_sam(config)
+    model.image_encoder.gradient_checkpointing = m.gradient_checkpointing
+    if m.freeze_image_encoder:
+        model.image_encoder.requires_grad_(False)
+    return model
+
+
+def build_dataset(cfg: TrainConfig, size: int, cache_dir: Path, is_main: bool) -> TrainDataset:
+    """Cached, resized training images (rank 0 builds the caches, the others wait and read them)."""
+    if not cfg.data.datasets:
+        raise ConfigError("data.datasets is empty: name at least one data set folder")
+    specs = [split_dataset_spec(s) for s in cfg.data.datasets]
+    items = []
+    for phase in ("build", "read"):
+        if (phase == "build") != is_main:
+            dist_utils.barrier()
+            continue
+        items = []
+        for path, split in specs:
+            items += build_cache(cfg.resolve_path(path), split, size, cache_dir, cfg.data.limit_per_dataset)
+    d = cfg.data
+    return TrainDataset(
+        items,
+        size,
+        d.masks_per_image,
+        d.max_area_fraction,
+        d.min_mask_pixels,
+        jitter=tuple(d.jitter_scale) if d.large_scale_jitter else None,
+        seed=cfg.loop.seed,
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    output: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Run (or resume) the recipe ``cfg``, writing everything under ``output``.
+
+    Writes ``checkpoint.pt`` (resumable state), ``model.safetensors`` and ``model.pth`` (weights in
+    the official key layout), ``metrics.csv``, ``loss.png`` and ``recipe.toml``-equivalent
+    ``config.json``. Works unchanged under torchrun.
+    """
+    from segany.io.files import atomic_write_json
+
+    t_start = time.time()
+    info = dist_utils.init_distributed(cfg.loop.device)
+    loop = cfg.loop
+    if loop.threads:
+        torch.set_num_threads(loop.threads)
+    output = Path(output)
+    if info.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(output / "config.json", cfg.to_dict(), indent=2)
+    torch.manual_seed(loop.seed)
+    model = build_model(cfg).to(info.device).train()
+    dist_utils.broadcast_parameters(model)
+    depth = len(model.image_encoder.blocks)
+    optimizer = build_optimizer(model, cfg.optim, depth)
+    scheduler = build_scheduler(optimizer, cfg.optim)
+    start_step = 0
+    state = load_training_state(output, info.rank) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = int(state["step"])
+        # The recipe's lr and schedule win over the saved ones (identical when the recipe is
+        # unchanged), so a resumed run can change them, e.g. to extend or shorten training.
+        scheduler.base_lrs = [cfg.optim.lr * g["lr_scale"] for g in optimizer.param_groups]
+        for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            g["lr"] = base * lr_factor(start_step, cfg.optim)
+        set_rng_state(state["rng"], info.device)
+    else:
+        # Drop path differs per process (like independent GPUs); everything else is seeded per item.
+        torch.manual_seed(loop.seed * 1000 + info.rank)
+        np.random.seed(loop.seed * 1000 + info.rank)
+    del state
+
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else output / "cache"
+    dataset = build_dataset(cfg, model.image_size, cache_dir, info.is_main)
+    sampler = StepBatchSampler(
+        len(dataset), loop.global_batch, start_step, loop.steps, info.rank, info.world, loop.micro_batch, loop.seed
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_list,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=False,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    log = MetricsLog(output / "metrics.csv", start_step) if info.is_main else None
+    bar = None
+    if progress and info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=loop.steps, initial=start_step, desc=cfg.name, dynamic_ncols=True)
+    if info.is_main:
+        print(
+            f"segany train: {len(dataset)} images ({dataset.num_masks()} masks), {info.world} process(es), "
+            f"global batch {loop.global_batch} = {info.world} x {sampler.accumulation} x {sampler.micro} images, "
+            f"steps {start_step}->{loop.steps}, model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params",
+            flush=True,
+        )
+
+    window = {k: 0.0 for k in STAT_NAMES}
+    window_images = 0.0
+    window_t = time.time()
+    last_ckpt_t = time.time()
+    last_metrics: dict[str, float] = {}
+    step = start_step
+    micro = 0
+    for batch in loader:
+        out = interactive_step(model, batch, loop, cfg.model.freeze_image_encoder)
+        # Each process's share of the global mean over images; the all-reduce averages it.
+        (out.loss * (info.world / loop.global_batch)).backward()
+        for k in STAT_NAMES:
+            window[k] += out.stats[k]
+        window_images += out.images
+        micro += 1
+        if micro < sampler.accumulation:
+            continue
+        micro = 0
+        dist_utils.all_reduce_gradients(params, info.world)
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        if step % loop.log_every == 0 or step == loop.steps:
+            sums = dist_utils.all_reduce_sum([window[k] for k in STAT_NAMES] + [window_images], info.device)
+            n = max(sums[-1], 1.0)
+            elapsed = time.time() - window_t
+            last_metrics = {k: sums[i] / n for i, k in enumerate(STAT_NAMES)}
+            row = {
+                "step": step,
+                "lr": optimizer.param_groups[-1]["lr"],
+                **last_metrics,
+                "images_per_s": sums[-1] / max(elapsed, 1e-9),
+                "elapsed_s": time.time() - t_start,
+            }
+            if log is not None:
+                log.write(row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['loss']:.3f}", iou=f"{row['iou_last']:.3f}", img_s=f"{row['images_per_s']:.2f}")
+            window = {k: 0.0 for k in STAT_NAMES}
+            window_images = 0.0
+            window_t = time.time()
+        if bar is not None:
+            bar.update(1)
+        due = step % loop.checkpoint_every == 0 or step == loop.steps
+        if loop.checkpoint_minutes:
+            due = dist_utils.any_process(due or time.time() - last_ckpt_t > 60 * loop.checkpoint_minutes, info.device)
+        if due:
+            _checkpoint(output, info, model, optimizer, scheduler, step, cfg)
+            last_ckpt_t = time.time()
+    if bar is not None:
+        bar.close()
+    weights = output / "model.safetensors" if info.is_main else None
+    dist_utils.barrier()
+    if not math.isfinite(last_metrics.get("loss", 0.0)):
+        raise FloatingPointError(f"training diverged: loss {last_metrics['loss']} at step {step}")
+    return TrainResult(step=step, metrics=last_metrics, weights=weights, seconds=time.time() - t_start)
+
+
+def _checkpoint(output: Path, info: Any, model: Sam, optimizer: Any, scheduler: Any, step: int, cfg: TrainConfig) -> None:
+    save_training_state(output, info.rank, model, optimizer, scheduler, step, cfg.to_dict(), info.device)
+    if info.is_main:
+        save_checkpoint(model, output / "model.safetensors")
+        save_checkpoint(model, output / "model.pth")
+        if (output / "metrics.csv").is_file():
+            plot_losses(output / "metrics.csv", output / "loss.png")
+    dist_utils.barrier()

@@ -1,0 +1,234 @@
+"""The onnxruntime predictor against the PyTorch one, ``predictor_for``, and the fast post-processing
+it uses (``segany.ops.postprocess``) against the reference resize chain and the official predictor."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sam_testing import official_twin, random_tiny
+
+ort = pytest.importorskip("onnxruntime")
+
+from segany import SamPredictor  # noqa: E402
+from segany.errors import CheckpointError, ImageError, PromptError  # noqa: E402
+from segany.export.onnx import export_onnx  # noqa: E402
+from segany.inference.onnx_backend import OnnxPredictor, predictor_for  # noqa: E402
+from segany.io.image import read_image  # noqa: E402
+from segany.ops.postprocess import axis_resize, reference_upscale_logits, upscale_logits  # noqa: E402
+from segany.ops.transforms import preprocess_shape  # noqa: E402
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_tiny(seed=11)
+
+
+@pytest.fixture(scope="module")
+def folder(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    export_onnx(model, out, quantize="int8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def image(test_images):
+    return read_image(test_images[0])
+
+
+@pytest.fixture(scope="module")
+def pair(model, folder, image):
+    ours, onnx = SamPredictor(model), OnnxPredictor(folder, precision="fp32")
+    ours.set_image(image)
+    onnx.set_image(image)
+    return ours, onnx
+
+
+def _mask_prompt(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (3 * torch.randn(1, *model.prompt_encoder.mask_input_size, generator=g)).numpy()
+
+
+def _prompts(model, h, w):
+    return {
+        "point": dict(point_coords=np.array([[w * 0.4, h * 0.3]]), point_labels=np.array([1])),
+        "points": dict(point_coords=np.array([[w * 0.4, h * 0.3], [w * 0.8, h * 0.9]]), point_labels=np.array([1, 0])),
+        "box": dict(box=np.array([w * 0.1, h * 0.2, w * 0.7, h * 0.9])),
+        "box_points": dict(
+            point_coords=np.array([[w * 0.4, h * 0.3]]), point_labels=np.array([0]),
+            box=np.array([w * 0.1, h * 0.2, w * 0.7, h * 0.9]),
+        ),
+        "mask_only": dict(mask_input=_mask_prompt(model)),
+        "point_mask": dict(point_coords=np.array([[w * 0.5, h * 0.5]]), point_labels=np.array([1]),
+                           mask_input=_mask_prompt(model, 1)),
+    }
+
+
+def _assert_same_masks(a: np.ndarray, b: np.ndarray, logits: np.ndarray) -> None:
+    differ = a != b
+    assert not (differ & (np.abs(logits) > TOL)).any(), f"{int(differ.sum())} mask pixels differ"
+
+
+# -- OnnxPredictor -----------------------------------------------------------------------------------
+
+
+def test_embedding_matches_pytorch(pair):
+    ours, onnx = pair
+    torch.testing.assert_close(onnx.get_image_embedding(), ours.get_image_embedding(), atol=TOL, rtol=0)
+    assert onnx.original_size == ours.original_size and onnx.input_size == ours.input_size
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("name", ["point", "points", "box", "box_points", "mask_only", "point_mask"])
+def test_predict_matches_pytorch(pair, model, image, name, multimask):
+    ours, onnx = pair
+    prompt = _prompts(model, *image.shape[:2])[name]
+    a_masks, a_scores, a_low = ours.predict(**prompt, multimask_output=multimask)
+    b_masks, b_scores, b_low = onnx.predict(**prompt, multimask_output=multimask)
+    assert b_masks.shape == a_masks.shape and b_masks.dtype == a_masks.dtype == bool
+    np.testing.assert_allclose(b_low, a_low, atol=TOL, rtol=0)
+    np.testing.assert_allclose(b_scores, a_scores, atol=TOL, rtol=0)
+    logits, _, _ = ours.predict(**prompt, multimask_output=multimask, return_logits=True)
+    b_logits, _, _ = onnx.predict(**prompt, multimask_output=multimask, return_logits=True)
+    np.testing.assert_allclose(b_logits, logits, atol=TOL, rtol=0)
+    _assert_same_masks(b_masks, a_masks, logits)
+
+
+def test_batched_prompts_match_pytorch(pair, model):
+    """predict_torch / predict_low_res with B prompt sets, as the automatic generator uses them."""
+    ours, onnx = pair
+    g = torch.Generator().manual_seed(2)
+    h, w = ours.input_size
+    coords = torch.rand(5, 1, 2, generator=g) * torch.tensor([w, h])
+    labels = torch.ones(5, 1, dtype=torch.int)
+    a = ours.predict_torch(coords, labels, multimask_output=True, return_logits=True)
+    b = onnx.predict_torch(coords, labels, multimask_output=True, return_logits=True)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(y, x, atol=TOL, rtol=0)
+    boxes = torch.tensor([[10.0, 20.0, 100.0, 150.0], [0.0, 0.0, 50.0, 60.0]])
+    masks = torch.randn(2, 1, *model.prompt_encoder.mask_input_size, generator=g)
+    a = ours.predict_torch(None, None, boxes, masks, multimask_output=False)
+    b = onnx.predict_torch(None, None, boxes, masks, multimask_output=False)
+    torch.testing.assert_close(b[1], a[1], atol=TOL, rtol=0)
+    torch.testing.assert_close(b[2], a[2], atol=TOL, rtol=0)
+    low, iou = onnx.predict_low_res(coords, labels, multimask_output=True)
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder((coords, labels), None, None)
+        want_low, want_iou = model.mask_decoder(
+            ours.features, model.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=True
+        )
+    torch.testing.assert_close(low, want_low, atol=TOL, rtol=0)
+    torch.testing.assert_close(iou, want_iou, atol=TOL, rtol=0)
+
+
+def test_embedding_round_trip_between_backends(pair, model, image, tmp_path):
+    ours, onnx = pair
+    path = tmp_path / "emb.safetensors"
+    onnx.get_embedding().save(path)
+    from segany.inference.predictor import ImageEmbedding
+
+    torch_pred = SamPredictor(model)
+    torch_pred.set_image_embedding(ImageEmbedding.load(path))
+    onnx2 = OnnxPredictor(onnx.folder, precision="fp32")
+    onnx2.set_image_embedding(ours.get_embedding())
+    prompt = _prompts(model, *image.shape[:2])["point"]
+    _, s1, l1 = torch_pred.predict(**prompt)
+    _, s2, l2 = onnx2.predict(**prompt)
+    np.testing.assert_allclose(l2, l1, atol=TOL, rtol=0)
+    np.testing.assert_allclose(s2, s1, atol=TOL, rtol=0)
+
+
+def test_int8_precision_runs_and_stays_close(folder, pair, image, model):
+    ours, _ = pair
+    q = OnnxPredictor(folder)  # auto: the export has an int8 encoder
+    assert q.precision == "int8"
+    q.set_image(image)
+    a, b = ours.get_image_embedding().numpy(), q.get_image_embedding().numpy()
+    assert float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b)) > 0.95
+    masks, scores, low = q.predict(**_prompts(model, *image.shape[:2])["point"])
+    assert masks.shape == (3, *image.shape[:2]) and np.isfinite(low).all()
+
+
+def test_bgr_and_path_inputs(folder, image, test_images):
+    p = OnnxPredictor(folder, precision="fp32")
+    p.set_image(test_images[0])
+    from_path = p.get_image_embedding().clone()
+    p.set_image(np.ascontiguousarray(image[..., ::-1]), image_format="BGR")
+    torch.testing.assert_close(p.get_image_embedding(), from_path)
+
+
+def test_errors(folder, tmp_path, image):
+    p = OnnxPredictor(folder, precision="fp32")
+    with pytest.raises(RuntimeError):
+        p.predict(point_coords=np.array([[1, 2]]), point_labels=np.array([1]))
+    p.set_image(image)
+    with pytest.raises(PromptError):
+        p.predict(point_coords=np.array([[1, 2]]))
+    with pytest.raises(PromptError):
+        p.predict(point_coords=np.array([1, 2]), point_labels=np.array([1]))
+    with pytest.raises(PromptError):
+        p.predict(mask_input=np.zeros((1, 8, 8), np.float32))
+    with pytest.raises(ImageError):
+        p.set_image_embedding(torch.zeros(1, 3, 4, 4), (10, 10))
+    with pytest.raises(CheckpointError):
+        OnnxPredictor(tmp_path)
+    (tmp_path / "segany_onnx.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(CheckpointError):
+        OnnxPredictor(tmp_path)
+
+
+def test_predictor_for(model, folder, tmp_path):
+    assert isinstance(predictor_for(model), SamPredictor)
+    assert isinstance(predictor_for("tiny"), SamPredictor)
+    assert isinstance(predictor_for(folder, backend="onnx"), OnnxPredictor)
+    with pytest.raises(CheckpointError):
+        predictor_for(folder, backend="torch")
+    with pytest.raises(ValueError):
+        predictor_for(model, backend="tensorrt")
+    p = predictor_for(model, backend="onnx", export_dir=tmp_path / "exp")
+    assert isinstance(p, OnnxPredictor) and p.precision == "fp32"
+    assert (tmp_path / "exp" / "decoder.onnx").is_file()
+
+
+# -- fast post-processing ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(480, 640), (1500, 1000), (77, 301), (1024, 1024), (5, 3)])
+def test_upscale_logits_matches_reference(size):
+    g = torch.Generator().manual_seed(size[0])
+    low = 10 * torch.randn(2, 3, 256, 256, generator=g)
+    input_size = preprocess_shape(*size, 1024)
+    want = reference_upscale_logits(low, input_size, size, 1024)
+    got = upscale_logits(low, input_size, size, 1024)
+    assert got.shape == want.shape == (2, 3, *size)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert torch.equal((got > 0)[want.abs() > 1e-4], (want > 0)[want.abs() > 1e-4])
+
+
+def test_axis_resize_is_a_banded_interpolation_matrix():
+    axis = axis_resize(256, 1024, 768, 480)
+    dense = axis.dense(256)
+    assert axis.taps <= 3
+    torch.testing.assert_close(dense.sum(dim=1), torch.ones(480))  # rows of an interpolation sum to 1
+    assert (dense >= 0).all()
+    # Rows are valid-region only: nothing reads the padding (low-res rows >= 768 / 4 + 1).
+    assert (dense[:, 193:] == 0).all()
+
+
+def test_fast_postprocess_gives_the_official_predictor_masks(model, image):
+    """The official predictor's masks from its own post-processing, and ours from upscale_logits."""
+    from segment_anything import SamPredictor as OfficialPredictor
+
+    ref = OfficialPredictor(official_twin(model))
+    ref.set_image(image)
+    prompt = dict(point_coords=np.array([[100.0, 80.0]]), point_labels=np.array([1]))
+    masks, _, low = ref.predict(**prompt)
+    logits, _, _ = ref.predict(**prompt, return_logits=True)
+    ours = upscale_logits(torch.from_numpy(low)[None], ref.input_size, ref.original_size, 256)[0]
+    np.testing.assert_allclose(ours.numpy(), logits, atol=TOL, rtol=0)
+    _assert_same_masks((ours > 0).numpy(), masks, logits)

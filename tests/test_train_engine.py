@@ -1,0 +1,175 @@
+"""The interactive simulation: round schedule, prompt accumulation, multimask choice, schedule of
+learning rates, and the data pipeline's filters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import segany.train.engine as engine
+from segany.model import PRESETS, build_sam
+from segany.ops.clicks import round_schedule
+from segany.train.config import LoopSection, OptimSection, load_config, parse_override
+from segany.train.data import CachedImage, StepBatchSampler, TrainDataset
+from segany.io.rle import encode_mask
+from segany.train.optim import lr_factor, param_groups
+
+
+def _batch(n_images: int = 2, masks: int = 2, size: int = 64) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    batch = []
+    for i in range(n_images):
+        image = torch.randint(0, 255, (3, size, size - 8), generator=g, dtype=torch.uint8)
+        m = torch.zeros(masks, size, size - 8, dtype=torch.bool)
+        for j in range(masks):
+            m[j, 4 + 8 * j : 30 + 8 * j, 6 : 20 + 5 * j] = True
+        batch.append({"image": image, "masks": m, "index": i, "step": 3})
+    return batch
+
+
+def _tiny() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_sam(PRESETS["tiny"].replace(image_size=64)).train()
+
+
+def test_rounds_follow_the_schedule_and_prompts_accumulate(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _tiny()
+    loop = LoopSection(num_rounds=11, box_probability=0.5, seed=1)
+    token_counts: list[int] = []
+    real_decoder = model.mask_decoder.predict_masks
+
+    def counting(emb, pe, sparse, dense):
+        token_counts.append(sparse.shape[1])
+        return real_decoder(emb, pe, sparse, dense)
+
+    monkeypatch.setattr(model.mask_decoder, "predict_masks", counting)
+    calls: list[int] = []
+    real_points = engine.error_region_points
+
+    def recording(pred, gt, generator=None):
+        calls.append(pred.shape[0])
+        return real_points(pred, gt, generator=generator)
+
+    monkeypatch.setattr(engine, "error_region_points", recording)
+    batch = _batch()
+    out = engine.interactive_step(model, batch, loop)
+    # 11 decoder passes; every round adds one token slot (a point, or padding in a no-point round)
+    assert token_counts == list(range(2, 13))
+    # the corrective points follow each image's round schedule: 8 point rounds out of 10 later rounds
+    expected = 0
+    for item in batch:
+        sched = round_schedule(11, np.random.default_rng([loop.seed, item["step"], item["index"], 2]))
+        assert sched[0] and not sched[-1] and sum(sched) == 9
+        expected += sum(sched[1:])
+    assert len(calls) == expected == 16
+    assert out.images == 2 and out.masks == 4
+    assert out.loss.requires_grad and torch.isfinite(out.loss)
+    out.loss.backward()
+    # gradients reach the encoder, the prompt encoder's point and mask-prompt layers, and the decoder
+    assert model.image_encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert model.prompt_encoder.mask_downscaling[0].weight.grad.abs().sum() > 0
+    assert model.mask_decoder.iou_prediction_head.layers[0].weight.grad.abs().sum() > 0
+
+
+def test_single_point_uses_multimask_and_box_uses_single_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _tiny()
+    seen: list[tuple[int, ...]] = []
+    real = engine.sam_loss
+
+    def spy(logits, iou_pred, targets, *args):
+        seen.append(tuple(logits.shape[:2]))
+        return real(logits, iou_pred, targets, *args)
+
+    monkeypatch.setattr(engine, "sam_loss", spy)
+    engine.interactive_step(model, _batch(1, 3), LoopSection(num_rounds=1, box_probability=0.0))
+    assert seen == [(3, 3)]  # 3 rows, 3 candidate masks each
+    seen.clear()
+    engine.interactive_step(model, _batch(1, 3), LoopSection(num_rounds=1, box_probability=1.0))
+    assert seen == [(3, 1)]
+    seen.clear()
+    # 4 rounds = initial point, one corrective point in round 2 or 3, last round without: once the
+    # corrective point is in, every row has two points and uses the single-mask output
+    engine.interactive_step(model, _batch(1, 3), LoopSection(num_rounds=4, box_probability=0.0))
+    assert len(seen) == 4 and seen[0] == (3, 3) and seen[-1] == (3, 1)
+
+
+def test_prompts_do_not_depend_on_batch_composition() -> None:
+    model = _tiny().eval()  # no drop path: deterministic
+    loop = LoopSection(num_rounds=4)
+    batch = _batch(2, 2)
+    together = engine.interactive_step(model, batch, loop)
+    apart = [engine.interactive_step(model, [item], loop) for item in batch]
+    assert together.loss.item() == pytest.approx(sum(o.loss.item() for o in apart), rel=1e-4)
+
+
+def test_frozen_encoder_gets_no_gradient() -> None:
+    model = _tiny()
+    model.image_encoder.requires_grad_(False)
+    out = engine.interactive_step(model, _batch(1, 2), LoopSection(num_rounds=2), freeze_image_encoder=True)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.image_encoder.parameters())
+    assert model.mask_decoder.mask_tokens.weight.grad is not None
+
+
+def test_lr_schedule_warmup_then_steps() -> None:
+    opt = OptimSection(lr=1.0, warmup_steps=4, decay_steps=[10, 20], decay_factor=0.1)
+    assert [lr_factor(s, opt) for s in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    assert lr_factor(9, opt) == 1.0 and lr_factor(10, opt) == pytest.approx(0.1)
+    assert lr_factor(25, opt) == pytest.approx(0.01)
+
+
+def test_layer_decay_and_no_weight_decay_groups() -> None:
+    model = _tiny()
+    depth = len(model.image_encoder.blocks)
+    groups = param_groups(model, OptimSection(lr=1.0, layer_decay=0.5, weight_decay=0.1), depth)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["mask_decoder.iou_token.weight"]["lr"] == 1.0
+    assert by_name["mask_decoder.iou_token.weight"]["weight_decay"] == 0.0
+    assert by_name["image_encoder.blocks.0.attn.qkv.weight"]["lr"] == pytest.approx(0.5**depth)
+    assert by_name["image_encoder.blocks.0.attn.qkv.weight"]["weight_decay"] == 0.1
+    assert by_name["image_encoder.patch_embed.proj.weight"]["lr"] == pytest.approx(0.5 ** (depth + 1))
+    assert by_name["image_encoder.pos_embed"]["weight_decay"] == 0.0
+
+
+def test_dataset_filters_and_sampler_split() -> None:
+    h, w = 20, 30
+    big = np.ones((h, w), bool)  # 100% of the image: dropped
+    small = np.zeros((h, w), bool)
+    small[:2, :1] = True  # 2 px: dropped with min_mask_pixels=4
+    ok = np.zeros((h, w), bool)
+    ok[5:10, 5:10] = True
+    masks = [big, small, ok]
+    item = CachedImage(
+        np.zeros((h, w, 3), np.uint8), [encode_mask(m) for m in masks],
+        np.array([m.mean() for m in masks]), np.array([m.sum() for m in masks]), "x",
+    )
+    empty = CachedImage(np.zeros((h, w, 3), np.uint8), [encode_mask(big)], np.array([1.0]), np.array([h * w]), "y")
+    ds = TrainDataset([item, empty], size=32, masks_per_image=4, max_area_fraction=0.9, min_mask_pixels=4)
+    assert len(ds) == 1  # the image left without masks is dropped
+    got = ds[(0, 5)]
+    assert got["image"].shape == (3, h, w) and got["masks"].shape == (1, h, w)
+    assert torch.equal(got["masks"][0], torch.from_numpy(ok))
+    # per-rank slices of a step's global batch cover it exactly once
+    one = StepBatchSampler(10, 4, 0, 3, micro_batch=2, seed=7)
+    ranks = [list(StepBatchSampler(10, 4, 0, 3, rank=r, world=2, seed=7)) for r in range(2)]
+    steps = list(one)
+    assert len(steps) == 6 and one.accumulation == 2
+    for s in range(3):
+        single = steps[2 * s] + steps[2 * s + 1]
+        assert sorted(single) == sorted(ranks[0][s] + ranks[1][s])
+
+
+def test_config_overrides(tmp_path) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[optim]\nlr = 1e-3\n[loop]\nsteps = 7\n[data]\ndatasets = ["a", "b:train"]\n')
+    cfg = load_config(recipe, ["loop.bf16=true", "optim.lr=2e-4", "model.init=/x/y.pth", "optim.betas=[0.9, 0.95]"])
+    assert cfg.loop.steps == 7 and cfg.loop.bf16 is True and cfg.optim.lr == 2e-4
+    assert cfg.model.init == "/x/y.pth" and cfg.optim.betas == (0.9, 0.95)
+    assert parse_override("loop.num_rounds=3") == ("loop", "num_rounds", 3)
+    from segany.train.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_config(recipe, ["loop.nope=1"])
+    with pytest.raises(ConfigError):
+        load_config(recipe, ["steps=1"])
