@@ -1,21 +1,21 @@
 """Speed of segany's automatic mask generator against the official one: same weights, image and knobs.
 
-    nice /work/venv/bin/python benchmarks/bench_amg.py                 # tiny and vit_b, print a table
+    nice /work/venv/bin/python benchmarks/bench_amg.py                 # smooth, tiny, vit_b: print a table
     nice /work/venv/bin/python benchmarks/bench_amg.py --write         # and update benchmarks/RESULTS.md
     nice /work/venv/bin/python benchmarks/bench_amg.py --models tiny --repeats 3
 
 Weights are random (no trained checkpoint is available offline), so the official default thresholds
-drop every candidate at the predicted-IoU filter. Each model is therefore timed with the defaults and
-with both filters switched off ("loose": pred_iou_thresh = stability_score_thresh = 0), where every
-candidate reaches box NMS. Random weights give texture-like masks, the worst case for the official
-generator's Python run-length encoding; the "smooth" rows replace the decoder of the tiny model by a
-synthetic one (three discs around each point, tests/test_amg.py) in both generators, to show the
-pipeline on mask shapes like real ones (its encoder is the tests' 2-block tiny one). Timings are the
-best of ``--repeats`` runs, with the encoder and without it (the run's time minus its image-encoder
-calls, timed the same way for both). Both generators run the same decoder on the same prompt batches;
-segany saves the work after it (upsampling every candidate, run-length encoding before NMS), so where
-the decoder dominates (vit_b on a CPU: about 1.3 GMAC per prompt, 1024 prompts per image) the ratio
-is bounded by (decoder + official post-processing) / decoder.
+drop (nearly) every candidate at the predicted-IoU or stability filter. Each model is therefore timed
+with the defaults and with both filters off ("loose": pred_iou_thresh = stability_score_thresh = 0),
+where every candidate reaches box NMS. Random weights give texture-like masks, the worst case for the
+official generator's Python run-length encoding; the "smooth" rows replace the decoder of the tiny
+model by a synthetic one (three discs around each point, tests/test_amg.py) in both generators, to
+show the pipeline on mask shapes like real ones (its encoder is the tests' 2-block tiny one). Timings
+are the best of ``--repeats`` runs, with the encoder and without it (the run's time minus its
+image-encoder calls, timed the same way for both). Both generators run the same decoder on the same
+prompt batches; segany saves the work after it (upsampling every candidate, run-length encoding
+before NMS), so where the decoder dominates (vit_b on a CPU: about 1.3 GMAC per prompt, 1024 prompts
+per image) the ratio is bounded by (decoder + official post-processing) / decoder.
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ def matched_iou(ours: list[dict], theirs: list[dict]) -> float:
     return float(ious[rows, cols].min()) if len(a) == len(b) else 0.0
 
 
-def bench_case(model_name: str, knobs_name: str, knobs: dict[str, Any], image: np.ndarray, repeats: int) -> dict[str, Any]:
+def bench_case(
+    model_name: str, knobs_name: str, knobs: dict[str, Any], image: np.ndarray, repeats: int
+) -> dict[str, Any]:
     model, ref = models(model_name)
     row: dict[str, Any] = {"model": model_name, "knobs": knobs_name, "image": f"{image.shape[1]}x{image.shape[0]}"}
     # Warm up both (first calls pay one-time costs), then time with the encoder.
@@ -134,7 +136,8 @@ def bench_case(model_name: str, knobs_name: str, knobs: dict[str, Any], image: n
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | knobs | image | masks segany / official (worst matched IoU) | with encoder: official / segany = speed-up "
+        "| model | knobs | image | masks segany / official (worst matched IoU) "
+        "| with encoder: official / segany = speed-up "
         "| encoder excluded: official / segany = speed-up | segany stages (s) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -151,7 +154,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def write_results(text: str) -> Path:
     path = REPO / "benchmarks" / "RESULTS.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n\nEach section is written by its own benchmark script.\n"
+    fresh = "# Benchmarks\n\nEach section is written by its own benchmark script.\n"
+    old = path.read_text() if path.exists() else fresh
     section = f"{HEADING}\n\n{text.strip()}\n"
     pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
     new = pattern.sub(lambda _m: section + "\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + section

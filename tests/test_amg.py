@@ -144,9 +144,10 @@ def assert_same_records(ours: list[dict], theirs: list[dict], exact: bool) -> No
     if not ours:
         return
     assert list(ours[0]) == list(theirs[0])  # same keys, same order
-    ious = mask_utils.iou([_rle(r["segmentation"]) for r in ours], [_rle(r["segmentation"]) for r in theirs], [0] * len(theirs))
-    rows, cols = linear_sum_assignment(-np.asarray(ious).reshape(len(ours), len(theirs)))
-    matched = np.asarray(ious).reshape(len(ours), len(theirs))[rows, cols]
+    a, b = [_rle(r["segmentation"]) for r in ours], [_rle(r["segmentation"]) for r in theirs]
+    ious = np.asarray(mask_utils.iou(a, b, [0] * len(b))).reshape(len(a), len(b))
+    rows, cols = linear_sum_assignment(-ious)
+    matched = ious[rows, cols]
     assert matched.min() >= 0.99, f"worst matched IoU {matched.min()}"
     for i, j in zip(rows, cols):
         a, b = ours[i], theirs[j]
@@ -274,7 +275,7 @@ def test_max_mask_region_fraction_drops_large_masks() -> None:
     model, _ = blob_pair()
     image = small_image()
     h, w = image.shape[:2]
-    knobs = dict(BLOB_KNOBS, box_nms_thresh=0.95)
+    knobs = dict(BLOB_KNOBS, box_nms_thresh=0.95, output_mode="coco_rle")
     unlimited = SamAutomaticMaskGenerator(model, **knobs).generate(image)
     assert max(r["area"] for r in unlimited) >= 0.2 * h * w  # the test needs large masks
     limited = SamAutomaticMaskGenerator(model, max_mask_region_fraction=0.2, **knobs).generate(image)

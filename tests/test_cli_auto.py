@@ -62,7 +62,9 @@ def test_sa1b_output_matches_the_generator(images: Path, tmp_path: Path, checkpo
     assert [a.segmentation for a in first.annotations] == [r["segmentation"] for r in expected]
 
 
-def test_rerun_skips_finished_images_and_overwrite_redoes_them(images: Path, tmp_path: Path, checkpoint: Path, capsys) -> None:
+def test_rerun_skips_finished_images_and_overwrite_redoes_them(
+    images: Path, tmp_path: Path, checkpoint: Path, capsys
+) -> None:
     out = tmp_path / "out"
     args = [str(images), "-o", str(out), "-c", str(checkpoint), "--no-progress", *KNOBS]
     assert run(*args) == 0
@@ -77,7 +79,9 @@ def test_rerun_skips_finished_images_and_overwrite_redoes_them(images: Path, tmp
     assert "2 done, 0 skipped" in capsys.readouterr().out
 
 
-def test_interrupted_run_keeps_finished_images(images: Path, tmp_path: Path, checkpoint: Path, monkeypatch, capsys) -> None:
+def test_interrupted_run_keeps_finished_images(
+    images: Path, tmp_path: Path, checkpoint: Path, monkeypatch, capsys
+) -> None:
     out = tmp_path / "out"
     args = [str(images), "-o", str(out), "-c", str(checkpoint), "--no-progress", *KNOBS]
     real = SamAutomaticMaskGenerator.generate
@@ -112,8 +116,9 @@ def test_corrupt_image_is_reported_and_the_run_goes_on(images: Path, tmp_path: P
 
 def test_coco_output_covers_all_finished_images(images: Path, tmp_path: Path, checkpoint: Path) -> None:
     out = tmp_path / "out"
-    assert run(str(images / "first.jpg"), "-o", str(out), "-c", str(checkpoint), "--format", "coco", "--no-progress", *KNOBS) == 0
-    assert run(str(images), "-o", str(out), "-c", str(checkpoint), "--format", "coco", "--no-progress", *KNOBS) == 0
+    common = ["-o", str(out), "-c", str(checkpoint), "--format", "coco", "--no-progress", *KNOBS]
+    assert run(str(images / "first.jpg"), *common) == 0
+    assert run(str(images), *common) == 0
     coco = COCO(str(out / "coco_instances.json"))
     assert sorted(img["file_name"] for img in coco.dataset["images"]) == ["first.jpg", "sub/second.png"]
     per_image = read_sa1b(out / "first.json").annotations + read_sa1b(out / "sub" / "second.json").annotations
@@ -127,7 +132,8 @@ def test_coco_output_covers_all_finished_images(images: Path, tmp_path: Path, ch
 def test_png_output_and_overlay(images: Path, tmp_path: Path, checkpoint: Path) -> None:
     out = tmp_path / "out"
     image = images / "first.jpg"
-    assert run(str(image), "-o", str(out), "-c", str(checkpoint), "--format", "png", "--overlay", "--no-progress", *KNOBS) == 0
+    args = ["-o", str(out), "-c", str(checkpoint), "--format", "png", "--overlay", "--no-progress", *KNOBS]
+    assert run(str(image), *args) == 0
     lines = (out / "first" / "metadata.csv").read_text().splitlines()
     assert lines[0].startswith("id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou")
     pngs = sorted((out / "first").glob("*.png"))
@@ -143,7 +149,8 @@ def test_png_output_and_overlay(images: Path, tmp_path: Path, checkpoint: Path) 
 def test_glob_input_and_sa1b_preset(images: Path, tmp_path: Path, checkpoint: Path, capsys) -> None:
     out = tmp_path / "out"
     pattern = str(images / "**" / "*.png")
-    rc = run(pattern, "-o", str(out), "-c", str(checkpoint), "--preset", "sa1b", "--crop-n-layers", "1", "--no-progress", *KNOBS)
+    preset = ["--preset", "sa1b", "--crop-n-layers", "1"]
+    rc = run(pattern, "-o", str(out), "-c", str(checkpoint), *preset, "--no-progress", *KNOBS)
     assert rc == 0
     assert "1 done" in capsys.readouterr().out
     saved = read_sa1b(out / "second.json")
@@ -168,7 +175,9 @@ def test_glob_input_and_sa1b_preset(images: Path, tmp_path: Path, checkpoint: Pa
         (lambda d, c: [str(d / "in" / "first.jpg"), str(d / "in" / "x" / "first.png"), "-c", c], "first"),
     ],
 )
-def test_bad_arguments_exit_2_with_one_line(images: Path, tmp_path: Path, checkpoint: Path, capsys, make_args, message) -> None:
+def test_bad_arguments_exit_2_with_one_line(
+    images: Path, tmp_path: Path, checkpoint: Path, capsys, make_args, message
+) -> None:
     (tmp_path / "empty").mkdir()
     _save_small(images / "first.jpg", images / "x" / "first.png")
     try:
@@ -183,20 +192,25 @@ def test_bad_arguments_exit_2_with_one_line(images: Path, tmp_path: Path, checkp
 def test_without_checkpoint_uses_the_default_model_or_says_it_is_missing(images: Path, tmp_path: Path, capsys) -> None:
     from segany.build import default_weights_path
 
-    if default_weights_path() is not None:
-        pytest.skip("this install ships default weights")
-    assert run(str(images), "-o", str(tmp_path / "out"), "--no-progress") == 2
-    assert "default weights" in capsys.readouterr().err
+    rc = run(str(images), "-o", str(tmp_path / "out"), "--no-progress", *KNOBS)
+    if default_weights_path() is None:
+        assert rc == 2
+        assert "default weights" in capsys.readouterr().err
+    else:
+        assert rc == 0
+        assert read_sa1b(tmp_path / "out" / "first.json").image.width == 96
 
 
 def test_subprocess_exit_statuses(images: Path, tmp_path: Path, checkpoint: Path) -> None:
     (images / "broken.png").write_bytes(b"garbage")
-    cmd = [sys.executable, "-m", "segany.cli.main", "auto", str(images), "-o", str(tmp_path / "out"), "-c", str(checkpoint), *KNOBS]
+    auto = [sys.executable, "-m", "segany.cli.main", "auto"]
+    cmd = [*auto, str(images), "-o", str(tmp_path / "out"), "-c", str(checkpoint), *KNOBS]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     assert "2 done, 0 skipped, 1 failed" in done.stdout
     assert "img/s" in done.stderr or "img]" in done.stderr  # the progress bar
-    bad = subprocess.run(cmd[:4] + [str(tmp_path / "nothing_here"), "-o", str(tmp_path / "o2")], capture_output=True, text=True, timeout=120)
+    missing = [*auto, str(tmp_path / "nothing_here"), "-o", str(tmp_path / "o2")]
+    bad = subprocess.run(missing, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 

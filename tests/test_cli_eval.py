@@ -67,7 +67,12 @@ def test_points_report(tmp_path: Path, synthetic: Path, tiny_ckpt: Path) -> None
     again = tmp_path / "again"
     assert _eval("points", "--data", synthetic, "--baseline", "grabcut", "-o", again, "--max-clicks", "2",
                  "--compare", out) == 0
-    assert "tiny (earlier run)" in (again / "report.md").read_text()
+    md = (again / "report.md").read_text()
+    assert "tiny (earlier run)" in md and "not directly comparable" not in md  # same objects
+    other = tmp_path / "other"
+    assert _eval("points", "--data", synthetic, "--baseline", "grabcut", "-o", other, "--max-clicks", "2",
+                 "--limit", "1", "--compare", out / "results.json") == 0
+    assert "not directly comparable" in (other / "report.md").read_text()
 
 
 def test_boxes_and_proposals_reports(tmp_path: Path, synthetic: Path, tiny_ckpt: Path) -> None:

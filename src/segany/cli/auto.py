@@ -55,7 +55,9 @@ KNOBS: list[tuple[str, str, type, str]] = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
-    parser.add_argument("--format", choices=("sa1b", "coco", "png"), default="sa1b", help="output format (default sa1b)")
+    parser.add_argument(
+        "--format", choices=("sa1b", "coco", "png"), default="sa1b", help="output format (default sa1b)"
+    )
     parser.add_argument("--preset", choices=("default", "sa1b"), default="default",
                         help="generator settings: the official defaults, or the paper's SA-1B ones (crops, clean-up)")
     group = parser.add_argument_group("generator settings (override the preset)")
@@ -127,7 +129,8 @@ def _write_png_folder(folder: Path, records: list[dict[str, Any]]) -> None:
         lines = [CSV_HEADER]
         for k, r in enumerate(records):
             (tmp / f"{k}.png").write_bytes(png_bytes(r["segmentation"]))
-            values = [k, r["area"], *r["bbox"], *r["point_coords"][0], r["predicted_iou"], r["stability_score"], *r["crop_box"]]
+            values = [k, r["area"], *r["bbox"], *r["point_coords"][0]]
+            values += [r["predicted_iou"], r["stability_score"], *r["crop_box"]]
             lines.append(",".join(str(v) for v in values))
         (tmp / "metadata.csv").write_text("\n".join(lines) + "\n")
         old = None
@@ -189,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
     todo = [(i, job) for i, job in enumerate(jobs, start=1) if args.overwrite or not done(job)]
     skipped = len(jobs) - len(todo)
     if skipped:
-        print(f"segany auto: skipping {skipped} image(s) already done in {out} (--overwrite redoes them)", file=sys.stderr)
+        note = f"segany auto: skipping {skipped} image(s) already done in {out} (--overwrite redoes them)"
+        print(note, file=sys.stderr)
 
     failed = finished = 0
     if todo:

@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
 
     runner = {"points": _run_points, "boxes": _run_boxes, "proposals": _run_proposals, "edges": _run_edges}[args.protocol]
     writer = ReportWriter(Path(args.output), f"segany eval {args.protocol}: {Path(args.data).name}")
+    _check_compare(args, compare, writer)
     results, settings, extra = runner(args, ds, methods, writer, compare)
     dataset_info = {"path": str(Path(args.data).resolve()), "name": Path(args.data).name, "split": args.split,
                     "limit": args.limit, "max_per_image": args.max_per_image,
@@ -196,6 +197,22 @@ def run(args: argparse.Namespace) -> int:
                                       for k, v in _headline(args.protocol, js["metrics"]).items()))
     print(f"report: {report}")
     return 0
+
+
+def _check_compare(args: argparse.Namespace, compare: list[dict[str, Any]], writer: Any) -> None:
+    """Warn (terminal and report) when an earlier report was made on other data than this run."""
+    import sys
+
+    here = (args.protocol, Path(args.data).name, args.split, args.limit, args.max_per_image, args.seed)
+    for c in compare:
+        d = c.get("dataset", {})
+        there = (c.get("protocol"), d.get("name"), d.get("split"), d.get("limit"), d.get("max_per_image"),
+                 c.get("settings", {}).get("seed", 0))
+        if there != here:
+            msg = (f"{c['_path']} was made on other data or settings (protocol, data set, split, limit, "
+                   f"max per image, seed: {there} here {here}); its numbers are not directly comparable")
+            print(f"segany eval: warning: {msg}", file=sys.stderr)
+            writer.text(f"> **Note:** {msg}.\n")
 
 
 def _headline(protocol: str, metrics: dict[str, Any]) -> dict[str, Any]:

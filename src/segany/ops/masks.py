@@ -314,7 +314,9 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
     return selected[labels], True
 
 
-def _window_regions(window: np.ndarray, area_thresh: float, mode: str, open_sides: np.ndarray) -> tuple[np.ndarray, bool]:
+def _window_regions(
+    window: np.ndarray, area_thresh: float, mode: str, open_sides: np.ndarray
+) -> tuple[np.ndarray, bool]:
     """:func:`remove_small_regions` on a window cut out of a larger mask.
 
     ``open_sides`` marks the window's border pixels that continue into the big, connected rest of

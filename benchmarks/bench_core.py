@@ -1,0 +1,91 @@
+"""Quick core benchmark: vit_b image encoding and one click, segany against the official package.
+
+Same random weights in both, same real photo, interleaved rounds, median ratio. Writes the
+"## Core: vit_b encoder and one click" section of benchmarks/RESULTS.md with --write.
+The fuller CPU benchmark (ONNX, int8, memory, generator) is bench_cpu.py.
+
+    nice python benchmarks/bench_core.py --rounds 2 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    from sam_testing import official_twin, randomize_
+    from segment_anything import SamPredictor as OfficialPredictor
+
+    from segany import SamPredictor
+    from segany.io.image import read_image
+    from segany.model import PRESETS, build_sam
+
+    model = randomize_(build_sam(PRESETS["vit_b"]), seed=0).eval()
+    ref = official_twin(model)
+    image = read_image(ROOT / "tests/data/images/kvasir_cju0qkwl35piu0993l0dewei2.jpg")
+    point = dict(point_coords=np.array([[300.0, 250.0]]), point_labels=np.array([1]))
+    ours, theirs = SamPredictor(model), OfficialPredictor(ref)
+    enc = {"official": [], "segany": []}
+    click = {"official": [], "segany": []}
+    for _ in range(args.rounds):
+        for name, p in (("official", theirs), ("segany", ours)):
+            t = time.perf_counter()
+            p.set_image(image)
+            enc[name].append(time.perf_counter() - t)
+            p.predict(**point)  # warm-up
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                p.predict(**point)
+                times.append(time.perf_counter() - t)
+            click[name].append(statistics.median(times))
+    diff = (ours.get_image_embedding() - theirs.get_image_embedding()).abs().max().item()
+    r_enc = statistics.median(o / s for o, s in zip(enc["official"], enc["segany"]))
+    r_click = statistics.median(o / s for o, s in zip(click["official"], click["segany"]))
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
+    lines = [
+        "## Core: vit_b encoder and one click",
+        "",
+        f"Machine: {cpu}, 2 threads, torch {torch.__version__}, {datetime.date.today()}; shared machine (other jobs ran).",
+        f"Image {image.shape[1]}x{image.shape[0]}, random vit_b weights identical in both; {args.rounds} interleaved rounds,",
+        f"median ratio. Max embedding difference {diff:.1e}. Command: `nice python benchmarks/bench_core.py --rounds {args.rounds} --write`.",
+        "",
+        "| step | official (s) | segany (s) | speed-up |",
+        "| --- | --- | --- | --- |",
+        f"| image encoder (set_image) | {statistics.median(enc['official']):.2f} | {statistics.median(enc['segany']):.2f} | {r_enc:.2f}x |",
+        f"| one click (predict, 3 masks, to image size) | {statistics.median(click['official']) * 1e3:.1f} ms | {statistics.median(click['segany']) * 1e3:.1f} ms | {r_click:.2f}x |",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        path = ROOT / "benchmarks" / "RESULTS.md"
+        old = path.read_text() if path.exists() else "# Benchmarks\n\n"
+        head = "## Core: vit_b encoder and one click"
+        if head in old:
+            start = old.index(head)
+            nxt = old.find("\n## ", start + 1)
+            old = old[:start] + (old[nxt + 1 :] if nxt >= 0 else "")
+        path.write_text(old.rstrip("\n") + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
