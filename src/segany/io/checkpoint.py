@@ -231,6 +231,7 @@ def save_checkpoint(model: Sam, path: str | os.PathLike[str]) -> Path:
             save_file(state, tmp, metadata=meta)
         else:
             torch.save(state, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights are meant to be shared
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):
