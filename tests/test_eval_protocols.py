@@ -388,3 +388,18 @@ def test_sam_edge_map_with_tiny_model() -> None:
     e = sam_edge_map(SamPredictor(random_tiny()), img, EdgeSettings(points_per_side=3, points_per_batch=4))
     assert e.shape == (48, 40) and e.dtype == np.float32
     assert 0.0 <= e.min() and e.max() <= 1.0 and e.max() > 0
+
+
+def test_batched_boxes_match_one_call_per_box(tmp_path: Path) -> None:
+    from sam_testing import random_tiny
+
+    from segany.eval.boxes import evaluate_boxes
+    from segany.inference.predictor import SamPredictor
+
+    disk = np.hypot(*np.mgrid[:H, :W] - np.array([40, 40])[:, None, None]) < 12
+    ds = SegmentationDataset(make_dataset(tmp_path / "d", [[GT, disk, square(45, 60, 2, 20)]]))
+    predictor = SamPredictor(random_tiny())
+    batched = evaluate_boxes(ds, PredictorSegmenter(predictor, max_masks=2), progress=False)
+    single = evaluate_boxes(ds, PromptSegmenter(predictor), progress=False)
+    assert [o.iou for o in batched.objects] == pytest.approx([o.iou for o in single.objects], abs=1e-3)
+    assert [o.score for o in batched.objects] == pytest.approx([o.score for o in single.objects], abs=1e-4)
