@@ -14,8 +14,8 @@ What is timed (wall clock, ``torch.set_num_threads(2)`` and 2 onnxruntime thread
 * automatic generator: ``generate(image)`` with ``points_per_side`` points (smaller than the official
   32 to keep the run short), where segany's generator exists.
 
-Every measurement runs in a fresh worker process, so ``ru_maxrss`` of that process is the peak
-resident memory of one implementation (model + activations + interpreter and libraries). Rounds are
+Every measurement runs in a fresh worker process (``bench_cpu_workers.py``), so its ``VmHWM`` is the
+peak resident memory of one implementation (model + activations + interpreter and libraries). Rounds are
 interleaved (official, segany, onnx fp32, onnx int8, official, ...) and ratios are taken within a
 round, then the median over rounds: on a shared machine the load drifts, and this cancels most of it.
 
@@ -31,7 +31,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,8 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-THREADS = 2
+from bench_cpu_workers import REPO, THREADS  # noqa: E402  (this script's folder is on sys.path)
+
 DATA = Path(os.environ.get("SEGANY_SHARED_DATA", REPO.parent / "shared" / "data"))
 if not DATA.is_dir():
     DATA = Path("/work/shared/data")
@@ -49,256 +48,19 @@ TRAINING_SETS = ("COCO_MVal", "BSDS500", "ISBI2012_EM", "SUIM_sample", "KvasirSE
 
 
 # ================================================================================================
-# workers: one implementation, one task, in a fresh process
+# orchestration
 # ================================================================================================
-
-
-def _setup_threads() -> None:
-    import torch
-
-    torch.set_num_threads(THREADS)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
-
-
-def _load_image(path: str):
-    from segany.io.image import read_image
-
-    return read_image(path)
-
-
-def _predictor(impl: str, spec: dict[str, Any]):
-    """A predictor with the official API for ``impl``: official | torch | torch-fast | onnx-fp32 | onnx-int8."""
-    import segany
-
-    if impl.startswith("onnx"):
-        from segany.inference.onnx_backend import OnnxPredictor
-
-        return OnnxPredictor(spec["onnx_dir"], precision=impl.split("-")[1], num_threads=THREADS)
-    model = segany.load_model(spec["checkpoint"])
-    if impl == "official":
-        sys.path.insert(0, str(REPO / "tests"))
-        from sam_testing import official_twin
-        from segment_anything import SamPredictor as OfficialPredictor
-
-        return OfficialPredictor(official_twin(model))
-    if impl == "torch-fast":
-        return FastTorchPredictor(model)
-    return segany.SamPredictor(model)
-
-
-class FastTorchPredictor:
-    """segany's PyTorch predictor with the fast decoder path (image cache, reassociated attention,
-    :func:`upscale_logits`) -- what ``SamPredictor.predict`` gives once that path is wired in."""
-
-    def __init__(self, model) -> None:
-        import segany
-        from segany.export.fast_decoder import DecoderImageCache, FastMaskDecoder
-
-        self.base = segany.SamPredictor(model)
-        self.model = model
-        self.cache_module = DecoderImageCache(model)
-        self.fast = FastMaskDecoder(model)
-        self.cache = None
-
-    def set_image_embedding(self, embedding, original_size) -> None:
-        import torch
-
-        self.base.set_image_embedding(embedding, original_size)
-        with torch.no_grad():
-            self.cache = self.cache_module(self.base.features)
-
-    def predict(self, point_coords, point_labels, multimask_output: bool = True):
-        import numpy as np
-        import torch
-
-        from segany.export.fast_decoder import embed_points
-        from segany.ops.postprocess import upscale_logits
-
-        p = self.base
-        coords = p.transform.apply_coords(np.asarray(point_coords, dtype=float), p.original_size)
-        coords = torch.as_tensor(np.concatenate([coords, [[0.0, 0.0]]]), dtype=torch.float)[None]
-        labels = torch.as_tensor(np.concatenate([point_labels, [-1]]), dtype=torch.float)[None]
-        with torch.no_grad():
-            low, iou = self.fast(*self.cache, embed_points(self.model, coords, labels))
-            keep = slice(1, None) if multimask_output else slice(0, 1)
-            low, iou = low[:, keep], iou[:, keep]
-            masks = upscale_logits(low, p.input_size, p.original_size, self.model.image_size) > 0
-        return masks[0].numpy(), iou[0].numpy(), low[0].numpy()
-
-
-def _set_embedding(predictor, embedding, original_size) -> None:
-    """Give any predictor an image embedding without running its encoder."""
-    if hasattr(predictor, "set_image_embedding"):
-        predictor.set_image_embedding(embedding, original_size)
-        return
-    # The official predictor has no setter; its own set_torch_image assigns these same fields.
-    predictor.reset_image()
-    predictor.features = embedding
-    predictor.original_size = tuple(original_size)
-    predictor.input_size = tuple(predictor.transform.get_preprocess_shape(*original_size, predictor.model.image_encoder.img_size))
-    predictor.is_image_set = True
-
-
-def worker_encoder(spec: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    image = _load_image(spec["image"])
-    predictor = _predictor(spec["impl"], spec)
-    times = []
-    with torch.inference_mode():
-        for _ in range(spec.get("repeat", 1)):
-            start = time.perf_counter()
-            predictor.set_image(image)
-            times.append(time.perf_counter() - start)
-    return {"times": times, "peak_rss_mb": _peak_rss_mb()}
-
-
-def worker_click(spec: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    image = _load_image(spec["image"])
-    predictor = _predictor(spec["impl"], spec)
-    g = torch.Generator().manual_seed(0)
-    cfg = spec["embedding_shape"]
-    embedding = torch.randn(*cfg, generator=g)
-    h, w = image.shape[:2]
-    _set_embedding(predictor, embedding, (h, w))
-    rng = np.random.default_rng(0)
-    points = rng.uniform([0, 0], [w, h], size=(spec["warmup"] + spec["clicks"], 2))
-    times = []
-    with torch.inference_mode():
-        for i, pt in enumerate(points):
-            start = time.perf_counter()
-            masks, scores, _ = predictor.predict(point_coords=pt[None], point_labels=np.array([1]), multimask_output=True)
-            elapsed = time.perf_counter() - start
-            assert masks.shape == (3, h, w) and masks.dtype == bool
-            if i >= spec["warmup"]:
-                times.append(elapsed)
-    return {"times": times, "peak_rss_mb": _peak_rss_mb()}
-
-
-def worker_amg(spec: dict[str, Any]) -> dict[str, Any]:
-    import segany
-
-    image = _load_image(spec["image"])
-    model = segany.load_model(spec["checkpoint"])
-    if spec["impl"] == "official":
-        sys.path.insert(0, str(REPO / "tests"))
-        from sam_testing import official_twin
-        from segment_anything import SamAutomaticMaskGenerator as Generator
-
-        generator = Generator(official_twin(model), points_per_side=spec["points_per_side"])
-    else:
-        from segany.inference.automatic import SamAutomaticMaskGenerator as Generator
-
-        generator = Generator(model, points_per_side=spec["points_per_side"])
-    start = time.perf_counter()
-    records = generator.generate(image)
-    return {"times": [time.perf_counter() - start], "masks": len(records), "peak_rss_mb": _peak_rss_mb()}
-
-
-def worker_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
-    """Mask IoU of int8 against float32 embeddings (same fp32 decoder graphs) on real annotations."""
-    import numpy as np
-    import torch
-
-    from segany.inference.onnx_backend import OnnxPredictor
-
-    fp32 = OnnxPredictor(spec["onnx_dir"], precision="fp32", num_threads=THREADS)
-    int8 = OnnxPredictor(spec["onnx_dir"], precision="int8", num_threads=THREADS)
-    ious: list[float] = []
-    cosines: list[float] = []
-    for item in spec["items"]:
-        image = _load_image(item["image"])
-        fp32.set_image(image)
-        int8.set_image(image)
-        a, b = fp32.get_image_embedding().flatten(), int8.get_image_embedding().flatten()
-        cosines.append(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
-        # Decode both embeddings with the same (float) decoder: only the encoder is quantised.
-        for prompt in item["prompts"]:
-            kwargs: dict[str, Any] = {"multimask_output": prompt["kind"] == "point"}
-            if prompt["kind"] == "point":
-                kwargs.update(point_coords=np.array([prompt["xy"]]), point_labels=np.array([1]))
-            else:
-                kwargs.update(box=np.array(prompt["box"]))
-            ma, _, _ = fp32.predict(**kwargs)
-            mb, _, _ = int8.predict(**kwargs)
-            for x, y in zip(ma, mb):
-                union = np.logical_or(x, y).sum()
-                ious.append(1.0 if union == 0 else float(np.logical_and(x, y).sum() / union))
-    arr = np.array(ious)
-    return {
-        "images": len(spec["items"]),
-        "masks": int(arr.size),
-        "mean_iou": float(arr.mean()),
-        "median_iou": float(np.median(arr)),
-        "share_iou_ge_0_9": float((arr >= 0.9).mean()),
-        "min_iou": float(arr.min()),
-        "embedding_cosine": float(np.mean(cosines)),
-    }
-
-
-def worker_gemm(spec: dict[str, Any]) -> dict[str, Any]:
-    """One ViT-B MLP product (4096 x 768 @ 768 x 3072) in onnxruntime, float32 vs dynamic int8: how much
-    int8 can gain on this CPU at all."""
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from segany.export.quantize import quantize_int8
-
-    rng = np.random.default_rng(0)
-    weight = (rng.standard_normal((768, 3072)) / 28).astype(np.float32)
-    x = rng.standard_normal((4096, 768)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4096, 768])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4096, 3072])],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    times = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        onnx.save(model, str(fp32))
-        int8 = quantize_int8(fp32, Path(tmp) / "int8.onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = THREADS
-        for name, path in (("fp32", fp32), ("int8", int8)):
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            session.run(None, {"x": x})
-            runs = []
-            for _ in range(7):
-                start = time.perf_counter()
-                session.run(None, {"x": x})
-                runs.append(time.perf_counter() - start)
-            times[name] = min(runs)
-    return {"times": [times["fp32"]], "fp32_s": times["fp32"], "int8_s": times["int8"],
-            "gflops_fp32": 2 * 4096 * 768 * 3072 / times["fp32"] / 1e9, "peak_rss_mb": _peak_rss_mb()}
-
-
-WORKERS = {"gemm": worker_gemm, "encoder": worker_encoder, "click": worker_click, "amg": worker_amg, "accuracy": worker_accuracy}
 
 
 def run_worker(spec: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
     """Run one task in a fresh interpreter (inherits this process's niceness); parse its JSON line."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "bench_cpu_workers.py"), json.dumps(spec)]
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {spec['task']}/{spec['impl']} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
-
-# ================================================================================================
-# orchestration
-# ================================================================================================
 
 
 def _log(msg: str) -> None:
@@ -432,7 +194,6 @@ def machine_info() -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="tiny model only, one round (checks the script)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measurement (default 3)")
     parser.add_argument("--clicks", type=int, default=10, help="timed clicks per round (default 10)")
@@ -445,13 +206,9 @@ def main() -> int:
     parser.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
 
-    if args.worker:
-        spec = json.loads(args.worker)
-        _setup_threads()
-        print(json.dumps(WORKERS[spec["task"]](spec)))
-        return 0
+    import torch
 
-    _setup_threads()
+    torch.set_num_threads(THREADS)
     from segany.build import default_weights_path
 
     info = machine_info()
@@ -474,15 +231,19 @@ def main() -> int:
     for key, spec in models.items():
         if "checkpoint" not in spec:
             continue
-        results[f"encoder/{key}"] = interleaved("encoder", enc_impls, {**spec, "image": image, "label": key}, rounds)
+        small = spec["image_size"] < 1024
+        enc_spec = {**spec, "image": image, "label": key, "warmup": 1 if small else 0, "repeat": 5 if small else 1}
+        results[f"encoder/{key}"] = interleaved("encoder", enc_impls, enc_spec, rounds)
 
-    click_model = models["vit_b"] if "checkpoint" in models["vit_b"] else models["default"]
-    click_spec = {**click_model, "image": image, "clicks": 3 if args.quick else args.clicks, "warmup": 2, "label": "click"}
-    results["click"] = interleaved("click", ["official", "torch", "torch-fast", "onnx-fp32"], click_spec, rounds)
+    for key, spec in models.items():
+        if "checkpoint" not in spec:
+            continue
+        click_spec = {**spec, "image": image, "clicks": 3 if args.quick else args.clicks, "warmup": 2, "label": f"click {key}"}
+        results[f"click/{key}"] = interleaved("click", ["official", "torch", "torch-fast", "onnx-fp32"], click_spec, rounds)
 
     if (REPO / "src" / "segany" / "inference" / "automatic.py").is_file():
         amg_spec = {**models["default"], "image": image, "points_per_side": 8 if args.quick else args.points_per_side,
-                    "label": "amg"}
+                    "label": "amg", "warmup": 1}
         results["amg"] = interleaved("amg", ["official", "torch"], amg_spec, 1)
     else:
         results["amg"] = None
@@ -541,8 +302,8 @@ def format_results(results: dict[str, Any]) -> str:
         f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, numpy {m['numpy']}. Load average "
         f"{m['load_start'][0]:.1f} at the start, {m.get('load_end', (float('nan'),))[0]:.1f} at the end (shared "
         "machine: absolute times are noisy, ratios are medians of per-round ratios of interleaved runs).",
-        f"Image: `{Path(results['image']).name}`. Peak memory: `ru_maxrss` of a fresh worker process running one "
-        "implementation (includes the interpreter and libraries, ~0.3-0.5 GB).",
+        f"Image: `{Path(results['image']).name}`. Peak memory: peak resident set (`VmHWM`) of a fresh worker process "
+        "running one implementation (includes the interpreter and libraries, ~0.3-0.5 GB).",
         "",
         "| task | implementation | median time | speed vs official | peak RSS (MB) |",
         "| --- | --- | --- | --- | --- |",
@@ -550,7 +311,9 @@ def format_results(results: dict[str, Any]) -> str:
     for key, spec in results["models"].items():
         if f"encoder/{key}" in results:
             lines += _rows(f"encoder, {spec['label']}, {spec['image_size']} px", results[f"encoder/{key}"])
-    lines += _rows("click (decoder + masks at image size)", results["click"], 1000.0, "ms")
+    for key, spec in results["models"].items():
+        if f"click/{key}" in results:
+            lines += _rows(f"click, {spec['label']} (decoder + masks at image size)", results[f"click/{key}"], 1000.0, "ms")
     if results.get("amg"):
         lines += _rows(f"automatic generator, {results['models']['default']['label']}", results["amg"])
     lines += [
@@ -582,21 +345,27 @@ def format_results(results: dict[str, Any]) -> str:
 def goal_lines(results: dict[str, Any]) -> list[str]:
     """The issue's goals, each marked met or not met from the numbers above."""
     out = ["Goals (ratios to the official code on this machine):", ""]
-    enc = results.get("encoder/vit_b") or results.get("encoder/default")
-    if enc:
+    for key, spec in results["models"].items():
+        enc = results.get(f"encoder/{key}")
+        if not enc:
+            continue
         best = max(enc["torch"]["speedup"], enc["onnx-fp32"]["speedup"])
-        out.append(f"- encoder float32 >= 1.3x: {'met' if best >= 1.3 else 'NOT met'} "
+        out.append(f"- encoder float32 >= 1.3x, {spec['label']}: {'met' if best >= 1.3 else 'NOT met'} "
                    f"(PyTorch {enc['torch']['speedup']:.2f}x, onnxruntime {enc['onnx-fp32']['speedup']:.2f}x)")
-        key = "vit_b" if "encoder/vit_b" in results else "default"
         acc = results.get("accuracy", {}).get(key)
         iou = f", mean mask IoU {acc['mean_iou']:.3f}" if acc else ""
         ok = enc["onnx-int8"]["speedup"] >= 2.5 and (acc is None or acc["mean_iou"] >= 0.97)
-        out.append(f"- encoder int8 >= 2.5x with IoU >= 0.97: {'met' if ok else 'NOT met'} "
+        out.append(f"- encoder int8 >= 2.5x with IoU >= 0.97, {spec['label']}: {'met' if ok else 'NOT met'} "
                    f"({enc['onnx-int8']['speedup']:.2f}x{iou})")
-    click = results["click"]
-    parts = ", ".join(f"{IMPL_NAMES[i].replace('segany ', '')} {click[i]['speedup']:.2f}x" for i in click if i != "official")
-    best = max(click[i]["speedup"] for i in click if i != "official")
-    out.append(f"- click >= 5x: {'met' if best >= 5 else 'NOT met'} ({parts})")
+    for key, spec in results["models"].items():
+        click = results.get(f"click/{key}")
+        if not click:
+            continue
+        parts = ", ".join(
+            f"{IMPL_NAMES[i].replace('segany ', '')} {click[i]['speedup']:.2f}x" for i in click if i != "official"
+        )
+        best = max(click[i]["speedup"] for i in click if i != "official")
+        out.append(f"- click >= 5x, {spec['label']}: {'met' if best >= 5 else 'NOT met'} ({parts})")
     return out
 
 

@@ -1,0 +1,271 @@
+"""Worker side of ``bench_cpu.py``: one implementation, one task, in a fresh process.
+
+Run by the orchestrator as ``python benchmarks/bench_cpu_workers.py SPEC_JSON``; prints one JSON line with
+the timings (seconds) and the peak resident memory of this process.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+THREADS = 2
+
+
+def _setup_threads() -> None:
+    import torch
+
+    torch.set_num_threads(THREADS)
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. ``VmHWM`` belongs to the address space, which ``exec``
+    replaces; ``ru_maxrss`` would carry over the parent's peak into a freshly started worker."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB; macOS: bytes
+
+
+def _load_image(path: str):
+    from segany.io.image import read_image
+
+    return read_image(path)
+
+
+def _predictor(impl: str, spec: dict[str, Any]):
+    """A predictor with the official API for ``impl``: official | torch | torch-fast | onnx-fp32 | onnx-int8."""
+    import segany
+
+    if impl.startswith("onnx"):
+        from segany.inference.onnx_backend import OnnxPredictor
+
+        return OnnxPredictor(spec["onnx_dir"], precision=impl.split("-")[1], num_threads=THREADS)
+    model = segany.load_model(spec["checkpoint"])
+    if impl == "official":
+        sys.path.insert(0, str(REPO / "tests"))
+        from sam_testing import official_twin
+        from segment_anything import SamPredictor as OfficialPredictor
+
+        return OfficialPredictor(official_twin(model))
+    if impl == "torch-fast":
+        return FastTorchPredictor(model)
+    return segany.SamPredictor(model)
+
+
+class FastTorchPredictor:
+    """segany's PyTorch predictor with the fast decoder path (image cache, reassociated attention,
+    :func:`upscale_logits`) -- what ``SamPredictor.predict`` gives once that path is wired in."""
+
+    def __init__(self, model) -> None:
+        import segany
+        from segany.export.fast_decoder import DecoderImageCache, FastMaskDecoder
+
+        self.base = segany.SamPredictor(model)
+        self.model = model
+        self.cache_module = DecoderImageCache(model)
+        self.fast = FastMaskDecoder(model)
+        self.cache = None
+
+    def set_image_embedding(self, embedding, original_size) -> None:
+        import torch
+
+        self.base.set_image_embedding(embedding, original_size)
+        with torch.no_grad():
+            self.cache = self.cache_module(self.base.features)
+
+    def predict(self, point_coords, point_labels, multimask_output: bool = True):
+        import numpy as np
+        import torch
+
+        from segany.export.fast_decoder import embed_points
+        from segany.ops.postprocess import upscale_logits
+
+        p = self.base
+        coords = p.transform.apply_coords(np.asarray(point_coords, dtype=float), p.original_size)
+        coords = torch.as_tensor(np.concatenate([coords, [[0.0, 0.0]]]), dtype=torch.float)[None]
+        labels = torch.as_tensor(np.concatenate([point_labels, [-1]]), dtype=torch.float)[None]
+        with torch.no_grad():
+            low, iou = self.fast(*self.cache, embed_points(self.model, coords, labels))
+            keep = slice(1, None) if multimask_output else slice(0, 1)
+            low, iou = low[:, keep], iou[:, keep]
+            masks = upscale_logits(low, p.input_size, p.original_size, self.model.image_size) > 0
+        return masks[0].numpy(), iou[0].numpy(), low[0].numpy()
+
+
+def _set_embedding(predictor, embedding, original_size) -> None:
+    """Give any predictor an image embedding without running its encoder."""
+    if hasattr(predictor, "set_image_embedding"):
+        predictor.set_image_embedding(embedding, original_size)
+        return
+    # The official predictor has no setter; its own set_torch_image assigns these same fields.
+    predictor.reset_image()
+    predictor.features = embedding
+    predictor.original_size = tuple(original_size)
+    predictor.input_size = tuple(predictor.transform.get_preprocess_shape(*original_size, predictor.model.image_encoder.img_size))
+    predictor.is_image_set = True
+
+
+def worker_encoder(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    image = _load_image(spec["image"])
+    predictor = _predictor(spec["impl"], spec)
+    times = []
+    with torch.inference_mode():
+        # Untimed first calls (small models only): one-time kernel set-up would dominate them.
+        for _ in range(spec.get("warmup", 0)):
+            predictor.set_image(image)
+        for _ in range(spec.get("repeat", 1)):
+            start = time.perf_counter()
+            predictor.set_image(image)
+            times.append(time.perf_counter() - start)
+    return {"times": times, "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_click(spec: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    image = _load_image(spec["image"])
+    predictor = _predictor(spec["impl"], spec)
+    g = torch.Generator().manual_seed(0)
+    cfg = spec["embedding_shape"]
+    embedding = torch.randn(*cfg, generator=g)
+    h, w = image.shape[:2]
+    _set_embedding(predictor, embedding, (h, w))
+    rng = np.random.default_rng(0)
+    points = rng.uniform([0, 0], [w, h], size=(spec["warmup"] + spec["clicks"], 2))
+    times = []
+    with torch.inference_mode():
+        for i, pt in enumerate(points):
+            start = time.perf_counter()
+            masks, scores, _ = predictor.predict(point_coords=pt[None], point_labels=np.array([1]), multimask_output=True)
+            elapsed = time.perf_counter() - start
+            assert masks.shape == (3, h, w) and masks.dtype == bool
+            if i >= spec["warmup"]:
+                times.append(elapsed)
+    return {"times": times, "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_amg(spec: dict[str, Any]) -> dict[str, Any]:
+    import segany
+
+    image = _load_image(spec["image"])
+    model = segany.load_model(spec["checkpoint"])
+    if spec["impl"] == "official":
+        sys.path.insert(0, str(REPO / "tests"))
+        from sam_testing import official_twin
+        from segment_anything import SamAutomaticMaskGenerator as Generator
+
+        generator = Generator(official_twin(model), points_per_side=spec["points_per_side"])
+    else:
+        from segany.inference.automatic import SamAutomaticMaskGenerator as Generator
+
+        generator = Generator(model, points_per_side=spec["points_per_side"])
+    for _ in range(spec.get("warmup", 0)):
+        generator.generate(image)
+    start = time.perf_counter()
+    records = generator.generate(image)
+    return {"times": [time.perf_counter() - start], "masks": len(records), "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
+    """Mask IoU of int8 against float32 embeddings (same fp32 decoder graphs) on real annotations."""
+    import numpy as np
+    import torch
+
+    from segany.inference.onnx_backend import OnnxPredictor
+
+    fp32 = OnnxPredictor(spec["onnx_dir"], precision="fp32", num_threads=THREADS)
+    int8 = OnnxPredictor(spec["onnx_dir"], precision="int8", num_threads=THREADS)
+    ious: list[float] = []
+    cosines: list[float] = []
+    for item in spec["items"]:
+        image = _load_image(item["image"])
+        fp32.set_image(image)
+        int8.set_image(image)
+        a, b = fp32.get_image_embedding().flatten(), int8.get_image_embedding().flatten()
+        cosines.append(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
+        # Decode both embeddings with the same (float) decoder: only the encoder is quantised.
+        for prompt in item["prompts"]:
+            kwargs: dict[str, Any] = {"multimask_output": prompt["kind"] == "point"}
+            if prompt["kind"] == "point":
+                kwargs.update(point_coords=np.array([prompt["xy"]]), point_labels=np.array([1]))
+            else:
+                kwargs.update(box=np.array(prompt["box"]))
+            ma, _, _ = fp32.predict(**kwargs)
+            mb, _, _ = int8.predict(**kwargs)
+            for x, y in zip(ma, mb):
+                union = np.logical_or(x, y).sum()
+                ious.append(1.0 if union == 0 else float(np.logical_and(x, y).sum() / union))
+    arr = np.array(ious)
+    return {
+        "images": len(spec["items"]),
+        "masks": int(arr.size),
+        "mean_iou": float(arr.mean()),
+        "median_iou": float(np.median(arr)),
+        "share_iou_ge_0_9": float((arr >= 0.9).mean()),
+        "min_iou": float(arr.min()),
+        "embedding_cosine": float(np.mean(cosines)),
+    }
+
+
+def worker_gemm(spec: dict[str, Any]) -> dict[str, Any]:
+    """One ViT-B MLP product (4096 x 768 @ 768 x 3072) in onnxruntime, float32 vs dynamic int8: how much
+    int8 can gain on this CPU at all."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from segany.export.quantize import quantize_int8
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((768, 3072)) / 28).astype(np.float32)
+    x = rng.standard_normal((4096, 768)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4096, 768])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4096, 3072])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        onnx.save(model, str(fp32))
+        int8 = quantize_int8(fp32, Path(tmp) / "int8.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = THREADS
+        for name, path in (("fp32", fp32), ("int8", int8)):
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session.run(None, {"x": x})
+            runs = []
+            for _ in range(7):
+                start = time.perf_counter()
+                session.run(None, {"x": x})
+                runs.append(time.perf_counter() - start)
+            times[name] = min(runs)
+    return {"times": [times["fp32"]], "fp32_s": times["fp32"], "int8_s": times["int8"],
+            "gflops_fp32": 2 * 4096 * 768 * 3072 / times["fp32"] / 1e9, "peak_rss_mb": _peak_rss_mb()}
+
+
+WORKERS = {"gemm": worker_gemm, "encoder": worker_encoder, "click": worker_click, "amg": worker_amg, "accuracy": worker_accuracy}
+
+
+
+if __name__ == "__main__":
+    spec = json.loads(sys.argv[1])
+    _setup_threads()
+    print(json.dumps(WORKERS[spec["task"]](spec)))
