@@ -159,6 +159,11 @@ def run(args: argparse.Namespace) -> int:
     from segany.eval.report import ReportWriter, load_compare, run_info
 
     _check_inputs(args)
+    try:  # reports need matplotlib, the edge benchmark scipy: the 'eval' extra
+        import matplotlib  # noqa: F401
+        import scipy  # noqa: F401
+    except ImportError as exc:
+        raise EvalError(f"{exc.name} is missing: install segany[eval] (pip install 'segany[eval]')") from None
     if args.threads:  # on a shared machine one thread each is often faster than fighting over cores
         import cv2
         import torch
