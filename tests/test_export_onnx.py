@@ -246,3 +246,20 @@ def test_cli_export(tmp_path, capsys):
     assert "decoder.onnx" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "x")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_padded_windows_match_official_in_pytorch_and_onnx(tmp_path):
+    """A window size that does not divide the token grid (16 tokens, windows of 5) exercises the
+    encoder's padding path, which the tiny preset never takes."""
+    from segany.model import PRESETS
+
+    model = random_tiny(seed=4, config=PRESETS["tiny"].replace(window_size=5))
+    ref = official_twin(model)
+    x = torch.randint(0, 256, (192, 256, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        pixels = model.preprocess(x.permute(2, 0, 1)[None].float())
+        want = ref.image_encoder(pixels)
+        torch.testing.assert_close(model.image_encoder(pixels), want, atol=TOL, rtol=0)
+    export_onnx(model, tmp_path)
+    (got,) = _session(tmp_path / "encoder.onnx").run(None, {"image": x.numpy()})
+    np.testing.assert_allclose(got, want.numpy(), atol=TOL, rtol=0)

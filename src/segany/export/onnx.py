@@ -181,7 +181,6 @@ def export_onnx(
     encoder: bool = True,
     check: bool = True,
     tolerance: float = 1e-4,
-    calibration_images: Sequence[str | os.PathLike[str]] | None = None,
 ) -> OnnxExport:
     """Export ``model`` to ONNX files in ``out_dir`` (created if needed; existing files replaced).
 
@@ -194,7 +193,6 @@ def export_onnx(
         encoder: also export the image encoder (slow for big models).
         check: run every graph once with onnxruntime and compare with PyTorch (relative |diff| <=
             ``tolerance``); raises :class:`ExportError` otherwise.
-        calibration_images: unused by dynamic quantisation; reserved for static calibration.
     Returns:
         the written paths and the measured differences.
     """
@@ -202,8 +200,29 @@ def export_onnx(
         raise ExportError(f"quantize must be 'int8' or None, not {quantize!r}")
     if opset < 13:
         raise ExportError(f"opset {opset} is too old; use 13 or newer (official default: 17)")
-    model = model.eval().cpu()
-    out = Path(out_dir)
+    # Export on the CPU in eval mode, then give the caller's model back as it was.
+    device, training = model.device, model.training
+    try:
+        return _export_all(
+            model.eval().cpu(), Path(out_dir), opset, quantize, return_single_mask, use_stability_score,
+            return_extra_metrics, encoder, check, tolerance,
+        )
+    finally:
+        model.to(device).train(training)
+
+
+def _export_all(
+    model: Sam,
+    out: Path,
+    opset: int,
+    quantize: str | None,
+    return_single_mask: bool,
+    use_stability_score: bool,
+    return_extra_metrics: bool,
+    encoder: bool,
+    check: bool,
+    tolerance: float,
+) -> OnnxExport:
     out.mkdir(parents=True, exist_ok=True)
     examples = _example_inputs(model)
     s = model.image_encoder.img_size
