@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from segany.errors import CheckpointError, ImageError, PromptError
-from segany.inference.predictor import ImageEmbedding, SamPredictor
+from segany.inference.predictor import ImageEmbedding, SamPredictor, prompt_tensors
 from segany.io.image import read_image, to_rgb_uint8
 from segany.ops.postprocess import upscale_logits
 from segany.ops.transforms import ResizeLongestSide
@@ -229,29 +229,15 @@ class OnnxPredictor:
         a mask prompt ``(1, 256, 256)``, in original image pixels."""
         self._require_image()
         assert self.original_size is not None
-        coords_t = labels_t = box_t = mask_t = None
-        if point_coords is not None:
-            if point_labels is None:
-                raise PromptError("point_labels are required with point_coords")
-            coords = np.asarray(point_coords, dtype=float)
-            labels = np.asarray(point_labels)
-            if coords.ndim != 2 or coords.shape[1] != 2:
-                raise PromptError(f"point_coords must have shape (N, 2), got {coords.shape}")
-            if labels.shape != (coords.shape[0],):
-                raise PromptError(f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}")
-            coords_t = torch.as_tensor(self.transform.apply_coords(coords, self.original_size), dtype=torch.float)[None]
-            labels_t = torch.as_tensor(labels, dtype=torch.float)[None]
-        if box is not None:
-            b = np.asarray(box, dtype=float)
-            if b.size != 4:
-                raise PromptError(f"box must have 4 numbers x0, y0, x1, y1, got shape {b.shape}")
-            box_t = torch.as_tensor(self.transform.apply_boxes(b.reshape(1, 4), self.original_size), dtype=torch.float)
-        if mask_input is not None:
-            m = np.asarray(mask_input, dtype=np.float32)
-            expected = (1, *self.model.mask_input_size)
-            if m.shape != expected:
-                raise PromptError(f"mask_input must have shape {expected}, got {m.shape}")
-            mask_t = torch.from_numpy(m)[None]
+        coords_t, labels_t, box_t, mask_t = prompt_tensors(
+            self.transform,
+            self.original_size,
+            self.model.mask_input_size,
+            point_coords,
+            point_labels,
+            box,
+            mask_input,
+        )
         masks, scores, low_res = self.predict_torch(
             coords_t, labels_t, box_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
         )

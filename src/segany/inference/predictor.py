@@ -168,31 +168,16 @@ class SamPredictor:
         """
         self._require_image()
         assert self.original_size is not None
-        coords_t = labels_t = box_t = mask_t = None
-        if point_coords is not None:
-            if point_labels is None:
-                raise PromptError("point_labels are required with point_coords")
-            coords = np.asarray(point_coords, dtype=float)
-            labels = np.asarray(point_labels)
-            if coords.ndim != 2 or coords.shape[1] != 2:
-                raise PromptError(f"point_coords must have shape (N, 2), got {coords.shape}")
-            if labels.shape != (coords.shape[0],):
-                raise PromptError(f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}")
-            coords = self.transform.apply_coords(coords, self.original_size)
-            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
-            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
-        if box is not None:
-            b = np.asarray(box, dtype=float)
-            if b.size != 4:
-                raise PromptError(f"box must have 4 numbers x0, y0, x1, y1, got shape {b.shape}")
-            b = self.transform.apply_boxes(b.reshape(1, 4), self.original_size)
-            box_t = torch.as_tensor(b, dtype=torch.float, device=self.device)
-        if mask_input is not None:
-            m = np.asarray(mask_input, dtype=np.float32)
-            expected = (1, *self.model.prompt_encoder.mask_input_size)
-            if m.shape != expected:
-                raise PromptError(f"mask_input must have shape {expected}, got {m.shape}")
-            mask_t = torch.as_tensor(m, dtype=torch.float, device=self.device)[None]
+        coords_t, labels_t, box_t, mask_t = prompt_tensors(
+            self.transform,
+            self.original_size,
+            self.model.prompt_encoder.mask_input_size,
+            point_coords,
+            point_labels,
+            box,
+            mask_input,
+            self.device,
+        )
         masks, scores, low_res = self.predict_torch(
             coords_t, labels_t, box_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
         )
@@ -237,3 +222,46 @@ class SamPredictor:
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, scores, low_res
+
+
+def prompt_tensors(
+    transform: ResizeLongestSide,
+    original_size: tuple[int, int],
+    mask_input_size: tuple[int, int],
+    point_coords: np.ndarray | None,
+    point_labels: np.ndarray | None,
+    box: np.ndarray | None,
+    mask_input: np.ndarray | None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Check one image's numpy prompts and turn them into ``predict_torch`` inputs in the resized frame.
+
+    Shared by every predictor backend so that they accept and reject exactly the same prompts.
+    Returns points ``(1, N, 2)``, labels ``(1, N)`` (int), box ``(1, 4)`` and mask ``(1, 1, h, w)``,
+    each None when not given.
+    """
+    coords_t = labels_t = box_t = mask_t = None
+    if point_coords is not None:
+        if point_labels is None:
+            raise PromptError("point_labels are required with point_coords")
+        coords = np.asarray(point_coords, dtype=float)
+        labels = np.asarray(point_labels)
+        if coords.ndim != 2 or coords.shape[1] != 2:
+            raise PromptError(f"point_coords must have shape (N, 2), got {coords.shape}")
+        if labels.shape != (coords.shape[0],):
+            raise PromptError(f"point_labels must have shape ({coords.shape[0]},), got {labels.shape}")
+        coords = transform.apply_coords(coords, original_size)
+        coords_t = torch.as_tensor(coords, dtype=torch.float, device=device)[None]
+        labels_t = torch.as_tensor(labels, dtype=torch.int, device=device)[None]
+    if box is not None:
+        b = np.asarray(box, dtype=float)
+        if b.size != 4:
+            raise PromptError(f"box must have 4 numbers x0, y0, x1, y1, got shape {b.shape}")
+        box_t = torch.as_tensor(transform.apply_boxes(b.reshape(1, 4), original_size), dtype=torch.float, device=device)
+    if mask_input is not None:
+        m = np.asarray(mask_input, dtype=np.float32)
+        expected = (1, *mask_input_size)
+        if m.shape != expected:
+            raise PromptError(f"mask_input must have shape {expected}, got {m.shape}")
+        mask_t = torch.as_tensor(m, dtype=torch.float, device=device)[None]
+    return coords_t, labels_t, box_t, mask_t
