@@ -319,7 +319,7 @@ def format_results(results: dict[str, Any]) -> str:
     lines += [
         "",
         "\\* not yet wired into `SamPredictor`, which runs the model's own decoder (with the fast "
-        "`segany.ops.postprocess.upscale_logits`); this row adds `segany.export.fast_decoder` (per-image "
+        "`segany.ops.postprocess.upscale_logits`); this row adds `segany.inference.fast_decoder` (per-image "
         "cache + reassociated attention), the decoder the onnxruntime predictor runs.",
     ]
     if not results.get("amg"):

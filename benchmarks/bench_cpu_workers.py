@@ -68,7 +68,7 @@ class FastTorchPredictor:
 
     def __init__(self, model) -> None:
         import segany
-        from segany.export.fast_decoder import DecoderImageCache, FastMaskDecoder
+        from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder
 
         self.base = segany.SamPredictor(model)
         self.model = model
@@ -87,7 +87,7 @@ class FastTorchPredictor:
         import numpy as np
         import torch
 
-        from segany.export.fast_decoder import embed_points
+        from segany.inference.fast_decoder import embed_points
         from segany.ops.postprocess import upscale_logits
 
         p = self.base

@@ -339,7 +339,7 @@ def test_accepts_a_predictor_that_decodes_low_resolution_logits() -> None:
 
         calls = 0
 
-        def predict_low_res(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True):
+        def predict_low_res(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True, skip_below=None):
             LowResPredictor.calls += 1
             sparse, dense = self.model.prompt_encoder((point_coords, point_labels), None, None)
             pe = self.model.prompt_encoder.get_dense_pe()

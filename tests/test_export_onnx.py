@@ -17,7 +17,7 @@ from sam_testing import official_twin, random_tiny
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from segany.export.fast_decoder import DecoderImageCache, FastMaskDecoder, embed_points  # noqa: E402
+from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, embed_points  # noqa: E402
 from segany.export.onnx import ExportError, export_onnx  # noqa: E402
 from segany.io.image import read_image  # noqa: E402
 from segany.ops.transforms import ResizeLongestSide  # noqa: E402

@@ -84,3 +84,59 @@ def test_bad_prompts(predictor, prompt):
 def test_bad_image_format(predictor):
     with pytest.raises(ImageError):
         predictor.set_image(np.zeros((10, 10, 3), np.uint8), image_format="HSV")
+
+
+def _model_decoder(predictor, coords, labels, boxes=None, mask_input=None, multimask=True):
+    """The model's own decoder on the predictor's image: what the fast path must reproduce."""
+    points = (coords, labels) if coords is not None else None
+    sparse, dense = predictor.model.prompt_encoder(points, boxes, mask_input)
+    with torch.no_grad():
+        return predictor.model.mask_decoder(
+            predictor.features, predictor.model.prompt_encoder.get_dense_pe(), sparse, dense, multimask
+        )
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_predict_low_res_equals_model_decoder(predictor, multimask):
+    g = torch.Generator().manual_seed(0)
+    s = predictor.model.image_size
+    coords = torch.rand(5, 2, 2, generator=g) * s
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1], [1, -1], [1, 0]])
+    boxes = torch.tensor([[4.0, 5.0, 90.0, 120.0]] * 5)
+    masks = torch.randn(5, 1, 64, 64, generator=g)
+    for kwargs in ({}, {"boxes": boxes}, {"mask_input": masks}, {"boxes": boxes, "mask_input": masks}):
+        want_low, want_iou = _model_decoder(predictor, coords, labels, multimask=multimask, **kwargs)
+        got_low, got_iou = predictor.predict_low_res(coords, labels, multimask_output=multimask, **kwargs)
+        torch.testing.assert_close(got_low, want_low, atol=1e-4, rtol=0)
+        torch.testing.assert_close(got_iou, want_iou, atol=1e-5, rtol=0)
+
+
+def test_predict_low_res_skips_only_prompts_below_the_threshold(predictor):
+    from segany.inference.predictor import SKIPPED_LOGIT
+
+    coords = torch.rand(16, 1, 2, generator=torch.Generator().manual_seed(1)) * predictor.model.image_size
+    labels = torch.ones(16, 1, dtype=torch.int)
+    full_low, iou = predictor.predict_low_res(coords, labels)
+    threshold = float(iou.max(dim=1).values.median())  # about half of the prompts fall below
+    low, iou2 = predictor.predict_low_res(coords, labels, skip_below=threshold)
+    torch.testing.assert_close(iou2, iou)
+    computed = (iou > threshold).any(dim=1)
+    assert 0 < int(computed.sum()) < 16
+    torch.testing.assert_close(low[computed], full_low[computed])
+    assert bool((low[~computed] == SKIPPED_LOGIT).all())
+
+
+def test_predictor_sees_weights_loaded_after_it_was_built(test_images):
+    """The fast decoder reads the model's weights at each image, never a stale copy."""
+    model = random_tiny(seed=4)
+    predictor = SamPredictor(model)
+    point = dict(point_coords=np.array([[20.0, 30.0]]), point_labels=np.array([1]))
+    predictor.set_image(test_images[0])
+    before = predictor.predict(**point)[1]
+    model.load_state_dict(random_tiny(seed=9).state_dict())
+    predictor.set_image(test_images[0])
+    assert not np.allclose(predictor.predict(**point)[1], before)
+    fresh = SamPredictor(random_tiny(seed=9))
+    fresh.set_image(test_images[0])
+    for a, b in zip(predictor.predict(**point)[1:], fresh.predict(**point)[1:]):
+        np.testing.assert_allclose(a, b, atol=1e-5)

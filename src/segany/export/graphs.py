@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segany.export.fast_decoder import DecoderImageCache, FastMaskDecoder, embed_points
+from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, embed_points
 from segany.model import Sam
 
 __all__ = ["EncoderGraph", "ImageCacheGraph", "LowResDecoderGraph", "OfficialDecoderGraph", "stability_score"]

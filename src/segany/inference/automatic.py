@@ -236,13 +236,11 @@ class SamAutomaticMaskGenerator:
         tick = time.perf_counter()
         coords = torch.as_tensor(self.predictor.transform.apply_coords(points, crop.size), device=device)
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=device)
-        if hasattr(self.predictor, "predict_low_res"):
-            low_res, iou = self.predictor.predict_low_res(coords[:, None], labels[:, None], multimask_output=True)
-        else:
-            sparse, dense = model.prompt_encoder((coords[:, None], labels[:, None]), None, None)
-            low_res, iou = model.mask_decoder(
-                self.predictor.features, model.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=True
-            )
+        # Masks the IoU filter below will drop need no upscaling: skip prompts with none left.
+        skip = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
+        low_res, iou = self.predictor.predict_low_res(
+            coords[:, None], labels[:, None], multimask_output=True, skip_below=skip
+        )
         per_point = low_res.shape[1]
         low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
         pts = torch.as_tensor(points, device=device).repeat_interleave(per_point, dim=0)

@@ -269,10 +269,12 @@ class OnnxPredictor:
         boxes: torch.Tensor | np.ndarray | None = None,
         mask_input: torch.Tensor | np.ndarray | None = None,
         multimask_output: bool = True,
+        skip_below: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder output only, like ``model.mask_decoder(...)``: low-resolution logits ``(B, M, 4g, 4g)``
         and predicted IoUs ``(B, M)`` for ``B`` prompt sets in the resized frame (points ``(B, N, 2)``,
-        labels ``(B, N)``, boxes ``(B, 4)``, masks ``(B, 1, 4g, 4g)``)."""
+        labels ``(B, N)``, boxes ``(B, 4)``, masks ``(B, 1, 4g, 4g)``). ``skip_below`` is accepted for
+        :meth:`SamPredictor.predict_low_res` compatibility; the exported graph upscales every prompt."""
         self._require_image()
         coords, labels = self._sparse_prompts(point_coords, point_labels, boxes)
         keep = slice(1, None) if multimask_output else slice(0, 1)

@@ -14,10 +14,16 @@ import numpy as np
 import torch
 
 from segany.errors import ImageError, PromptError
+from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, ImageCache
 from segany.io.image import read_image, to_rgb_uint8
 from segany.model import Sam
+from segany.model.mask_decoder import MaskDecoder
 from segany.ops.postprocess import upscale_logits
 from segany.ops.transforms import ResizeLongestSide
+
+# Logits given to the masks that predict_low_res(skip_below=...) does not compute: far below any
+# threshold, finite so that resampling them stays well defined.
+SKIPPED_LOGIT = -1.0e4
 
 
 @dataclass
@@ -133,6 +139,10 @@ class SamPredictor:
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
+        # The decoder's prompt-independent inputs for this image (no mask prompt), built at the first
+        # prompt; the fast decoder modules are rebuilt per image so that they see the current weights.
+        self._decoder_cache: ImageCache | None = None
+        self._fast: tuple[DecoderImageCache, FastMaskDecoder] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -203,25 +213,73 @@ class SamPredictor:
             masks ``(B, M, H, W)``, scores ``(B, M)``, low-resolution logits ``(B, M, 256, 256)``.
         """
         self._require_image()
-        assert self.features is not None and self.input_size and self.original_size
-        points = None
-        if point_coords is not None:
-            if point_labels is None:
-                raise PromptError("point_labels are required with point_coords")
-            points = (point_coords.to(self.device), point_labels.to(self.device))
-        sparse, dense = self.model.prompt_encoder(
-            points,
-            boxes.to(self.device) if boxes is not None else None,
-            mask_input.to(self.device) if mask_input is not None else None,
-        )
-        low_res, scores = self.model.mask_decoder(
-            self.features, self.model.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
-        )
+        assert self.input_size and self.original_size
+        low_res, scores = self.predict_low_res(point_coords, point_labels, boxes, mask_input, multimask_output)
         # Same masks as model.postprocess_masks (to float rounding), without the padded-square detour.
         masks = upscale_logits(low_res, self.input_size, self.original_size, self.model.image_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, scores, low_res
+
+    @torch.no_grad()
+    def predict_low_res(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        skip_below: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder output only, like ``model.mask_decoder(...)``, for ``B`` prompt sets in the resized
+        frame (as :meth:`predict_torch`).
+
+        Runs :class:`segany.inference.fast_decoder.FastMaskDecoder` (same results as the model's decoder
+        to float rounding, about half the multiply-adds) with the image-side inputs cached per image.
+
+        Args:
+            skip_below: if set, a prompt whose returned IoU predictions are all ``<= skip_below`` gets no
+                upscaling (the dearest part of the decoder); its logits are :data:`SKIPPED_LOGIT`. For
+                callers that drop such masks anyway, like the automatic generator's IoU filter.
+        Returns:
+            low-resolution logits ``(B, M, 4g, 4g)`` and predicted IoUs ``(B, M)``, ``M`` = 3 or 1.
+        """
+        self._require_image()
+        assert self.features is not None
+        points = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise PromptError("point_labels are required with point_coords")
+            points = (point_coords.to(self.device), point_labels.to(self.device))
+        boxes = boxes.to(self.device) if boxes is not None else None
+        sel = slice(1, None) if multimask_output else slice(0, 1)
+        if type(self.model.mask_decoder) is not MaskDecoder:
+            # A replaced decoder (research code, tests): run it as it is.
+            mask = mask_input.to(self.device) if mask_input is not None else None
+            sparse, dense = self.model.prompt_encoder(points, boxes, mask)
+            return self.model.mask_decoder(
+                self.features, self.model.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
+            )
+        sparse, _ = self.model.prompt_encoder(points, boxes, None)
+        if self._fast is None:
+            self._fast = (DecoderImageCache(self.model), FastMaskDecoder(self.model))
+        image_cache, decoder = self._fast
+        if mask_input is None:
+            if self._decoder_cache is None:
+                self._decoder_cache = image_cache.cache(self.features)
+            cache = self._decoder_cache
+        else:
+            cache = image_cache.cache(self.features, mask_input.to(self.device))
+        keys, hyper, iou = decoder.transform(cache.src, cache.k1, cache.v1, cache.q1, sparse)
+        hyper, iou = hyper[:, sel], iou[:, sel]
+        if skip_below is None:
+            return decoder.upscale(keys, hyper), iou
+        rows = torch.nonzero((iou > skip_below).any(dim=1)).squeeze(1)
+        gh, gw = self.model.prompt_encoder.image_embedding_size
+        low_res = torch.full((iou.shape[0], iou.shape[1], 4 * gh, 4 * gw), SKIPPED_LOGIT, dtype=keys.dtype, device=keys.device)
+        if len(rows):
+            low_res[rows] = decoder.upscale(keys[rows], hyper[rows])
+        return low_res, iou
 
 
 def prompt_tensors(

@@ -145,16 +145,16 @@ class FastMaskDecoder(nn.Module):
         self.register_buffer("image_pe", _flat_dense_pe(model), persistent=False)
         heads = dec.transformer.num_heads
         self.register_buffer("eye", torch.eye(heads), persistent=False)
-        # Transposed convolutions as (in, 4 * out) matrices with columns ordered (dy, dx, out channel).
-        up1, norm, _, up2, _ = dec.output_upscaling
-        self.up1_w = nn.Parameter(up1.weight.detach().permute(0, 2, 3, 1).reshape(up1.in_channels, -1), False)
-        self.up1_b = nn.Parameter(up1.bias.detach().repeat(4), False)
-        self.up2_w = nn.Parameter(up2.weight.detach().permute(0, 2, 3, 1).reshape(up2.in_channels, -1), False)
-        self.up2_b = nn.Parameter(up2.bias.detach().repeat(4), False)
-        self.norm = norm
         self.grid = tuple(model.prompt_encoder.image_embedding_size)
-        self.act1 = dec.output_upscaling[2]
-        self.act2 = dec.output_upscaling[4]
+
+    # The transposed convolutions as (in, 4 * out) matrices with columns ordered (dy, dx, out channel),
+    # rebuilt on every call (a few hundred kB) so that later changes to the model's weights are seen.
+
+    @staticmethod
+    def _as_matrix(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+        w = conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1)
+        b = conv.bias.repeat(4) if conv.bias is not None else torch.zeros(w.shape[1], dtype=w.dtype, device=w.device)
+        return w, b
 
     # -- attention variants ------------------------------------------------------------------
 
@@ -213,6 +213,23 @@ class FastMaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cache fields (see :class:`ImageCache`) and sparse tokens ``(B, K, C)`` ->
         logits ``(B, M, 4g, 4g)`` and IoU predictions ``(B, M)`` for all ``M`` mask tokens."""
+        keys, hyper, iou = self.transform(src, k1, v1, q1, sparse)
+        return self.upscale(keys, hyper), iou
+
+    def transform(
+        self,
+        src: torch.Tensor,
+        k1: torch.Tensor,
+        v1: torch.Tensor,
+        q1: torch.Tensor,
+        sparse: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The two-way transformer and the heads, without the upscaling.
+
+        Returns the image rows ``keys (B, N, C)``, the hypernetwork outputs ``hyper (B, M, c)`` and the
+        IoU predictions ``(B, M)``; :meth:`upscale` turns the first two into mask logits. Splitting
+        here lets a caller upscale only the prompts whose IoU predictions it will keep.
+        """
         dec = self.decoder
         b = sparse.shape[0]
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
@@ -248,17 +265,19 @@ class FastMaskDecoder(nn.Module):
         iou = dec.iou_prediction_head(queries[:, 0, :])
         tokens = queries[:, 1 : 1 + dec.num_mask_tokens, :]
         hyper = torch.stack([mlp(tokens[:, j, :]) for j, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
-        return self._masks(keys, hyper), iou
+        return keys, hyper, iou
 
-    def _masks(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+    def upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """Upscale image rows ``(B, N, C)`` 4x and dot with ``hyper (B, M, c)`` -> ``(B, M, 4g, 4g)``."""
         b, n, _ = keys.shape
         gh, gw = self.grid
-        c1 = self.up1_b.shape[0] // 4
-        x = (keys @ self.up1_w + self.up1_b).view(b, n * 4, c1)  # rows (pixel, dy, dx)
-        x = self.act1(F.layer_norm(x, (c1,), self.norm.weight, self.norm.bias, self.norm.eps))
-        x = self.act2(x @ self.up2_w + self.up2_b)  # (B, 4N, 4 * c2): columns (dy2, dx2, channel)
-        c2 = self.up2_b.shape[0] // 4
+        up1, norm, act1, up2, act2 = self.decoder.output_upscaling
+        w1, b1 = self._as_matrix(up1)
+        w2, b2 = self._as_matrix(up2)
+        c1, c2 = up1.out_channels, up2.out_channels
+        x = (keys @ w1 + b1).view(b, n * 4, c1)  # rows (pixel, dy, dx)
+        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+        x = act2(x @ w2 + b2)  # (B, 4N, 4 * c2): columns (dy2, dx2, channel)
         m = hyper.shape[1]
         logits = x.view(b, n * 16, c2) @ hyper.transpose(1, 2)  # (B, 16N, M)
         # Row order (i, j, dy, dx, dy2, dx2) -> image position (4i + 2dy + dy2, 4j + 2dx + dx2).
