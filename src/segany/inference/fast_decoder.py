@@ -82,6 +82,17 @@ def _block_rows(x: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
     return (x.unsqueeze(3) * eye.view(1, h, 1, h, 1)).reshape(b, h * t, h * e)
 
 
+def _block_rows_token_major(x: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
+    """As :func:`_block_rows` with rows ordered ``t*h + head``: ``(B, h, T, e) -> (B, T*h, h*e)``.
+
+    Image->token attention takes its softmax over the tokens; with the heads innermost that softmax
+    runs over a strided axis of length T with 8 contiguous heads beside it, several times faster on a
+    CPU than over a contiguous axis of length T ~ 7.
+    """
+    b, h, t, e = x.shape
+    return (x.transpose(1, 2).unsqueeze(3) * eye.view(1, 1, h, h, 1)).reshape(b, t * h, h * e)
+
+
 class DecoderImageCache(nn.Module):
     """Image embedding (+ mask prompt) -> :class:`ImageCache` fields (as a tuple, for export)."""
 
@@ -189,17 +200,17 @@ class FastMaskDecoder(nn.Module):
         h = a.num_heads
         k = _heads_first(a.k_proj(k_tok), h)  # (B, h, T, e)
         b, _, t, e = k.shape
-        kbd = _block_rows(k * e**-0.5, self.eye).transpose(1, 2)  # (B, d, h*T)
+        kbd = _block_rows_token_major(k * e**-0.5, self.eye).transpose(1, 2)  # (B, d, T*h)
         if q1 is not None:
             logits = q1 @ kbd
         else:
             assert q_img is not None
-            logits = q_img @ (a.q_proj.weight.t() @ kbd) + (a.q_proj.bias @ kbd).unsqueeze(1)
-        n = logits.shape[1]
-        attn = torch.softmax(logits.view(logits.shape[0], n, h, t), dim=-1).view(logits.shape[0], n, h * t)
+            logits = torch.baddbmm((a.q_proj.bias @ kbd).unsqueeze(1), q_img, a.q_proj.weight.t() @ kbd)
+        b, n = logits.shape[:2]
+        attn = torch.softmax(logits.view(b, n, t, h), dim=-2).view(b, n, t * h)
         v = _heads_first(a.v_proj(v_tok), h)  # (B, h, T, e)
-        vo = _block_rows(v, self.eye) @ a.out_proj.weight.t()  # (B, h*T, C): V_h W_o,h per head
-        return attn @ vo + a.out_proj.bias
+        vo = _block_rows_token_major(v, self.eye) @ a.out_proj.weight.t()  # (B, T*h, C): V_h W_o,h per head
+        return torch.baddbmm(a.out_proj.bias, attn, vo)
 
     # -- decoder ---------------------------------------------------------------------------------
 
