@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--models", default="smooth,tiny,vit_b", help="comma-separated: smooth, tiny, vit_b, ...")
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--long-side", type=int, default=0, help="resize the image first (0: as is)")
-    parser.add_argument("--points-per-side", default="", help="per model, e.g. vit_b=16 (default: 32 for all)")
+    parser.add_argument("--points-per-side", default="", help="per model or model:knobs, e.g. vit_b:loose=16 (default: 32 for all)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both generators")
     parser.add_argument("--knobs", default="defaults,loose", help="comma-separated: defaults, loose")
@@ -192,8 +192,9 @@ def main() -> None:
                 knobs = {"stability_score_thresh": 0.2}
                 knobs.update({"pred_iou_thresh": 0.3} if knobs_name == "loose" else {})
             pps = dict(item.split("=") for item in args.points_per_side.split(",") if item)
-            if model_name in pps:
-                knobs = {**knobs, "points_per_side": int(pps[model_name])}
+            for key in (model_name, f"{model_name}:{knobs_name}"):
+                if key in pps:
+                    knobs = {**knobs, "points_per_side": int(pps[key])}
             label = ", ".join(f"{k}={v:g}" for k, v in knobs.items()) or "official defaults"
             row = bench_case(model_name, label, knobs, image, args.repeats)
             rows.append(row)

@@ -1,4 +1,4 @@
-"""Tests for segany.eval.edges: BSDS-style matching and scores, thinning, SAM edge maps."""
+"""Tests for segany.eval.edges and edge_maps: BSDS-style matching and scores, thinning, SAM edge maps."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from segany.eval.edge_maps import edge_nms, sobel_edges_from_probs
 from segany.eval.edges import (
-    edge_nms,
     edge_thresholds,
     evaluate_edge_image,
     load_bsds_boundaries,
     match_boundaries,
-    sobel_edges_from_probs,
     summarize_edges,
     thin,
 )

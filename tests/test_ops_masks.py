@@ -9,7 +9,6 @@ import torchvision
 from segment_anything.utils import amg as official
 
 from segany.ops import masks as ops
-from sam_testing import random_tiny
 
 # --- scores and boxes ----------------------------------------------------------------------------
 
@@ -188,29 +187,3 @@ def test_clean_small_regions_equals_whole_image_processing() -> None:
             full[box[1] : box[3], box[0] : box[2]] = window
             assert changed == (c1 or c2)
             assert np.array_equal(full, expected)
-
-
-# --- upsampling ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "image_size, low, input_size, original_size",
-    [
-        (256, 64, (171, 256), (321, 481)),  # landscape, tiny model
-        (256, 64, (256, 151), (640, 378)),  # portrait
-        (256, 64, (256, 256), (100, 100)),  # square, downsampled
-        (1024, 256, (683, 1024), (600, 900)),  # SAM size
-        (1024, 256, (1024, 765), (301, 225)),
-    ],
-)
-def test_upsample_logits_is_bit_identical_to_postprocess_masks(
-    image_size: int, low: int, input_size: tuple[int, int], original_size: tuple[int, int]
-) -> None:
-    g = torch.Generator().manual_seed(image_size + input_size[0])
-    logits = torch.randn(6, 3, low, low, generator=g) * 4
-    model = random_tiny(0)
-    model.image_encoder.img_size = image_size  # postprocess_masks only reads the size
-    expected = model.postprocess_masks(logits, input_size, original_size)
-    subset = logits.flatten(0, 1)[[1, 4, 7, 16]]  # any subset, in any batch shape
-    ours = ops.upsample_logits(subset, image_size, input_size, original_size)
-    assert torch.equal(ours, expected.flatten(0, 1)[[1, 4, 7, 16]])

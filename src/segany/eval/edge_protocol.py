@@ -2,9 +2,9 @@
 
 SAM's edge map for an image: a regular 16 x 16 grid of foreground points, all three masks of each
 point (768 masks, no filtering), their unthresholded probability maps (sigmoid of the mask
-logits at full resolution), then :func:`segany.eval.edges.sobel_edges_from_probs` (Sobel
+logits at full resolution), then :func:`segany.eval.edge_maps.sobel_edges_from_probs` (Sobel
 magnitude kept on each mask's outer boundary, pixel-wise max, rescaled to [0, 1]) and
-:func:`segany.eval.edges.edge_nms`. The paper also removes redundant masks by NMS with an unstated
+:func:`segany.eval.edge_maps.edge_nms`. The paper also removes redundant masks by NMS with an unstated
 threshold; we do not: a pixel-wise max is unchanged by duplicate masks.
 
 Canny baseline: the soft map is the fraction of Canny edge maps (Gaussian-blurred grey image, L2
@@ -103,7 +103,7 @@ def sam_edge_map(predictor: Any, image: np.ndarray, settings: EdgeSettings | Non
     """
     import torch
 
-    from segany.eval.edges import edge_nms, sobel_edges_from_probs
+    from segany.eval.edge_maps import edge_nms, sobel_edges_from_probs
 
     st = settings or EdgeSettings()
     predictor.set_image(image)

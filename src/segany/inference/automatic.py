@@ -44,8 +44,8 @@ from segany.ops.masks import (
     uncrop_boxes_xyxy,
     uncrop_masks,
     uncrop_points,
-    upsample_logits,
 )
+from segany.ops.postprocess import upscale_logits
 
 __all__ = ["SamAutomaticMaskGenerator", "GeneratorSettingsError", "GENERATOR_PRESETS"]
 
@@ -256,7 +256,7 @@ class SamAutomaticMaskGenerator:
         max_area = self._max_area(image_size)
         kept: list[Candidates] = []
         for sl in self._chunks(low_res.shape[0], h * w):
-            logits = upsample_logits(low_res[sl], model.image_size, crop.input_size, crop.size)
+            logits = upscale_logits(low_res[sl], crop.input_size, crop.size, model.image_size)
             stability = stability_score(logits, model.mask_threshold, self.stability_score_offset)
             sel = torch.arange(sl.start, sl.stop, device=device)
             if self.stability_score_thresh > 0.0:
@@ -383,7 +383,7 @@ class SamAutomaticMaskGenerator:
             for crop_id in torch.unique(crop_ids).tolist():
                 crop = crops[crop_id]
                 rows = torch.nonzero(crop_ids == crop_id)[:, 0]
-                logits = upsample_logits(data.low_res[sl][rows], model.image_size, crop.input_size, crop.size)
+                logits = upscale_logits(data.low_res[sl][rows], crop.input_size, crop.size, model.image_size)
                 out[rows] = uncrop_masks(logits > model.mask_threshold, crop.box, height, width)
             yield sl, out
 

@@ -25,9 +25,7 @@ import numpy as np
 import torch
 
 from segany.errors import CheckpointError, ImageError, PromptError
-from segany.inference.predictor import ImageEmbedding, SamPredictor, prompt_tensors
-from segany.io.image import read_image, to_rgb_uint8
-from segany.ops.postprocess import upscale_logits
+from segany.inference.predictor import PredictorBase, SamPredictor
 from segany.ops.transforms import ResizeLongestSide
 
 __all__ = ["OnnxPredictor", "OnnxModelInfo", "predictor_for", "MANIFEST"]
@@ -56,7 +54,7 @@ class OnnxModelInfo:
         return torch.device("cpu")
 
 
-class OnnxPredictor:
+class OnnxPredictor(PredictorBase):
     """Predict masks with onnxruntime from an exported folder.
 
     Args:
@@ -118,50 +116,39 @@ class OnnxPredictor:
         self.transform = ResizeLongestSide(self.model.image_size)
         self.reset_image()
 
-    # -- image ---------------------------------------------------------------------------------
+    # -- image (the rest is PredictorBase's) ---------------------------------------------------
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
-
-    def set_image(self, image: np.ndarray | str | os.PathLike[str], image_format: str = "RGB") -> None:
-        """Encode an image: an ``(H, W, 3)`` uint8 array in ``image_format`` ("RGB" or "BGR"), a
-        greyscale, RGBA, 16-bit or float array, or a path to an image file."""
-        if isinstance(image, (str, os.PathLike)):
-            image = read_image(image)
-        else:
-            if image_format not in ("RGB", "BGR"):
-                raise ImageError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}")
-            arr = np.asarray(image)
-            if image_format != self.model.image_format and arr.ndim == 3 and arr.shape[2] >= 3:
-                arr = arr[..., [2, 1, 0] + list(range(3, arr.shape[2]))]
-            image = to_rgb_uint8(arr)
-        resized = self.transform.apply_image(image)
-        self._encode(np.ascontiguousarray(resized), (image.shape[0], image.shape[1]))
 
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
         """Encode an already resized ``(1, 3, h, w)`` image (values 0..255; rounded to uint8)."""
         if transformed_image.ndim != 4 or transformed_image.shape[:2] != (1, 3):
             raise ImageError(f"expected a (1, 3, h, w) tensor, got shape {tuple(transformed_image.shape)}")
         hwc = transformed_image[0].permute(1, 2, 0).detach().cpu().float().round().clamp(0, 255)
-        self._encode(np.ascontiguousarray(hwc.to(torch.uint8).numpy()), tuple(original_image_size))
+        self._encode_resized(np.ascontiguousarray(hwc.to(torch.uint8).numpy()), tuple(original_image_size))
 
-    def _encode(self, resized: np.ndarray, original_size: tuple[int, ...]) -> None:
+    def _encode_resized(self, resized: np.ndarray, original_size: tuple[int, ...]) -> None:
         if self._encoder is None:
             raise ImageError(f"{self.folder}: exported without the image encoder; use set_image_embedding")
         if max(resized.shape[:2]) != self.model.image_size:
             raise ImageError(f"the long side must be {self.model.image_size}; resize with ResizeLongestSide")
         (embedding,) = self._encoder.run(None, {"image": resized})
-        self._set_features(embedding, (int(original_size[0]), int(original_size[1])))
+        self._use_features(torch.from_numpy(embedding), (int(original_size[0]), int(original_size[1])))
 
-    def _set_features(self, embedding: np.ndarray, original_size: tuple[int, int]) -> None:
-        self.reset_image()
-        self.original_size = original_size
-        self.input_size = self.transform.get_preprocess_shape(*original_size)
-        self._embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+    def _use_features(self, features: torch.Tensor, original_size: tuple[int, int]) -> None:
+        self._start_image(original_size)
+        self._embedding = np.ascontiguousarray(features.detach().cpu().float().numpy(), dtype=np.float32)
         self.features = torch.from_numpy(self._embedding)
         self._cache = self._run_cache(None)
         self.is_image_set = True
+
+    def _embedding_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.model.embed_dim, *self.model.embedding_size)
+
+    def _mask_input_size(self) -> tuple[int, int]:
+        return self.model.mask_input_size
 
     def _run_cache(self, mask: np.ndarray | None) -> list[np.ndarray]:
         """The decoder's image-side cache for the current embedding and an optional ``(1, 1, h, w)`` mask."""
@@ -171,96 +158,12 @@ class OnnxPredictor:
         feeds = {"image_embeddings": self._embedding, "mask_input": mask, "has_mask_input": has}
         return self._cache_graph.run(None, feeds)
 
-    def get_image_embedding(self) -> torch.Tensor:
-        """The current image's embedding ``(1, C, h, w)``."""
-        self._require_image()
-        assert self.features is not None
-        return self.features
-
-    def get_embedding(self) -> ImageEmbedding:
-        """The embedding with the sizes needed to reuse it (also by the PyTorch predictor)."""
-        self._require_image()
-        assert self.features is not None and self.original_size and self.input_size
-        return ImageEmbedding(self.features, self.original_size, self.input_size)
-
-    def set_image_embedding(
-        self, embedding: torch.Tensor | ImageEmbedding, original_size: tuple[int, int] | None = None
-    ) -> None:
-        """Use a stored embedding instead of running the encoder (``original_size`` (H, W) is needed
-        with a bare tensor)."""
-        if isinstance(embedding, ImageEmbedding):
-            features, original_size = embedding.features, embedding.original_size
-        else:
-            features = embedding
-            if original_size is None:
-                raise ImageError("original_size (H, W) is needed with a bare embedding tensor")
-        if features.ndim == 3:
-            features = features[None]
-        expected = (1, self.model.embed_dim, *self.model.embedding_size)
-        if tuple(features.shape) != expected:
-            raise ImageError(f"embedding has shape {tuple(features.shape)}, this model needs {expected}")
-        self._set_features(features.detach().cpu().float().numpy(), (int(original_size[0]), int(original_size[1])))
-
     def reset_image(self) -> None:
-        self.is_image_set = False
-        self.features: torch.Tensor | None = None
-        self.original_size: tuple[int, int] | None = None
-        self.input_size: tuple[int, int] | None = None
+        super().reset_image()
         self._embedding: np.ndarray | None = None
         self._cache: list[np.ndarray] | None = None
 
-    def _require_image(self) -> None:
-        if not self.is_image_set:
-            raise RuntimeError("no image is set: call set_image() first")
-
-    # -- prompts ---------------------------------------------------------------------------------
-
-    def predict(
-        self,
-        point_coords: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        box: np.ndarray | None = None,
-        mask_input: np.ndarray | None = None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Same as :meth:`SamPredictor.predict`: masks ``(M, H, W)``, scores ``(M,)``, low-resolution
-        logits ``(M, 256, 256)`` for points ``(N, 2)`` (x, y) with labels ``(N,)``, a box ``(4,)`` and/or
-        a mask prompt ``(1, 256, 256)``, in original image pixels."""
-        self._require_image()
-        assert self.original_size is not None
-        coords_t, labels_t, box_t, mask_t = prompt_tensors(
-            self.transform,
-            self.original_size,
-            self.model.mask_input_size,
-            point_coords,
-            point_labels,
-            box,
-            mask_input,
-        )
-        masks, scores, low_res = self.predict_torch(
-            coords_t, labels_t, box_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
-        )
-        return masks[0].numpy(), scores[0].numpy(), low_res[0].numpy()
-
-    def predict_torch(
-        self,
-        point_coords: torch.Tensor | None,
-        point_labels: torch.Tensor | None,
-        boxes: torch.Tensor | None = None,
-        mask_input: torch.Tensor | None = None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Same as :meth:`SamPredictor.predict_torch` (prompts in the resized frame): masks
-        ``(B, M, H, W)``, scores ``(B, M)``, low-resolution logits ``(B, M, 256, 256)``."""
-        self._require_image()
-        assert self.input_size is not None and self.original_size is not None
-        low_res, scores = self.predict_low_res(point_coords, point_labels, boxes, mask_input, multimask_output)
-        masks = upscale_logits(low_res, self.input_size, self.original_size, self.model.image_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
-        return masks, scores, low_res
+    # -- prompts (predict and predict_torch are PredictorBase's) --------------------------------
 
     def predict_low_res(
         self,

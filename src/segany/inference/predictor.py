@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,13 +58,15 @@ class ImageEmbedding:
         return cls(features, (orig[0], orig[1]), (inp[0], inp[1]))
 
 
-class SamPredictor:
-    """Predict masks for prompts on one image at a time, reusing its embedding across prompts."""
+class PredictorBase:
+    """What every predictor backend shares: image input, embedding reuse, prompt checking and the
+    resize of decoder logits to the image. A backend implements :meth:`_encode_resized`,
+    :meth:`_use_features`, :meth:`_embedding_shape`, :meth:`_mask_input_size` and
+    :meth:`predict_low_res`, and sets ``model`` (with ``image_size``, ``image_format`` and
+    ``mask_threshold``) and ``transform``."""
 
-    def __init__(self, sam_model: Sam) -> None:
-        self.model = sam_model
-        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
-        self.reset_image()
+    model: Any
+    transform: ResizeLongestSide
 
     # -- image ---------------------------------------------------------------------------------
 
@@ -79,24 +82,8 @@ class SamPredictor:
             if image_format != self.model.image_format and arr.ndim == 3 and arr.shape[2] >= 3:
                 arr = arr[..., [2, 1, 0] + list(range(3, arr.shape[2]))]
             image = to_rgb_uint8(arr)
-        resized = self.transform.apply_image(image)
-        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
-        self.set_torch_image(tensor, (image.shape[0], image.shape[1]))
-
-    @torch.no_grad()
-    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
-        """Encode an already resized ``(1, 3, h, w)`` image whose long side is the model's input size."""
-        if transformed_image.ndim != 4 or transformed_image.shape[1] != 3:
-            raise ImageError(f"expected a (1, 3, h, w) tensor, got shape {tuple(transformed_image.shape)}")
-        if max(transformed_image.shape[2:]) != self.model.image_encoder.img_size:
-            raise ImageError(
-                f"the long side must be {self.model.image_encoder.img_size}; resize with ResizeLongestSide"
-            )
-        self.reset_image()
-        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
-        self.input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
-        self.features = self.model.image_encoder(self.model.preprocess(transformed_image.to(self.device)))
-        self.is_image_set = True
+        resized = np.ascontiguousarray(self.transform.apply_image(image))
+        self._encode_resized(resized, (image.shape[0], image.shape[1]))
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image's embedding ``(1, C, h, w)``."""
@@ -105,7 +92,8 @@ class SamPredictor:
         return self.features
 
     def get_embedding(self) -> ImageEmbedding:
-        """The embedding with the sizes needed to reuse it later (see :meth:`set_image_embedding`)."""
+        """The embedding with the sizes needed to reuse it later, by any backend (see
+        :meth:`set_image_embedding`)."""
         self._require_image()
         assert self.features is not None and self.original_size and self.input_size
         return ImageEmbedding(self.features, self.original_size, self.input_size)
@@ -121,36 +109,60 @@ class SamPredictor:
             features = embedding
             if original_size is None:
                 raise ImageError("original_size (H, W) is needed with a bare embedding tensor")
-        grid = self.model.prompt_encoder.image_embedding_size
-        expected = (1, self.model.prompt_encoder.embed_dim, grid[0], grid[1])
         if features.ndim == 3:
             features = features[None]
+        expected = self._embedding_shape()
         if tuple(features.shape) != expected:
             raise ImageError(f"embedding has shape {tuple(features.shape)}, this model needs {expected}")
-        self.reset_image()
-        self.original_size = (int(original_size[0]), int(original_size[1]))
-        self.input_size = self.transform.get_preprocess_shape(*self.original_size)
-        self.features = features.to(self.device)
-        self.is_image_set = True
+        self._use_features(features, (int(original_size[0]), int(original_size[1])))
 
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features: torch.Tensor | None = None
-        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None  # the official attributes
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
-        # The decoder's prompt-independent inputs for this image (no mask prompt), built at the first
-        # prompt; the fast decoder modules are rebuilt per image so that they see the current weights.
-        self._decoder_cache: ImageCache | None = None
-        self._fast: tuple[DecoderImageCache, FastMaskDecoder] | None = None
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
+    def _start_image(self, original_size: tuple[int, ...], input_size: tuple[int, int] | None = None) -> None:
+        """Forget the previous image and record the sizes of the next one."""
+        self.reset_image()
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = input_size or self.transform.get_preprocess_shape(*self.original_size)
 
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise RuntimeError("no image is set: call set_image() first")
+
+    # -- backend hooks ---------------------------------------------------------------------------
+
+    def _encode_resized(self, resized: np.ndarray, original_size: tuple[int, int]) -> None:
+        """Run the image encoder on a resized uint8 ``(h, w, 3)`` image."""
+        raise NotImplementedError
+
+    def _use_features(self, features: torch.Tensor, original_size: tuple[int, int]) -> None:
+        """Adopt a checked ``(1, C, g, g)`` embedding."""
+        raise NotImplementedError
+
+    def _embedding_shape(self) -> tuple[int, int, int, int]:
+        raise NotImplementedError
+
+    def _mask_input_size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def predict_low_res(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        skip_below: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     # -- prompts ---------------------------------------------------------------------------------
 
@@ -181,7 +193,7 @@ class SamPredictor:
         coords_t, labels_t, box_t, mask_t = prompt_tensors(
             self.transform,
             self.original_size,
-            self.model.prompt_encoder.mask_input_size,
+            self._mask_input_size(),
             point_coords,
             point_labels,
             box,
@@ -220,6 +232,51 @@ class SamPredictor:
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, scores, low_res
+
+class SamPredictor(PredictorBase):
+    """Predict masks for prompts on one image at a time, reusing its embedding across prompts."""
+
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.reset_image()
+
+    def _encode_resized(self, resized: np.ndarray, original_size: tuple[int, int]) -> None:
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(tensor, original_size)
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Encode an already resized ``(1, 3, h, w)`` image whose long side is the model's input size."""
+        if transformed_image.ndim != 4 or transformed_image.shape[1] != 3:
+            raise ImageError(f"expected a (1, 3, h, w) tensor, got shape {tuple(transformed_image.shape)}")
+        if max(transformed_image.shape[2:]) != self.model.image_encoder.img_size:
+            raise ImageError(
+                f"the long side must be {self.model.image_encoder.img_size}; resize with ResizeLongestSide"
+            )
+        input_size = (int(transformed_image.shape[-2]), int(transformed_image.shape[-1]))
+        self._start_image(original_image_size, input_size)
+        self.features = self.model.image_encoder(self.model.preprocess(transformed_image.to(self.device)))
+        self.is_image_set = True
+
+    def _use_features(self, features: torch.Tensor, original_size: tuple[int, int]) -> None:
+        self._start_image(original_size)
+        self.features = features.to(self.device)
+        self.is_image_set = True
+
+    def _embedding_shape(self) -> tuple[int, int, int, int]:
+        grid = self.model.prompt_encoder.image_embedding_size
+        return (1, self.model.prompt_encoder.embed_dim, grid[0], grid[1])
+
+    def _mask_input_size(self) -> tuple[int, int]:
+        return tuple(self.model.prompt_encoder.mask_input_size)  # type: ignore[return-value]
+
+    def reset_image(self) -> None:
+        super().reset_image()
+        # The decoder's prompt-independent inputs for this image (no mask prompt), built at the first
+        # prompt; the fast decoder modules are rebuilt per image so that they see the current weights.
+        self._decoder_cache: ImageCache | None = None
+        self._fast: tuple[DecoderImageCache, FastMaskDecoder] | None = None
 
     @torch.no_grad()
     def predict_low_res(

@@ -35,7 +35,6 @@ __all__ = [
     "uncrop_points",
     "uncrop_masks",
     "remove_small_regions",
-    "upsample_logits",
 ]
 
 
@@ -386,40 +385,3 @@ def clean_small_regions(
     window, holes_changed = _window_regions(window, area_thresh, "holes", open_sides)
     window, islands_changed = _window_regions(window, area_thresh, "islands", open_sides)
     return window, [wx0, wy0, wx1, wy1], holes_changed or islands_changed
-
-
-# --- low-resolution logits -> image resolution -----------------------------------------------------
-
-
-def upsample_logits(
-    low_res: torch.Tensor, image_size: int, input_size: tuple[int, int], original_size: tuple[int, int]
-) -> torch.Tensor:
-    """Mask logits at the original image resolution, bit-identical to ``Sam.postprocess_masks``.
-
-    ``postprocess_masks`` upsamples to the whole ``image_size`` square and then cuts off the padding.
-    Bilinear upsampling by an integer factor only reads the source rows (columns) next to each
-    output row (column), so upsampling just the rows and columns that the kept part needs gives the
-    same numbers (same scale, same source positions and weights) for less work: a 4:3 image saves a
-    quarter of it. The tests check the bit-for-bit equality.
-
-    Args:
-        low_res: ``(N, h, w)`` logits (``image_size`` a multiple of ``h`` and ``w``).
-        image_size: the model's square input side.
-        input_size: ``(h, w)`` of the resized image inside the square.
-        original_size: ``(H, W)`` of the image (or crop).
-    Returns:
-        ``(N, H, W)`` float logits.
-    """
-    n, low_h, low_w = low_res.shape
-    x = low_res[:, None]
-    if image_size % low_h == 0 and image_size % low_w == 0:
-        fy, fx = image_size // low_h, image_size // low_w
-        # Up to the last source row/column a kept output row/column reads (its lower neighbour
-        # included); in/out stays exactly 1/factor, so each kept output value is computed as before.
-        rows = min(low_h, -(-input_size[0] // fy) + 1)
-        cols = min(low_w, -(-input_size[1] // fx) + 1)
-        x = F.interpolate(x[:, :, :rows, :cols], (rows * fy, cols * fx), mode="bilinear", align_corners=False)
-    else:
-        x = F.interpolate(x, (image_size, image_size), mode="bilinear", align_corners=False)
-    x = x[..., : input_size[0], : input_size[1]]
-    return F.interpolate(x, tuple(original_size), mode="bilinear", align_corners=False)[:, 0]
