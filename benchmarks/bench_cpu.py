@@ -239,7 +239,7 @@ def main() -> int:
         if "checkpoint" not in spec:
             continue
         click_spec = {**spec, "image": image, "clicks": 3 if args.quick else args.clicks, "warmup": 2, "label": f"click {key}"}
-        results[f"click/{key}"] = interleaved("click", ["official", "torch", "torch-fast", "onnx-fp32"], click_spec, rounds)
+        results[f"click/{key}"] = interleaved("click", ["official", "torch", "onnx-fp32"], click_spec, rounds)
 
     if (REPO / "src" / "segany" / "inference" / "automatic.py").is_file():
         amg_spec = {**models["default"], "image": image, "points_per_side": 8 if args.quick else args.points_per_side,
@@ -276,7 +276,6 @@ def main() -> int:
 IMPL_NAMES = {
     "official": "official segment_anything 1.0",
     "torch": "segany PyTorch fp32 (SamPredictor)",
-    "torch-fast": "segany PyTorch fp32, fast decoder*",
     "onnx-fp32": "segany onnxruntime fp32",
     "onnx-int8": "segany onnxruntime int8 encoder",
 }
@@ -318,9 +317,9 @@ def format_results(results: dict[str, Any]) -> str:
         lines += _rows(f"automatic generator, {results['models']['default']['label']}", results["amg"])
     lines += [
         "",
-        "\\* not yet wired into `SamPredictor`, which runs the model's own decoder (with the fast "
-        "`segany.ops.postprocess.upscale_logits`); this row adds `segany.inference.fast_decoder` (per-image "
-        "cache + reassociated attention), the decoder the onnxruntime predictor runs.",
+        "`SamPredictor` clicks run `segany.inference.fast_decoder` (per-image cache built with the embedding, "
+        "reassociated attention, transposed convolutions as matrix products) and `segany.ops.postprocess."
+        "upscale_logits`; the onnxruntime predictor runs the same decoder exported.",
     ]
     if not results.get("amg"):
         lines.append("Automatic generator: skipped (src/segany/inference/automatic.py does not exist).")

@@ -43,7 +43,7 @@ def _load_image(path: str):
 
 
 def _predictor(impl: str, spec: dict[str, Any]):
-    """A predictor with the official API for ``impl``: official | torch | torch-fast | onnx-fp32 | onnx-int8."""
+    """A predictor with the official API for ``impl``: official | torch | onnx-fp32 | onnx-int8."""
     import segany
 
     if impl.startswith("onnx"):
@@ -57,49 +57,7 @@ def _predictor(impl: str, spec: dict[str, Any]):
         from segment_anything import SamPredictor as OfficialPredictor
 
         return OfficialPredictor(official_twin(model))
-    if impl == "torch-fast":
-        return FastTorchPredictor(model)
     return segany.SamPredictor(model)
-
-
-class FastTorchPredictor:
-    """segany's PyTorch predictor with the fast decoder path (image cache, reassociated attention,
-    :func:`upscale_logits`) -- what ``SamPredictor.predict`` gives once that path is wired in."""
-
-    def __init__(self, model) -> None:
-        import segany
-        from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder
-
-        self.base = segany.SamPredictor(model)
-        self.model = model
-        self.cache_module = DecoderImageCache(model)
-        self.fast = FastMaskDecoder(model)
-        self.cache = None
-
-    def set_image_embedding(self, embedding, original_size) -> None:
-        import torch
-
-        self.base.set_image_embedding(embedding, original_size)
-        with torch.no_grad():
-            self.cache = self.cache_module(self.base.features)
-
-    def predict(self, point_coords, point_labels, multimask_output: bool = True):
-        import numpy as np
-        import torch
-
-        from segany.inference.fast_decoder import embed_points
-        from segany.ops.postprocess import upscale_logits
-
-        p = self.base
-        coords = p.transform.apply_coords(np.asarray(point_coords, dtype=float), p.original_size)
-        coords = torch.as_tensor(np.concatenate([coords, [[0.0, 0.0]]]), dtype=torch.float)[None]
-        labels = torch.as_tensor(np.concatenate([point_labels, [-1]]), dtype=torch.float)[None]
-        with torch.no_grad():
-            low, iou = self.fast(*self.cache, embed_points(self.model, coords, labels))
-            keep = slice(1, None) if multimask_output else slice(0, 1)
-            low, iou = low[:, keep], iou[:, keep]
-            masks = upscale_logits(low, p.input_size, p.original_size, self.model.image_size) > 0
-        return masks[0].numpy(), iou[0].numpy(), low[0].numpy()
 
 
 def _set_embedding(predictor, embedding, original_size) -> None:

@@ -353,3 +353,16 @@ def test_accepts_a_predictor_that_decodes_low_resolution_logits() -> None:
     assert LowResPredictor.calls == 1
     with pytest.raises(GeneratorSettingsError, match="Sam model or a predictor"):
         SamAutomaticMaskGenerator(object())
+
+
+def test_paper_clean_up_rule_drops_masks_with_only_small_regions() -> None:
+    """With min_mask_region_area above every mask's area, the official rule keeps each mask's largest
+    island; the paper's rule (sa1b preset) drops them all."""
+    model, _ = blob_pair()
+    image = small_image(long_side=160)
+    knobs = dict(BLOB_KNOBS, points_per_side=6, min_mask_region_area=160 * 160)
+    official_rule = SamAutomaticMaskGenerator(model, **knobs).generate(image)
+    assert official_rule and all(r["area"] > 0 for r in official_rule)
+    paper_rule = SamAutomaticMaskGenerator(model, **knobs, drop_masks_with_only_small_regions=True).generate(image)
+    assert paper_rule == []
+    assert SamAutomaticMaskGenerator.from_preset(model, "sa1b").drop_masks_with_only_small_regions

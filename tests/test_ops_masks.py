@@ -187,3 +187,24 @@ def test_clean_small_regions_equals_whole_image_processing() -> None:
             full[box[1] : box[3], box[0] : box[2]] = window
             assert changed == (c1 or c2)
             assert np.array_equal(full, expected)
+
+
+def test_paper_rule_drops_masks_whose_islands_are_all_small() -> None:
+    """keep_largest=False (paper, Appendix B) empties a mask of small islands only; otherwise the
+    result equals the official rule, in the whole-image and the windowed computation alike."""
+    two_small = np.zeros((60, 80), bool)
+    two_small[5:9, 5:9] = True  # 16 px
+    two_small[30:35, 40:45] = True  # 25 px
+    for mask in [two_small, *_noisy_masks(2)]:
+        for thresh in (20, 30, 10_000):
+            kept, _ = ops.remove_small_regions(mask, thresh, "islands", keep_largest=True)
+            dropped, _ = ops.remove_small_regions(mask, thresh, "islands", keep_largest=False)
+            labels_all_small = kept.sum() < thresh and kept.any()
+            assert np.array_equal(dropped, np.zeros_like(mask) if labels_all_small else kept)
+            window, box, _ = ops.clean_small_regions(mask, thresh, keep_largest=False)
+            full = np.zeros_like(mask)
+            full[box[1] : box[3], box[0] : box[2]] = window
+            holes, _ = ops.remove_small_regions(mask, thresh, "holes")
+            assert np.array_equal(full, ops.remove_small_regions(holes, thresh, "islands", keep_largest=False)[0])
+    assert not ops.remove_small_regions(two_small, 30, "islands", keep_largest=False)[0].any()
+    assert ops.remove_small_regions(two_small, 30, "islands")[0].sum() == 25

@@ -64,6 +64,7 @@ GENERATOR_PRESETS: dict[str, dict[str, Any]] = {
         "crop_nms_thresh": 0.7,
         "min_mask_region_area": 100,
         "max_mask_region_fraction": 0.95,
+        "drop_masks_with_only_small_regions": True,
     },
 }
 
@@ -95,6 +96,9 @@ class SamAutomaticMaskGenerator:
     And one of ours:
         max_mask_region_fraction: drop masks covering at least this fraction of the image (the
             paper drops >= 0.95 for SA-1B); None keeps them, as the official code does.
+        drop_masks_with_only_small_regions: in the clean-up, drop a mask whose every island is
+            smaller than ``min_mask_region_area`` (the paper); False keeps its largest island, as
+            the official code does.
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
         max_mask_region_fraction: float | None = None,
+        drop_masks_with_only_small_regions: bool = False,
     ) -> None:
         self.point_grids = check_settings(
             points_per_side, point_grids, points_per_batch, crop_n_layers, crop_n_points_downscale_factor,
@@ -137,6 +142,7 @@ class SamAutomaticMaskGenerator:
         self.crop_overlap_ratio = crop_overlap_ratio
         self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
         self.min_mask_region_area = min_mask_region_area
+        self.drop_masks_with_only_small_regions = drop_masks_with_only_small_regions
         self.output_mode = output_mode
         self.max_mask_region_fraction = max_mask_region_fraction
         self.last_timings: dict[str, float] = {}
@@ -297,20 +303,26 @@ class SamAutomaticMaskGenerator:
         area = self.min_mask_region_area
         new_boxes = torch.zeros((len(data), 4), dtype=torch.int64)
         unchanged = torch.ones(len(data), dtype=torch.float32)
+        alive = torch.ones(len(data), dtype=torch.bool)
+        keep_largest = not self.drop_masks_with_only_small_regions
         windows: list[CleanedMask] = []
         for sl, masks in self._full_masks(data, crops, image_size):
             boxes = data.boxes[sl].tolist()
             for offset, mask in enumerate(masks.cpu().numpy()):
                 pos = sl.start + offset
-                cleaned, box, changed = clean_small_regions(mask, area, boxes[offset])
+                cleaned, box, changed = clean_small_regions(mask, area, boxes[offset], keep_largest)
                 if changed:
                     unchanged[pos] = 0.0
+                    alive[pos] = keep_largest or bool(cleaned.any())
                 if cleaned.any():  # an empty mask keeps the box 0, 0, 0, 0
                     inner = masks_to_boxes(torch.from_numpy(np.ascontiguousarray(cleaned)))
                     new_boxes[pos] = inner + torch.tensor([box[0], box[1], box[0], box[1]])
                 windows.append(CleanedMask(box, np.packbits(cleaned), cleaned.shape))
         thresh = max(self.box_nms_thresh, self.crop_nms_thresh)
-        keep = batched_nms(new_boxes.float(), unchanged, torch.zeros(len(data), dtype=torch.int64), thresh)
+        rows_alive = torch.nonzero(alive).squeeze(1)
+        keep = rows_alive[
+            batched_nms(new_boxes[rows_alive].float(), unchanged[rows_alive], torch.zeros(len(rows_alive), dtype=torch.int64), thresh)
+        ]
         data = data.take(keep)
         kept = keep.tolist()
         # The official generator updates the box of a changed mask only if it survives this NMS.

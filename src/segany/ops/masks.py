@@ -277,12 +277,15 @@ def uncrop_masks(masks: torch.Tensor, crop_box: list[int], orig_h: int, orig_w: 
     return F.pad(masks, (x0, orig_w - x1, y0, orig_h - y1), value=0)
 
 
-def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
+def remove_small_regions(
+    mask: np.ndarray, area_thresh: float, mode: str, keep_largest: bool = True
+) -> tuple[np.ndarray, bool]:
     """Fill small holes (``mode="holes"``) or drop small islands (``mode="islands"``) of a mask.
 
     Regions are 8-connected. "Holes" are the connected regions of the complement, including the
     background that touches the image border, so a mask covering almost everything gets its
-    leftover background filled too. If every island is small the largest one is kept.
+    leftover background filled too. If every island is small the largest one is kept (the official
+    code), or none with ``keep_largest=False`` (the paper, Appendix B: the whole mask is removed).
 
     Args:
         mask: bool ``(H, W)``.
@@ -308,13 +311,13 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
         selected[1:] = small
     else:
         selected[1:] = ~small
-        if not selected.any():
+        if keep_largest and not selected.any():
             selected[int(np.argmax(sizes)) + 1] = True
     return selected[labels], True
 
 
 def _window_regions(
-    window: np.ndarray, area_thresh: float, mode: str, open_sides: np.ndarray
+    window: np.ndarray, area_thresh: float, mode: str, open_sides: np.ndarray, keep_largest: bool = True
 ) -> tuple[np.ndarray, bool]:
     """:func:`remove_small_regions` on a window cut out of a larger mask.
 
@@ -339,13 +342,13 @@ def _window_regions(
         selected[1:] = small
     else:
         selected[1:] = ~small
-        if not selected.any():
+        if keep_largest and not selected.any():
             selected[int(np.argmax(sizes)) + 1] = True
     return selected[labels], True
 
 
 def clean_small_regions(
-    mask: np.ndarray, area_thresh: float, box: list[int] | None = None
+    mask: np.ndarray, area_thresh: float, box: list[int] | None = None, keep_largest: bool = True
 ) -> tuple[np.ndarray, list[int], bool]:
     """Fill holes, then remove islands, smaller than ``area_thresh`` (the generator's clean-up).
 
@@ -359,6 +362,7 @@ def clean_small_regions(
     Args:
         mask: bool ``(H, W)``.
         box: the mask's tight box ``x0, y0, x1, y1`` (inclusive) if known; computed otherwise.
+        keep_largest: when every island is small, keep the largest (official) or none (paper).
     Returns:
         the cleaned mask inside ``window``, the window ``x0, y0, x1, y1`` (exclusive ends) in the
         mask's frame, and whether anything changed. Outside the window the mask is empty.
@@ -375,7 +379,7 @@ def clean_small_regions(
     if outside == 0 or outside < area_thresh or split or not window.any():
         # Exact fallback: the rest of the image could hold small background regions.
         full, holes_changed = remove_small_regions(mask, area_thresh, "holes")
-        full, islands_changed = remove_small_regions(full, area_thresh, "islands")
+        full, islands_changed = remove_small_regions(full, area_thresh, "islands", keep_largest)
         return full, [0, 0, w, h], holes_changed or islands_changed
     open_sides = np.zeros(window.shape, dtype=bool)
     open_sides[0, :] |= wy0 > 0
@@ -383,5 +387,5 @@ def clean_small_regions(
     open_sides[:, 0] |= wx0 > 0
     open_sides[:, -1] |= wx1 < w
     window, holes_changed = _window_regions(window, area_thresh, "holes", open_sides)
-    window, islands_changed = _window_regions(window, area_thresh, "islands", open_sides)
+    window, islands_changed = _window_regions(window, area_thresh, "islands", open_sides, keep_largest)
     return window, [wx0, wy0, wx1, wy1], holes_changed or islands_changed
