@@ -237,3 +237,20 @@ def test_overlay_masks_draws_each_mask_in_its_own_colour() -> None:
     assert len({tuple(c) for c in palette}) == 40
     with pytest.raises(ImageError, match="shape"):
         overlay_masks(image, [np.zeros((5, 5), bool)])
+
+
+def test_onnx_backend_gives_the_same_masks(
+    images: Path, tmp_path: Path, checkpoint: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    outs = {}
+    for backend in ("torch", "onnx"):
+        outs[backend] = tmp_path / backend
+        argv = [str(images / "first.jpg"), "-o", str(outs[backend]), "-c", str(checkpoint), "--no-progress"]
+        assert run(*argv, *KNOBS, "--backend", backend) == 0
+    ours, theirs = read_sa1b(outs["torch"] / "first.json"), read_sa1b(outs["onnx"] / "first.json")
+    assert ours.annotations and len(ours.annotations) == len(theirs.annotations)
+    for a, b in zip(ours.annotations, theirs.annotations):
+        ma, mb = decode_rle(a.segmentation), decode_rle(b.segmentation)
+        assert (ma & mb).sum() / max((ma | mb).sum(), 1) > 0.98

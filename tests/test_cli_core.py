@@ -102,3 +102,21 @@ def test_console_script_help_and_errors(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     missing = subprocess.run(exe + ["info", str(tmp_path / "none.pth")], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
+
+
+def test_segment_onnx_backend_matches_torch(tmp_path, checkpoint, image, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the export is cached here
+    prompt = ["--point", "200,150", "--point", "50,60,0", "-c", str(checkpoint), "--json"]
+    assert main(["segment", str(image), *prompt, "-o", str(tmp_path / "torch.png")]) == 0
+    torch_result = json.loads(capsys.readouterr().out)
+    for run in range(2):  # the second run reuses the cached export
+        assert main(["segment", str(image), *prompt, "--backend", "onnx", "-o", str(tmp_path / "onnx.png")]) == 0
+        onnx_result = json.loads(capsys.readouterr().out)
+        assert len(list((tmp_path / "cache" / "segany" / "onnx").iterdir())) == 1
+    a = np.asarray(Image.open(tmp_path / "torch.png")) > 0
+    b = np.asarray(Image.open(tmp_path / "onnx.png")) > 0
+    assert (a & b).sum() / max((a | b).sum(), 1) > 0.99
+    assert abs(onnx_result["masks"][0]["score"] - torch_result["masks"][0]["score"]) < 1e-3
+    rc = main(["segment", str(image), *prompt, "--backend", "onnx", "--device", "cuda", "-o", str(tmp_path / "x.png")])
+    assert rc == 2 and "runs on the CPU" in capsys.readouterr().err

@@ -16,7 +16,8 @@ ort = pytest.importorskip("onnxruntime")
 from segany import SamPredictor  # noqa: E402
 from segany.errors import CheckpointError, ImageError, PromptError  # noqa: E402
 from segany.export.onnx import export_onnx  # noqa: E402
-from segany.inference.onnx_backend import OnnxPredictor, predictor_for  # noqa: E402
+from segany.export.backend import predictor_for  # noqa: E402
+from segany.inference.onnx_backend import OnnxPredictor  # noqa: E402
 from segany.io.image import read_image  # noqa: E402
 from segany.ops.postprocess import axis_resize, reference_upscale_logits, upscale_logits  # noqa: E402
 from segany.ops.transforms import preprocess_shape  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from segany.errors import PromptError
+from segany.errors import PromptError, SeganyError
 
 
 def parse_numbers(text: str, what: str, count: tuple[int, ...]) -> list[float]:
@@ -42,6 +42,35 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="model weights (.pth or .safetensors, official or segany); default: the packaged default model",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=("torch", "onnx"), default="torch",
+        help="run the model in PyTorch (default) or onnxruntime; with onnx, --checkpoint may also be a "
+        "'segany export' folder, and checkpoints are exported once to ~/.cache/segany/onnx",
+    )
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "int8"), default="auto",
+        help="onnx backend: int8 graphs where the export has them (auto), or force fp32/int8",
+    )
+
+
+def predictor_from_args(args: argparse.Namespace) -> Any:
+    """The predictor the ``--checkpoint``, ``--device``, ``--backend`` and ``--precision`` ask for."""
+    if getattr(args, "backend", "torch") == "torch":
+        from segany.inference.predictor import SamPredictor
+
+        return SamPredictor(load_model_from_args(args))
+    if args.device != "cpu":
+        raise SeganyError("--backend onnx runs on the CPU; drop --device")
+    from segany.build import default_weights_path
+    from segany.export.backend import predictor_for
+
+    # The packaged model by its file, so that its export is cached like any checkpoint's.
+    source = args.checkpoint or default_weights_path() or None
+    quantize = "int8" if args.precision == "int8" else None
+    return predictor_for(source, "onnx", precision=args.precision, quantize=quantize)
 
 
 def load_model_from_args(args: argparse.Namespace) -> Any:

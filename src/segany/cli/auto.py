@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segany.cli._common import add_model_arguments, load_model_from_args
+from segany.cli._common import add_backend_arguments, add_model_arguments, predictor_from_args
 from segany.errors import SeganyError
 
 HELP = "generate masks for every object in images (automatic mask generation)"
 EXAMPLES = """examples:
   segany auto photos/ -o masks/ --checkpoint sam_vit_b_01ec64.pth
+  segany auto photos/ -o masks/ --backend onnx --precision int8   # onnxruntime, int8 encoder
   segany auto 'photos/**/*.jpg' -o masks/ --preset sa1b --format coco --overlay
   segany auto a.jpg b.png -o out/ --format png --points-per-side 16 --pred-iou-thresh 0.8
 
@@ -67,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(parser)
+    add_backend_arguments(parser)
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
     failed = finished = 0
     if todo:
-        model = load_model_from_args(args)
+        model = predictor_from_args(args)
         overrides = {name: getattr(args, name) for _, name, _, _ in KNOBS if getattr(args, name) is not None}
         need_masks = args.format == "png" or args.overlay
         overrides["output_mode"] = "binary_mask" if need_masks else "coco_rle"

@@ -7,13 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from segany.cli._common import add_model_arguments, load_model_from_args, parse_box, parse_point
+from segany.cli._common import add_backend_arguments, add_model_arguments, parse_box, parse_point, predictor_from_args
 
 HELP = "segment an object in an image from points and/or a box"
 EXAMPLES = """example:
   segany segment photo.jpg --point 320,240 -o mask.png --overlay overlay.png
   segany segment photo.jpg --point 320,240 --point 100,80,0 --box 50,40,600,450 -o mask.png --json
   segany segment photo.jpg --point 320,240 --multimask -o mask.png   # writes mask_0.png .. mask_2.png
+  segany segment photo.jpg --point 320,240 -o mask.png --backend onnx   # onnxruntime (exports once)
 
 Points are X,Y in pixels (foreground) or X,Y,LABEL with LABEL 1 (foreground) or 0 (background).
 Masks are written as 8-bit PNGs (255 inside the object); scores are the model's predicted IoU."""
@@ -30,13 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlay", metavar="OVERLAY.png", help="also write a picture of the mask(s) over the image")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     add_model_arguments(parser)
+    add_backend_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from segany.errors import PromptError
-    from segany.inference.predictor import SamPredictor
     from segany.io.files import atomic_write_bytes
     from segany.io.image import read_image
 
@@ -58,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if box is not None and (box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h):
         raise PromptError(f"box {','.join(f'{v:g}' for v in box)} is outside the image ({w}x{h} pixels)")
 
-    model = load_model_from_args(args)
-    predictor = SamPredictor(model)
+    predictor = predictor_from_args(args)
     predictor.set_image(image)
     coords = np.array([[x, y] for x, y, _ in points], dtype=float) if points else None
     labels = np.array([lab for _, _, lab in points]) if points else None

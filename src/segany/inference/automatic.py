@@ -148,7 +148,7 @@ class SamAutomaticMaskGenerator:
         self.last_timings: dict[str, float] = {}
 
     @classmethod
-    def from_preset(cls, model: Sam, preset: str = "default", **overrides: Any) -> "SamAutomaticMaskGenerator":
+    def from_preset(cls, model: Sam | Any, preset: str = "default", **overrides: Any) -> "SamAutomaticMaskGenerator":
         """A generator with named settings: ``"default"`` (the official defaults) or ``"sa1b"`` (the
         paper's SA-1B data-engine settings); ``overrides`` replace single settings."""
         if preset not in GENERATOR_PRESETS:

@@ -4,7 +4,7 @@
 and has the predictor's API: ``set_image``, ``predict``, ``predict_torch``, ``get_image_embedding``,
 ``get_embedding`` / ``set_image_embedding``, ``reset_image``, ``transform``, ``model.mask_threshold``.
 It adds :meth:`OnnxPredictor.predict_low_res` (batched prompts -> low-resolution logits and scores), the
-one call the automatic mask generator needs. Use :func:`predictor_for` to get either backend.
+one call the automatic mask generator needs. Use :func:`segany.export.backend.predictor_for` to get either backend (exporting when needed).
 
 Per image, the encoder graph and the decoder's image cache graph run once; per prompt batch only the
 small ``decoder_lowres`` graph runs, then :func:`segany.ops.postprocess.upscale_logits` maps logits
@@ -13,10 +13,8 @@ to the image.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,10 +23,10 @@ import numpy as np
 import torch
 
 from segany.errors import CheckpointError, ImageError, PromptError
-from segany.inference.predictor import PredictorBase, SamPredictor
+from segany.inference.predictor import PredictorBase
 from segany.ops.transforms import ResizeLongestSide
 
-__all__ = ["OnnxPredictor", "OnnxModelInfo", "predictor_for", "MANIFEST"]
+__all__ = ["OnnxPredictor", "OnnxModelInfo", "MANIFEST", "is_export_folder"]
 
 MANIFEST = "segany_onnx.json"  # same name as segany.export.onnx.MANIFEST (export may not be imported here)
 # Labels of the exported graphs: 2/3 box corners, -1 padding; 4 has no learned embedding, which is how
@@ -248,66 +246,6 @@ def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
 # -- choosing a backend --------------------------------------------------------------------------
 
 
-def _is_export_folder(path: Path) -> bool:
+def is_export_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``segany export``."""
     return path.is_dir() and (path / MANIFEST).is_file()
-
-
-def _cache_folder(checkpoint: Path) -> Path:
-    """Where the ONNX export of a checkpoint file is kept between runs."""
-    stat = checkpoint.stat()
-    key = hashlib.sha256(f"{checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segany" / "onnx"
-    return base / f"{checkpoint.stem}-{key}"
-
-
-def predictor_for(
-    model_or_path: Any,
-    backend: Literal["torch", "onnx"] = "torch",
-    *,
-    precision: Literal["auto", "fp32", "int8"] = "auto",
-    export_dir: str | os.PathLike[str] | None = None,
-    quantize: str | None = None,
-    num_threads: int | None = None,
-) -> SamPredictor | OnnxPredictor:
-    """A predictor for ``model_or_path`` on the chosen backend.
-
-    ``model_or_path``: a :class:`~segany.model.Sam`, a checkpoint file or preset name, ``None`` (the
-    default model), or (ONNX only) a folder written by ``segany export``. For the ONNX backend, a model
-    or checkpoint is exported first: into ``export_dir`` if given, else (checkpoint files) into a cache
-    under ``~/.cache/segany/onnx`` that later calls reuse, else a temporary folder.
-    ``quantize="int8"`` adds int8 graphs to a new export; ``precision`` picks which graphs to run.
-    """
-    from segany.model import Sam
-
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"backend must be 'torch' or 'onnx', not {backend!r}")
-    path = Path(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else None
-    if backend == "torch":
-        if path is not None and _is_export_folder(path):
-            raise CheckpointError(f"{path} is an ONNX export; use backend='onnx' or pass a checkpoint")
-        if isinstance(model_or_path, Sam):
-            return SamPredictor(model_or_path)
-        from segany.build import load_model
-
-        return SamPredictor(load_model(model_or_path))
-
-    if path is not None and _is_export_folder(path):
-        return OnnxPredictor(path, precision=precision, num_threads=num_threads)
-    folder = Path(export_dir) if export_dir is not None else None
-    if folder is None and path is not None and path.is_file():
-        folder = _cache_folder(path)
-        if _is_export_folder(folder) and (quantize is None or (folder / "encoder.int8.onnx").is_file()):
-            return OnnxPredictor(folder, precision=precision, num_threads=num_threads)
-    if isinstance(model_or_path, Sam):
-        model = model_or_path
-    else:
-        from segany.build import load_model
-
-        model = load_model(model_or_path)
-    if folder is None:
-        folder = Path(tempfile.mkdtemp(prefix="segany-onnx-"))
-    # Exporting needs the export layer; imported here so that inference does not depend on it otherwise.
-    from segany.export.onnx import export_onnx
-
-    export_onnx(model, folder, quantize=quantize)
-    return OnnxPredictor(folder, precision=precision, num_threads=num_threads)

@@ -1,0 +1,79 @@
+"""Pick a predictor backend for a model, exporting it to ONNX when the onnxruntime backend needs it.
+
+Lives in the export layer because it may export; the predictors themselves are in
+:mod:`segany.inference`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from segany.errors import CheckpointError
+from segany.inference.onnx_backend import OnnxPredictor, is_export_folder
+from segany.inference.predictor import SamPredictor
+
+__all__ = ["predictor_for"]
+
+
+def _cache_folder(checkpoint: Path) -> Path:
+    """Where the ONNX export of a checkpoint file is kept between runs."""
+    stat = checkpoint.stat()
+    key = hashlib.sha256(f"{checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segany" / "onnx"
+    return base / f"{checkpoint.stem}-{key}"
+
+
+def predictor_for(
+    model_or_path: Any,
+    backend: Literal["torch", "onnx"] = "torch",
+    *,
+    precision: Literal["auto", "fp32", "int8"] = "auto",
+    export_dir: str | os.PathLike[str] | None = None,
+    quantize: str | None = None,
+    num_threads: int | None = None,
+) -> SamPredictor | OnnxPredictor:
+    """A predictor for ``model_or_path`` on the chosen backend.
+
+    ``model_or_path``: a :class:`~segany.model.Sam`, a checkpoint file or preset name, ``None`` (the
+    default model), or (ONNX only) a folder written by ``segany export``. For the ONNX backend, a model
+    or checkpoint is exported first: into ``export_dir`` if given, else (checkpoint files) into a cache
+    under ``~/.cache/segany/onnx`` that later calls reuse, else a temporary folder.
+    ``quantize="int8"`` adds int8 graphs to a new export; ``precision`` picks which graphs to run.
+    """
+    from segany.model import Sam
+
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"backend must be 'torch' or 'onnx', not {backend!r}")
+    path = Path(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else None
+    if backend == "torch":
+        if path is not None and is_export_folder(path):
+            raise CheckpointError(f"{path} is an ONNX export; use backend='onnx' or pass a checkpoint")
+        if isinstance(model_or_path, Sam):
+            return SamPredictor(model_or_path)
+        from segany.build import load_model
+
+        return SamPredictor(load_model(model_or_path))
+
+    if path is not None and is_export_folder(path):
+        return OnnxPredictor(path, precision=precision, num_threads=num_threads)
+    folder = Path(export_dir) if export_dir is not None else None
+    if folder is None and path is not None and path.is_file():
+        folder = _cache_folder(path)
+        if is_export_folder(folder) and (quantize is None or (folder / "encoder.int8.onnx").is_file()):
+            return OnnxPredictor(folder, precision=precision, num_threads=num_threads)
+    if isinstance(model_or_path, Sam):
+        model = model_or_path
+    else:
+        from segany.build import load_model
+
+        model = load_model(model_or_path)
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="segany-onnx-"))
+    from segany.export.onnx import export_onnx
+
+    export_onnx(model, folder, quantize=quantize)
+    return OnnxPredictor(folder, precision=precision, num_threads=num_threads)
