@@ -29,7 +29,7 @@ import numpy as np
 from segany.errors import SeganyError
 from segany.eval.metrics import coco_segm_ap, mask_iou
 from segany.eval.prompting import as_segmenter
-from segany.eval.report import Panel, ReportWriter, case_picture, context_box, pick_extremes, plot_histograms
+from segany.eval.report import Panel, ReportWriter, case_picture, method_entries, metric_rows, context_box, pick_extremes, plot_histograms
 from segany.io.datasets import Sample, SegmentationDataset
 from segany.io.files import read_json
 from segany.io.rle import decode_rle, encode_masks
@@ -224,10 +224,8 @@ def write_boxes_report(
     if not results:
         return
     keys = ["AP", "AP50", "AP75", "APs", "APm", "APl", "mIoU"]
-    entries = [(r.method, r.to_json(), "") for r in results]
-    entries += [(name, m, " (earlier run)") for c in compare for name, m in c.get("methods", {}).items()]
-    rows = [[name + tag, js["metrics"].get("num_objects", 0), *[js["metrics"].get(k, float("nan")) for k in keys]]
-            for name, js, tag in entries]
+    entries = method_entries(results, compare)
+    rows = metric_rows(entries, keys)
     src = results[0].settings.source
     writer.table(
         "Results", ["method", "objects", *keys], rows,

@@ -26,7 +26,7 @@ import numpy as np
 
 from segany.errors import SeganyError
 from segany.eval.edges import EdgeCounts, evaluate_edge_image, load_bsds_boundaries, summarize_edges
-from segany.eval.report import Panel, ReportWriter, case_picture, pick_extremes, plot_pr_curves
+from segany.eval.report import Panel, ReportWriter, case_picture, pick_extremes, plot_pr_curves, method_entries
 from segany.io.datasets import Sample, SegmentationDataset
 
 __all__ = [
@@ -194,8 +194,7 @@ def write_edges_report(
     if not results:
         return
     keys = ["ODS", "OIS", "AP", "R50"]
-    entries = [(r.method, r.to_json(), "") for r in results]
-    entries += [(name, m, " (earlier run)") for c in compare for name, m in c.get("methods", {}).items()]
+    entries = method_entries(results, compare)
     rows = [[name + tag, js.get("num_images", 0), *[js["metrics"].get(k, float("nan")) for k in keys]]
             for name, js, tag in entries]
     st = results[0].settings

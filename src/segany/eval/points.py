@@ -34,7 +34,7 @@ import numpy as np
 
 from segany.eval.metrics import DEFAULT_MIOU_CLICKS, InteractiveScores, mask_iou
 from segany.eval.prompting import Segmenter, as_segmenter, stack_or_none
-from segany.eval.report import Panel, ReportWriter, case_picture, context_box, pick_extremes, plot_curves
+from segany.eval.report import Panel, ReportWriter, case_picture, context_box, pick_extremes, plot_curves, method_entries
 from segany.io.datasets import Instance, Sample, SegmentationDataset
 from segany.io.rle import decode_rle, encode_mask
 from segany.ops.clicks import Click, center_point, next_click
@@ -352,8 +352,7 @@ def write_points_report(
                *[f"NoF@{t}" for t in thr]]
     rows: list[list[Any]] = []
     curves: dict[str, tuple[list[int], list[float]]] = {}
-    entries = [(r.method, r.to_json(), "") for r in results]
-    entries += [(name, m, " (earlier run)") for c in compare for name, m in c.get("methods", {}).items()]
+    entries = method_entries(results, compare)
     for name, js, tag in entries:
         for track in ("top", "oracle"):
             m = js["metrics"][track]

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from segany.eval.metrics import coco_proposal_ar
-from segany.eval.report import Panel, ReportWriter, case_picture, pick_extremes, plot_curves
+from segany.eval.report import Panel, ReportWriter, case_picture, method_entries, metric_rows, pick_extremes, plot_curves
 from segany.io.datasets import Sample, SegmentationDataset
 from segany.io.rle import decode_rle, encode_mask, to_coco_rle
 
@@ -170,10 +170,8 @@ def write_proposals_report(
     st = results[0].settings
     top = max(st.budgets)
     keys = [f"AR@{n}" for n in st.budgets] + [f"AR{s}@{top}" for s in "sml"] + ["ABO@100", "proposals_per_image"]
-    entries = [(r.method, r.to_json(), "") for r in results]
-    entries += [(name, m, " (earlier run)") for c in compare for name, m in c.get("methods", {}).items()]
-    rows = [[name + tag, js["metrics"].get("num_objects", 0), *[js["metrics"].get(k, float("nan")) for k in keys]]
-            for name, js, tag in entries]
+    entries = method_entries(results, compare)
+    rows = metric_rows(entries, keys)
     writer.table(
         "Results", ["method", "objects", *keys], rows,
         note=(f"Class-agnostic mask average recall (IoU 0.5:0.95, pycocotools) with at most N proposals per image; "

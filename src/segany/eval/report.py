@@ -129,6 +129,24 @@ def load_compare(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]
 # --------------------------------------------------------------------------- plots
 
 
+def method_entries(
+    results: Sequence[Any], compare: Sequence[Mapping[str, Any]]
+) -> list[tuple[str, Mapping[str, Any], str]]:
+    """``(method, results JSON, tag)`` for this run's results (objects with ``method`` and ``to_json()``),
+    then for the methods of earlier runs (``--compare``), tagged as such."""
+    entries: list[tuple[str, Mapping[str, Any], str]] = [(r.method, r.to_json(), "") for r in results]
+    entries += [(name, m, " (earlier run)") for c in compare for name, m in c.get("methods", {}).items()]
+    return entries
+
+
+def metric_rows(entries: Sequence[tuple[str, Mapping[str, Any], str]], keys: Sequence[str]) -> list[list[Any]]:
+    """Table rows ``[method, objects, *metrics]`` for :func:`method_entries`."""
+    return [
+        [name + tag, js["metrics"].get("num_objects", 0), *[js["metrics"].get(k, float("nan")) for k in keys]]
+        for name, js, tag in entries
+    ]
+
+
 def _figure(width: float = 5.0, height: float = 3.8) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

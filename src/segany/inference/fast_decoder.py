@@ -193,10 +193,16 @@ class FastMaskDecoder(nn.Module):
         return a.out_proj(out)
 
     def _i2t(
-        self, a: Attention, q_img: torch.Tensor | None, q1: torch.Tensor | None, k_tok: torch.Tensor, v_tok: torch.Tensor
+        self,
+        a: Attention,
+        q_img: torch.Tensor | None,
+        q1: torch.Tensor | None,
+        k_tok: torch.Tensor,
+        v_tok: torch.Tensor,
+        residual: torch.Tensor,
     ) -> torch.Tensor:
-        """Image rows attend to the tokens; queries are the rows ``q_img (B, N, C)`` (projected here)
-        or the cached projected queries ``q1 (B|1, N, d)``."""
+        """``residual`` (B|1, N, C) plus the image rows' attention to the tokens; queries are the rows
+        ``q_img (B, N, C)`` (projected here) or the cached projected queries ``q1 (B|1, N, d)``."""
         h = a.num_heads
         k = _heads_first(a.k_proj(k_tok), h)  # (B, h, T, e)
         b, _, t, e = k.shape
@@ -210,7 +216,10 @@ class FastMaskDecoder(nn.Module):
         attn = torch.softmax(logits.view(b, n, t, h), dim=-2).view(b, n, t * h)
         v = _heads_first(a.v_proj(v_tok), h)  # (B, h, T, e)
         vo = _block_rows_token_major(v, self.eye) @ a.out_proj.weight.t()  # (B, T*h, C): V_h W_o,h per head
-        return torch.baddbmm(a.out_proj.bias, attn, vo)
+        # Each row of attn sums to h (one softmax per head), so the output bias rides along as b / h
+        # on every row of vo; the residual is the product's starting value: one pass, no extra adds.
+        vo = vo + a.out_proj.bias / h
+        return torch.baddbmm(residual, attn, vo)
 
     # -- decoder ---------------------------------------------------------------------------------
 
@@ -265,10 +274,10 @@ class FastMaskDecoder(nn.Module):
             queries = layer.norm2(queries + attn)
             queries = layer.norm3(queries + layer.mlp(queries))
             k = queries + prompt
-            attn_img = self._i2t(
-                layer.cross_attn_image_to_token, k_img, q1 if i == 0 else None, k, queries
+            updated = self._i2t(
+                layer.cross_attn_image_to_token, k_img, q1 if i == 0 else None, k, queries, keys
             )
-            keys = layer.norm4(keys + attn_img)  # (B, N, C); batch B from here on
+            keys = layer.norm4(updated)  # (B, N, C); batch B from here on
         q = queries + prompt
         final = dec.transformer.final_attn_token_to_image
         queries = dec.transformer.norm_final_attn(queries + self._t2i(final, q, keys + image_pe, keys))
@@ -286,9 +295,9 @@ class FastMaskDecoder(nn.Module):
         w1, b1 = self._as_matrix(up1)
         w2, b2 = self._as_matrix(up2)
         c1, c2 = up1.out_channels, up2.out_channels
-        x = (keys @ w1 + b1).view(b, n * 4, c1)  # rows (pixel, dy, dx)
+        x = torch.addmm(b1, keys.reshape(b * n, -1), w1).view(b, n * 4, c1)  # rows (pixel, dy, dx)
         x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-        x = act2(x @ w2 + b2)  # (B, 4N, 4 * c2): columns (dy2, dx2, channel)
+        x = act2(torch.addmm(b2, x.view(b * n * 4, c1), w2))  # (B*4N, 4 * c2): columns (dy2, dx2, channel)
         m = hyper.shape[1]
         logits = x.view(b, n * 16, c2) @ hyper.transpose(1, 2)  # (B, 16N, M)
         # Row order (i, j, dy, dx, dy2, dx2) -> image position (4i + 2dy + dy2, 4j + 2dx + dx2).

@@ -293,27 +293,9 @@ def remove_small_regions(
     Returns:
         the new mask and whether anything changed.
     """
-    import cv2
-
     if mode not in ("holes", "islands"):
         raise ValueError(f"mode must be 'holes' or 'islands', not {mode!r}")
-    holes = mode == "holes"
-    work = (mask ^ holes).astype(np.uint8)
-    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(work, connectivity=8)
-    sizes = stats[1:, cv2.CC_STAT_AREA]  # label 0 is the rest of the image
-    small = sizes < area_thresh
-    if not small.any():
-        return mask, False
-    selected = np.zeros(n_labels, dtype=bool)
-    if holes:
-        # Keep the mask (label 0 of its complement) and add the small holes.
-        selected[0] = True
-        selected[1:] = small
-    else:
-        selected[1:] = ~small
-        if keep_largest and not selected.any():
-            selected[int(np.argmax(sizes)) + 1] = True
-    return selected[labels], True
+    return _window_regions(mask, area_thresh, mode, np.zeros(mask.shape, dtype=bool), keep_largest)
 
 
 def _window_regions(
