@@ -254,3 +254,12 @@ def test_onnx_backend_gives_the_same_masks(
     for a, b in zip(ours.annotations, theirs.annotations):
         ma, mb = decode_rle(a.segmentation), decode_rle(b.segmentation)
         assert (ma & mb).sum() / max((ma | mb).sum(), 1) > 0.98
+
+
+def test_says_so_when_no_mask_passes_the_filters(images: Path, tmp_path: Path, checkpoint: Path, capsys) -> None:
+    argv = [str(images / "first.jpg"), "-o", str(tmp_path / "out"), "-c", str(checkpoint), "--no-progress"]
+    assert run(*argv, "--points-per-side", "2", "--pred-iou-thresh", "2.0") == 0  # nothing can pass
+    err = capsys.readouterr().err
+    assert "no mask passed the filters" in err and "--pred-iou-thresh" in err
+    assert run(*argv, *KNOBS, "--overwrite") == 0
+    assert "no mask passed" not in capsys.readouterr().err

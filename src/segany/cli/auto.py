@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         note = f"segany auto: skipping {skipped} image(s) already done in {out} (--overwrite redoes them)"
         print(note, file=sys.stderr)
 
-    failed = finished = 0
+    failed = finished = masks = 0
     if todo:
         model = predictor_from_args(args)
         overrides = {name: getattr(args, name) for _, name, _, _ in KNOBS if getattr(args, name) is not None}
@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
                     picture = overlay_masks(image, [r["segmentation"] for r in records])
                     atomic_write_bytes(out / f"{job.name}_overlay.png", png_bytes(picture))
                 finished += 1
+                masks += len(records)
                 bar.update(1)
         finally:
             bar.close()
@@ -238,4 +239,10 @@ def run(args: argparse.Namespace) -> int:
             raise SeganyError(f"cannot build {out / COCO_FILE}: {exc}") from exc
         print(f"segany auto: wrote {out / COCO_FILE} ({count} images)", file=sys.stderr)
     print(f"segany auto: {finished} done, {skipped} skipped, {failed} failed; outputs in {out}")
+    if finished and not masks:
+        hint = "lower --pred-iou-thresh / --stability-score-thresh"
+        if args.checkpoint is None:
+            hint = (f"the packaged default model is a small demonstration model whose predicted IoUs and "
+                    f"stability are low: {hint}, or pass an official checkpoint with -c")
+        print(f"segany auto: no mask passed the filters; {hint}", file=sys.stderr)
     return 1 if failed else 0
