@@ -197,3 +197,33 @@ def test_bad_folders(tmp_path: Path) -> None:
         SegmentationDataset(empty)
     with pytest.raises(FormatError, match="not found"):
         SegmentationDataset(tmp_path / "nowhere")
+
+
+def test_per_image_ignore_mask_files(tmp_path: Path) -> None:
+    """A boundary band given as a PNG (GrabCut style) joins the crowd regions in ignore_mask()."""
+    band = np.zeros((12, 20), np.uint8)
+    band[5:7, :] = 128  # any non-zero value means "ignore"
+    root = _write_coco_folder(tmp_path / "d", np.zeros((12, 20, 3), np.uint8), (12, 20), crowd=True)
+    assert SegmentationDataset(root)[0].ignore_mask().sum() == 12 * (20 // 3)  # crowd only
+    (root / "ignore").mkdir()
+    Image.fromarray(band).save(root / "ignore" / "a.png")  # default place: ignore/<stem>.png
+    ignore = SegmentationDataset(root)[0].ignore_mask()
+    assert ignore[5:7].all() and ignore[:, : 20 // 3].all()
+    assert ignore.sum() == 2 * 20 + 10 * (20 // 3)
+    # Named in the image record instead, relative to the images folder; a bad name is one clear error.
+    coco = json.loads((root / "annotations.json").read_text())
+    for ann in coco["annotations"]:
+        ann["iscrowd"] = 0
+    coco["images"][0]["ignore_mask"] = "../ignore/a.png"
+    (root / "annotations.json").write_text(json.dumps(coco))
+    assert SegmentationDataset(root)[0].ignore_mask().sum() == 2 * 20
+    coco["images"][0]["ignore_mask"] = "missing.png"
+    (root / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(FormatError, match="ignore mask .* not found"):
+        SegmentationDataset(root)[0]
+    (root / "ignore" / "a.png").unlink()
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "ignore" / "a.png")
+    coco["images"][0].pop("ignore_mask")
+    (root / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(FormatError, match="ignore mask"):
+        SegmentationDataset(root)[0].ignore_mask()

@@ -11,6 +11,11 @@ Items are :class:`Sample` objects holding the image's metadata and its :class:`I
 image and the masks are read only when asked for (``sample.load_image()``, ``instance.mask()``), so
 even BSDS500's 56k masks cost little memory. An optional ``splits.json`` next to the annotations
 (``{"train": [stems], "val": [...], "test": [...]}``) selects a split.
+
+Pixels to ignore in scoring: the ``iscrowd`` instances, plus an optional per-image ignore mask (any
+non-zero pixel), e.g. the boundary band of the GrabCut data set: a PNG named by the image record's
+``"ignore_mask"`` key (relative to the images folder), or else ``ignore/<image stem>.png`` beside
+``images/`` (COCO folders).
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class Sample:
     width: int
     annotations: list[Instance]
     attributes: dict[str, Any] = field(default_factory=dict)  # other image keys, e.g. "split"
+    ignore_path: Path | None = None  # per-image ignore mask (PNG, non-zero = ignore), if any
 
     def load_image(self) -> np.ndarray:
         """Read the image as (H, W, 3) uint8 RGB (greyscale, RGBA, 16-bit converted).
@@ -94,13 +100,26 @@ class Sample:
         return np.stack([inst.mask() for inst in chosen])
 
     def ignore_mask(self) -> np.ndarray | None:
-        """Union of the ``iscrowd`` instances (pixels to ignore): bool (H, W), or None if there are none."""
+        """Pixels to ignore: the union of the ``iscrowd`` instances and the per-image ignore mask,
+        bool (H, W), or None if there are neither.
+
+        Raises:
+            FormatError: the ignore mask's size differs from the image's.
+        """
         crowd = [inst for inst in self.annotations if inst.iscrowd]
-        if not crowd:
+        if not crowd and self.ignore_path is None:
             return None
         union = np.zeros((self.height, self.width), dtype=bool)
         for inst in crowd:
             union |= inst.mask()
+        if self.ignore_path is not None:
+            band = read_image(self.ignore_path, exif_transpose=False).max(axis=2) > 0
+            if band.shape != union.shape:
+                raise FormatError(
+                    f"ignore mask {self.ignore_path} is {band.shape[1]}x{band.shape[0]} pixels but image "
+                    f"{self.file_name} is {self.width}x{self.height}"
+                )
+            union |= band
         return union
 
 
@@ -184,6 +203,7 @@ class SegmentationDataset:
             self._load_sa1b(self.root / "splits.json")
         else:
             raise FormatError(f"data set not found: {self.root}")
+        self._ignore_dir = self.image_dir.parent / "ignore"
         if limit is not None:
             if limit < 0:
                 raise ValueError(f"limit must be >= 0, got {limit}")
@@ -226,6 +246,17 @@ class SegmentationDataset:
 
     # --- access -----------------------------------------------------------------------------------
 
+    def _ignore_path(self, img: Mapping[str, Any]) -> Path | None:
+        """The image's ignore mask file: its record's ``ignore_mask`` or ``ignore/<stem>.png``."""
+        named = img.get("ignore_mask")
+        if named:
+            path = self.image_dir / str(named)
+            if not path.is_file():
+                raise FormatError(f"image {img['file_name']}: ignore mask {path} not found")
+            return path
+        default = self._ignore_dir / (Path(str(img["file_name"])).stem + ".png")
+        return default if default.is_file() else None
+
     def __len__(self) -> int:
         return len(self._coco) if self.layout == "coco" else len(self._sa1b)
 
@@ -243,6 +274,7 @@ class SegmentationDataset:
                 width=w,
                 annotations=[_instance(a, h, w) for a in anns],
                 attributes={k: v for k, v in img.items() if k not in _IMAGE_FIELDS},
+                ignore_path=self._ignore_path(img),
             )
         image_path, json_path = self._sa1b[index]
         parsed = read_sa1b(json_path)
