@@ -35,7 +35,7 @@ def _tiny() -> torch.nn.Module:
 
 def test_rounds_follow_the_schedule_and_prompts_accumulate(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _tiny()
-    loop = LoopSection(num_rounds=11, box_probability=0.5, seed=1)
+    loop = LoopSection(num_rounds=11, box_probability=0.5, seed=1, fast_decoder=False)
     token_counts: list[int] = []
     real_decoder = model.mask_decoder.predict_masks
 
@@ -101,6 +101,27 @@ def test_prompts_do_not_depend_on_batch_composition() -> None:
     together = engine.interactive_step(model, batch, loop)
     apart = [engine.interactive_step(model, [item], loop) for item in batch]
     assert together.loss.item() == pytest.approx(sum(o.loss.item() for o in apart), rel=1e-4)
+
+
+def test_fast_decoder_gives_the_same_loss_and_gradients() -> None:
+    """The rewritten decoder (shared first-layer image side, reassociated attention) trains the same
+    function: same loss and same gradients, mask-prompt rounds included."""
+    batch = _batch(2, 3)
+    results = []
+    for fast in (True, False):
+        model = _tiny().eval()  # no drop path: deterministic
+        out = engine.interactive_step(model, batch, LoopSection(num_rounds=3, seed=2, fast_decoder=fast))
+        out.loss.backward()
+        results.append((out.loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (fast_loss, fast_grads), (ref_loss, ref_grads) = results
+    assert fast_loss == pytest.approx(ref_loss, rel=1e-5)
+    for name, grad in ref_grads.items():
+        if name not in fast_grads:
+            # Key biases of token->image attention shift every logit of a softmax row equally: the
+            # rewrite drops them, and their true gradient is zero.
+            assert "token_to_image.k_proj.bias" in name and grad.abs().max() < 1e-6, name
+            continue
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
 def test_frozen_encoder_gets_no_gradient() -> None:

@@ -85,6 +85,7 @@ class LoopSection:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     bf16: bool = False
+    fast_decoder: bool = True  # the decoder rewritten with fewer multiply-adds (same function)
     device: str = "auto"  # "auto": cuda if available, else cpu
     threads: int | None = None  # torch intra-op threads per process (None: torch's default)
     seed: int = 0

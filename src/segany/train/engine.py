@@ -27,7 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder
 from segany.model import Sam
+from segany.model.mask_decoder import MaskDecoder
 from segany.ops.clicks import error_region_points, noisy_boxes, round_schedule, sample_points_uniform
 from segany.train.config import ConfigError, LoopSection
 from segany.train.losses import sam_loss
@@ -140,6 +142,12 @@ def interactive_step(
     box_rows = torch.nonzero(use_box).squeeze(1)
     pt_rows = torch.nonzero(~use_box).squeeze(1)
 
+    # The fast decoder computes the same function with about half the multiply-adds; in round 1 (no
+    # mask prompt) it also shares the image side of the first layer between the masks of an image.
+    fast = loop.fast_decoder and type(model.mask_decoder) is MaskDecoder
+    if fast:
+        image_cache, fast_decoder = DecoderImageCache(model), FastMaskDecoder(model)
+
     extra_pts = torch.zeros(n_rows, 0, 2, device=device)  # points added after round 1
     extra_lbl = torch.zeros(n_rows, 0, dtype=torch.long, device=device)
     prev_logits: torch.Tensor | None = None
@@ -165,12 +173,20 @@ def interactive_step(
                 pts = (extra_pts[box_rows], extra_lbl[box_rows]) if k else None
                 sp, _ = pe(pts, boxes[box_rows], None)
                 sparse = sparse.index_copy(0, box_rows, sp.to(sparse.dtype))
-            if prev_logits is None:
-                _, dense = pe(None, None, None)
-                dense = dense.expand(n_rows, -1, -1, -1)
+            if fast:
+                if prev_logits is None:
+                    cache = [c[owner_t] for c in image_cache(embeddings)]
+                else:
+                    cache = list(image_cache(row_embeddings, prev_logits))
+                keys, hyper, iou_pred = fast_decoder.transform(*cache, sparse)
+                low = fast_decoder.upscale(keys, hyper)
             else:
-                _, dense = pe(None, None, prev_logits)
-            low, iou_pred = model.mask_decoder.predict_masks(row_embeddings, image_pe, sparse, dense)
+                if prev_logits is None:
+                    _, dense = pe(None, None, None)
+                    dense = dense.expand(n_rows, -1, -1, -1)
+                else:
+                    _, dense = pe(None, None, prev_logits)
+                low, iou_pred = model.mask_decoder.predict_masks(row_embeddings, image_pe, sparse, dense)
             low, iou_pred = low.float(), iou_pred.float()
             # Ambiguous = exactly one valid point and no box: score the three multimask outputs.
             n_valid = 1 + (extra_lbl >= 0).sum(1)
