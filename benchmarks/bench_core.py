@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -64,7 +65,8 @@ def main() -> None:
     lines = [
         "## Core: vit_b encoder and one click",
         "",
-        f"Machine: {cpu}, 2 threads, torch {torch.__version__}, {datetime.date.today()}; shared machine (other jobs ran).",
+        f"Machine: {cpu}, 2 threads, torch {torch.__version__}, {datetime.date.today()}; load average "
+        f"{os.getloadavg()[0]:.1f} at the end (this benchmark alone gives ~2).",
         f"Image {image.shape[1]}x{image.shape[0]}, random vit_b weights identical in both; {args.rounds} interleaved rounds,",
         f"median ratio. Max embedding difference {diff:.1e}. Command: `nice python benchmarks/bench_core.py --rounds {args.rounds} --write`.",
         "",
