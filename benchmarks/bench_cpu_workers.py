@@ -138,7 +138,7 @@ def worker_amg(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
-    """Mask IoU of int8 against float32 embeddings (same fp32 decoder graphs) on real annotations."""
+    """Mask IoU of the int8 graphs (encoder and decoder split) against the float32 ones on real annotations."""
     import numpy as np
     import torch
 
@@ -154,7 +154,7 @@ def worker_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
         int8.set_image(image)
         a, b = fp32.get_image_embedding().flatten(), int8.get_image_embedding().flatten()
         cosines.append(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
-        # Decode both embeddings with the same (float) decoder: only the encoder is quantised.
+        # Each predictor runs its own graphs: int8 encoder and int8 decoder split against float32.
         for prompt in item["prompts"]:
             kwargs: dict[str, Any] = {"multimask_output": prompt["kind"] == "point"}
             if prompt["kind"] == "point":

@@ -75,7 +75,7 @@ def _official_outputs(model, feeds, **options):
 def test_export_writes_every_graph_and_a_manifest(exported, model):
     folder, result = exported
     manifest = json.loads((folder / "segany_onnx.json").read_text())
-    for role in ("encoder", "decoder", "image_cache", "decoder_lowres", "encoder.int8"):
+    for role in ("encoder", "decoder", "image_cache", "decoder_lowres", "encoder.int8", "image_cache.int8", "decoder_lowres.int8"):
         assert (folder / manifest["files"][role]).is_file(), role
         onnx.checker.check_model(str(folder / manifest["files"][role]))
     assert manifest["image_size"] == model.image_encoder.img_size

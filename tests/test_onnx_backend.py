@@ -233,3 +233,19 @@ def test_fast_postprocess_gives_the_official_predictor_masks(model, image):
     ours = upscale_logits(torch.from_numpy(low)[None], ref.input_size, ref.original_size, 256)[0]
     np.testing.assert_allclose(ours.numpy(), logits, atol=TOL, rtol=0)
     _assert_same_masks((ours > 0).numpy(), masks, logits)
+
+
+def test_int8_decoder_graphs_stay_close_to_float(folder, pair, image, model):
+    """The int8 decoder split (image cache + low-res decoder) on the same float embedding: masks close
+    to the float32 graphs'."""
+    ours, _ = pair
+    assert (folder / "decoder_lowres.int8.onnx").is_file() and (folder / "image_cache.int8.onnx").is_file()
+    q, f = OnnxPredictor(folder, precision="int8"), OnnxPredictor(folder, precision="fp32")
+    for p in (q, f):
+        p.set_image_embedding(ours.get_embedding())
+    for prompt in _prompts(model, *image.shape[:2]).values():
+        mq, _, lq = q.predict(**prompt)
+        mf, _, lf = f.predict(**prompt)
+        assert not np.array_equal(lq, lf)  # really a different (quantised) graph
+        iou = (mq & mf).sum() / max((mq | mf).sum(), 1)
+        assert iou > 0.9, iou

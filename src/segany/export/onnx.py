@@ -7,7 +7,8 @@ Files written to the output folder (see :mod:`segany.export.graphs` for each gra
 ``decoder.onnx``           same inputs/outputs/options as the official ``SamOnnxModel`` export
 ``image_cache.onnx``       per-image part of the decoder (segany's onnxruntime predictor)
 ``decoder_lowres.onnx``    batched prompts -> low-resolution logits (segany's predictor)
-``encoder.int8.onnx``      with ``quantize="int8"``: a dynamically quantised encoder
+``*.int8.onnx``           with ``quantize="int8"``: dynamically quantised encoder, image_cache
+                           and decoder_lowres
 ``segany_onnx.json``       what the folder holds: model configuration, sizes, file names
 =========================  ==================================================================
 
@@ -187,7 +188,8 @@ def export_onnx(
     Args:
         model: a SAM model (any size; its own architecture is exported).
         opset: ONNX opset; >= 18 uses the ``torch.export`` exporter, lower the TorchScript one.
-        quantize: ``"int8"`` also writes a dynamically quantised ``encoder.int8.onnx``.
+        quantize: ``"int8"`` also writes dynamically quantised ``encoder.int8.onnx``,
+            ``image_cache.int8.onnx`` and ``decoder_lowres.int8.onnx``.
         return_single_mask, use_stability_score, return_extra_metrics: the official export's options
             for ``decoder.onnx`` (same defaults: all off).
         encoder: also export the image encoder (slow for big models).
@@ -286,9 +288,9 @@ def _export_all(
         if quantize == "int8":
             from segany.export.quantize import quantize_int8
 
-            # Only the encoder: it is where the time goes, while the decoder's cost is mostly products
-            # between activations, which stay float anyway, and its logits are the most sensitive.
-            for name in [n for n in staged if n == "encoder"]:
+            # The encoder and segany's fast decoder split (the graphs the onnxruntime predictor runs);
+            # only products with constant weights become int8 (see segany.export.quantize).
+            for name in [n for n in staged if n in ("encoder", "image_cache", "decoder_lowres")]:
                 q = Path(tmp) / f"{name}.int8.onnx"
                 quantize_int8(staged[name], q)
                 staged[f"{name}.int8"] = q
