@@ -32,7 +32,7 @@ from torch import nn
 from segany.model import Sam
 from segany.model.transformer import Attention
 
-__all__ = ["DecoderImageCache", "FastMaskDecoder", "ImageCache", "embed_points"]
+__all__ = ["DecoderImageCache", "FastMaskDecoder", "ImageCache", "embed_points", "supports"]
 
 
 @dataclass
@@ -47,6 +47,13 @@ class ImageCache:
     k1: torch.Tensor
     v1: torch.Tensor
     q1: torch.Tensor
+
+
+def supports(model: Sam) -> bool:
+    """Whether ``model`` has the standard decoder that this rewrite reproduces (not a replaced one)."""
+    from segany.model.mask_decoder import MaskDecoder
+
+    return type(model.mask_decoder) is MaskDecoder
 
 
 def embed_points(model: Sam, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

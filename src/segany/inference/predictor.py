@@ -15,10 +15,9 @@ import numpy as np
 import torch
 
 from segany.errors import ImageError, PromptError
-from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, ImageCache
+from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, ImageCache, supports
 from segany.io.image import read_image, to_rgb_uint8
 from segany.model import Sam
-from segany.model.mask_decoder import MaskDecoder
 from segany.ops.postprocess import upscale_logits
 from segany.ops.transforms import ResizeLongestSide
 
@@ -233,6 +232,7 @@ class PredictorBase:
             masks = masks > self.model.mask_threshold
         return masks, scores, low_res
 
+
 class SamPredictor(PredictorBase):
     """Predict masks for prompts on one image at a time, reusing its embedding across prompts."""
 
@@ -270,7 +270,7 @@ class SamPredictor(PredictorBase):
     def _prepare_decoder(self) -> None:
         """Build the fast decoder for the current weights and its image cache (about 2% of a vit_b
         encoding), so that every click, the first included, is equally fast."""
-        if type(self.model.mask_decoder) is not MaskDecoder:
+        if not supports(self.model):
             return
         assert self.features is not None
         self._fast = (DecoderImageCache(self.model), FastMaskDecoder(self.model))
@@ -321,8 +321,7 @@ class SamPredictor(PredictorBase):
                 raise PromptError("point_labels are required with point_coords")
             points = (point_coords.to(self.device), point_labels.to(self.device))
         boxes = boxes.to(self.device) if boxes is not None else None
-        sel = slice(1, None) if multimask_output else slice(0, 1)
-        if type(self.model.mask_decoder) is not MaskDecoder:
+        if not supports(self.model):
             # A replaced decoder (research code, tests): run it as it is.
             mask = mask_input.to(self.device) if mask_input is not None else None
             sparse, dense = self.model.prompt_encoder(points, boxes, mask)
@@ -339,6 +338,7 @@ class SamPredictor(PredictorBase):
         else:
             cache = image_cache.cache(self.features, mask_input.to(self.device))
         keys, hyper, iou = decoder.transform(cache.src, cache.k1, cache.v1, cache.q1, sparse)
+        sel = slice(1, None) if multimask_output else slice(0, 1)
         hyper, iou = hyper[:, sel], iou[:, sel]
         if skip_below is None:
             return decoder.upscale(keys, hyper), iou

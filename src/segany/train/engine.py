@@ -27,9 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder
+from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, supports
 from segany.model import Sam
-from segany.model.mask_decoder import MaskDecoder
 from segany.ops.clicks import error_region_points, noisy_boxes, round_schedule, sample_points_uniform
 from segany.train.config import ConfigError, LoopSection
 from segany.train.losses import sam_loss
@@ -144,7 +143,7 @@ def interactive_step(
 
     # The fast decoder computes the same function with about half the multiply-adds; in round 1 (no
     # mask prompt) it also shares the image side of the first layer between the masks of an image.
-    fast = loop.fast_decoder and type(model.mask_decoder) is MaskDecoder
+    fast = loop.fast_decoder and supports(model)
     if fast:
         image_cache, fast_decoder = DecoderImageCache(model), FastMaskDecoder(model)
 
@@ -178,8 +177,7 @@ def interactive_step(
                     cache = [c[owner_t] for c in image_cache(embeddings)]
                 else:
                     cache = list(image_cache(row_embeddings, prev_logits))
-                keys, hyper, iou_pred = fast_decoder.transform(*cache, sparse)
-                low = fast_decoder.upscale(keys, hyper)
+                low, iou_pred = fast_decoder(*cache, sparse)
             else:
                 if prev_logits is None:
                     _, dense = pe(None, None, None)
