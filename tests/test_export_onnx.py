@@ -263,3 +263,64 @@ def test_padded_windows_match_official_in_pytorch_and_onnx(tmp_path):
     export_onnx(model, tmp_path)
     (got,) = _session(tmp_path / "encoder.onnx").run(None, {"image": x.numpy()})
     np.testing.assert_allclose(got, want.numpy(), atol=TOL, rtol=0)
+
+
+# -- int8 weight type ------------------------------------------------------------------------------
+
+
+def _int8_weight_dtypes(path):
+    """Element types of the quantised weight initialisers of a graph."""
+    graph = onnx.load(str(path)).graph
+    return {init.data_type for init in graph.initializer if init.name.endswith("_quantized")}
+
+
+def test_int8_weight_type_follows_the_cpu_and_is_recorded(exported, monkeypatch):
+    from segany.export import quantize
+    from segany.inference import onnx_backend
+
+    folder, _ = exported
+    manifest = json.loads((folder / "segany_onnx.json").read_text())
+    want = "s8" if onnx_backend.cpu_has_int8_dot() else "u8"
+    assert manifest["int8_weights"] == want
+    dtype = onnx.TensorProto.INT8 if want == "s8" else onnx.TensorProto.UINT8
+    assert _int8_weight_dtypes(folder / "encoder.int8.onnx") == {dtype}
+    monkeypatch.setattr(quantize, "cpu_has_int8_dot", lambda: True)
+    assert quantize.int8_weight_type("auto") == "s8"
+    monkeypatch.setattr(quantize, "cpu_has_int8_dot", lambda: False)
+    assert quantize.int8_weight_type("auto") == "u8"
+    assert quantize.int8_weight_type("s8") == "s8"
+    with pytest.raises(ValueError):
+        quantize.int8_weight_type("int4")
+
+
+@pytest.mark.parametrize("weights", ["s8", "u8"])
+def test_both_int8_weight_types_stay_close_to_float(model, tmp_path, weights, test_images):
+    export_onnx(model, tmp_path, quantize="int8", int8_weights=weights, check=False)
+    manifest = json.loads((tmp_path / "segany_onnx.json").read_text())
+    assert manifest["int8_weights"] == weights
+    dtype = onnx.TensorProto.INT8 if weights == "s8" else onnx.TensorProto.UINT8
+    for role in ("encoder", "decoder_lowres"):
+        assert _int8_weight_dtypes(tmp_path / f"{role}.int8.onnx") == {dtype}, role
+    assert _int8_weight_dtypes(tmp_path / "image_cache.int8.onnx") <= {dtype}
+    resized = ResizeLongestSide(model.image_encoder.img_size).apply_image(read_image(test_images[0]))
+    (fp32,) = _session(tmp_path / "encoder.onnx").run(None, {"image": resized})
+    (int8,) = _session(tmp_path / "encoder.int8.onnx").run(None, {"image": resized})
+    assert float((fp32 * int8).sum() / np.linalg.norm(fp32) / np.linalg.norm(int8)) > 0.95
+    with pytest.raises(ExportError):
+        export_onnx(model, tmp_path / "bad", quantize="int8", int8_weights="s4")
+
+
+def test_signed_int8_on_a_cpu_without_int8_dot_warns(exported, monkeypatch):
+    from segany.inference import onnx_backend
+
+    folder, _ = exported
+    manifest = json.loads((folder / "segany_onnx.json").read_text())
+    monkeypatch.setattr(onnx_backend, "cpu_has_int8_dot", lambda: False)
+    if manifest["int8_weights"] == "s8":
+        with pytest.warns(RuntimeWarning, match="VNNI"):
+            onnx_backend.OnnxPredictor(folder, precision="int8")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        onnx_backend.OnnxPredictor(folder, precision="fp32")  # float graphs never warn

@@ -196,6 +196,37 @@ def test_predictor_for(model, folder, tmp_path):
     assert (tmp_path / "exp" / "decoder.onnx").is_file()
 
 
+def test_cached_int8_export_is_redone_for_a_cpu_that_wants_other_weights(model, tmp_path, monkeypatch):
+    """An int8 export cached on one CPU (say signed weights, for VNNI) is exported again where the
+    other weight type suits the CPU; a suitable one is reused."""
+    from segany.export import quantize
+    from segany.io.checkpoint import save_checkpoint
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(model, checkpoint)
+
+    def manifest():
+        (folder,) = (tmp_path / "cache" / "segany" / "onnx").iterdir()
+        return folder, json.loads((folder / "segany_onnx.json").read_text())
+
+    monkeypatch.setattr(quantize, "cpu_has_int8_dot", lambda: True)
+    assert predictor_for(checkpoint, backend="onnx", quantize="int8").precision == "int8"
+    folder, first = manifest()
+    assert first["int8_weights"] == "s8"
+    stamp = (folder / "encoder.int8.onnx").stat().st_mtime_ns
+    predictor_for(checkpoint, backend="onnx", quantize="int8")  # suits this CPU: reused
+    assert (folder / "encoder.int8.onnx").stat().st_mtime_ns == stamp
+    monkeypatch.setattr(quantize, "cpu_has_int8_dot", lambda: False)
+    with pytest.warns(RuntimeWarning, match="VNNI"):  # loading the signed one here would be risky
+        from segany.inference import onnx_backend
+
+        monkeypatch.setattr(onnx_backend, "cpu_has_int8_dot", lambda: False)
+        OnnxPredictor(folder, precision="int8")
+    predictor_for(checkpoint, backend="onnx", quantize="int8")
+    assert manifest()[1]["int8_weights"] == "u8"
+
+
 # -- fast post-processing ---------------------------------------------------------------------------
 
 

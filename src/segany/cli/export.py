@@ -26,7 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or 'default' for the packaged default model",
     )
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
-    parser.add_argument("--quantize", choices=["int8"], help="also write a dynamically int8-quantised encoder")
+    parser.add_argument("--quantize", choices=["int8"],
+                        help="also write dynamically int8-quantised encoder and decoder graphs")
+    parser.add_argument("--int8-weights", choices=["auto", "s8", "u8"], default="auto",
+                        help="int8 weight type: s8 for CPUs with VNNI/AMX (fast), u8 for any x86 CPU; "
+                        "auto (default) picks for this CPU")
     parser.add_argument("--opset", type=int, default=17, metavar="N",
                         help="ONNX opset (default: 17, as the official export; >= 18 uses torch.export)")
     parser.add_argument("--return-single-mask", action="store_true",
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.output),
         opset=args.opset,
         quantize=args.quantize,
+        int8_weights=args.int8_weights,
         return_single_mask=args.return_single_mask,
         use_stability_score=args.use_stability_score,
         return_extra_metrics=args.return_extra_metrics,

@@ -7,13 +7,14 @@ Lives in the export layer because it may export; the predictors themselves are i
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from segany.errors import CheckpointError
-from segany.inference.onnx_backend import OnnxPredictor, is_export_folder
+from segany.inference.onnx_backend import MANIFEST, OnnxPredictor, is_export_folder
 from segany.inference.predictor import SamPredictor
 
 __all__ = ["predictor_for"]
@@ -25,6 +26,19 @@ def _cache_folder(checkpoint: Path) -> Path:
     key = hashlib.sha256(f"{checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segany" / "onnx"
     return base / f"{checkpoint.stem}-{key}"
+
+
+def _int8_suits_this_cpu(folder: Path) -> bool:
+    """The cached export has int8 graphs with the weight type this CPU wants (else export again)."""
+    from segany.export.quantize import int8_weight_type
+
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    # Exports from before the weight type was recorded used unsigned weights.
+    have = manifest.get("int8_weights") or ("u8" if manifest.get("quantize") == "int8" else None)
+    return (folder / "encoder.int8.onnx").is_file() and have == int8_weight_type("auto")
 
 
 def predictor_for(
@@ -63,7 +77,7 @@ def predictor_for(
     folder = Path(export_dir) if export_dir is not None else None
     if folder is None and path is not None and path.is_file():
         folder = _cache_folder(path)
-        if is_export_folder(folder) and (quantize is None or (folder / "encoder.int8.onnx").is_file()):
+        if is_export_folder(folder) and (quantize is None or _int8_suits_this_cpu(folder)):
             return OnnxPredictor(folder, precision=precision, num_threads=num_threads)
     if isinstance(model_or_path, Sam):
         model = model_or_path

@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -176,6 +176,7 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     quantize: str | None = None,
+    int8_weights: Literal["auto", "s8", "u8"] = "auto",
     return_single_mask: bool = False,
     use_stability_score: bool = False,
     return_extra_metrics: bool = False,
@@ -190,6 +191,8 @@ def export_onnx(
         opset: ONNX opset; >= 18 uses the ``torch.export`` exporter, lower the TorchScript one.
         quantize: ``"int8"`` also writes dynamically quantised ``encoder.int8.onnx``,
             ``image_cache.int8.onnx`` and ``decoder_lowres.int8.onnx``.
+        int8_weights: signedness of the int8 weights: ``"s8"`` (fast on CPUs with VNNI/AMX), ``"u8"``
+            (safe on any x86 CPU) or ``"auto"`` (whichever suits this CPU; see segany.export.quantize).
         return_single_mask, use_stability_score, return_extra_metrics: the official export's options
             for ``decoder.onnx`` (same defaults: all off).
         encoder: also export the image encoder (slow for big models).
@@ -200,13 +203,19 @@ def export_onnx(
     """
     if quantize not in (None, "int8"):
         raise ExportError(f"quantize must be 'int8' or None, not {quantize!r}")
+    from segany.export.quantize import int8_weight_type
+
+    try:
+        weights = int8_weight_type(int8_weights) if quantize == "int8" else None
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
     if opset < 13:
         raise ExportError(f"opset {opset} is too old; use 13 or newer (official default: 17)")
     # Export on the CPU in eval mode, then give the caller's model back as it was.
     device, training = model.device, model.training
     try:
         return _export_all(
-            model.eval().cpu(), Path(out_dir), opset, quantize, return_single_mask, use_stability_score,
+            model.eval().cpu(), Path(out_dir), opset, quantize, weights, return_single_mask, use_stability_score,
             return_extra_metrics, encoder, check, tolerance,
         )
     finally:
@@ -218,6 +227,7 @@ def _export_all(
     out: Path,
     opset: int,
     quantize: str | None,
+    int8_weights: Literal["s8", "u8"] | None,
     return_single_mask: bool,
     use_stability_score: bool,
     return_extra_metrics: bool,
@@ -285,21 +295,21 @@ def _export_all(
                 if diff > tolerance:
                     raise ExportError(f"{name}.onnx differs from PyTorch by {diff:.2e} (> {tolerance:.0e})")
             staged[name] = path
-        if quantize == "int8":
+        if int8_weights is not None:
             from segany.export.quantize import quantize_int8
 
             # The encoder and segany's fast decoder split (the graphs the onnxruntime predictor runs);
             # only products with constant weights become int8 (see segany.export.quantize).
             for name in [n for n in staged if n in ("encoder", "image_cache", "decoder_lowres")]:
                 q = Path(tmp) / f"{name}.int8.onnx"
-                quantize_int8(staged[name], q)
+                quantize_int8(staged[name], q, int8_weights)
                 staged[f"{name}.int8"] = q
         for name, path in staged.items():
             for produced in sorted(Path(tmp).glob(path.name + "*")):  # the graph and any weight side file
                 os.replace(produced, out / produced.name)
             result.files[name] = out / path.name
 
-    manifest = _manifest(model, result, opset, quantize, return_single_mask, use_stability_score, return_extra_metrics)
+    manifest = _manifest(model, result, opset, quantize, int8_weights, return_single_mask, use_stability_score, return_extra_metrics)
     from segany.io.files import atomic_write_text
 
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -312,6 +322,7 @@ def _manifest(
     result: OnnxExport,
     opset: int,
     quantize: str | None,
+    int8_weights: str | None,
     single: bool,
     stability: bool,
     extra: bool,
@@ -335,6 +346,7 @@ def _manifest(
             "return_extra_metrics": extra,
         },
         "quantize": quantize,
+        "int8_weights": int8_weights,
         "files": {name: path.name for name, path in result.files.items()},
         "max_abs_diff_vs_torch": result.max_abs_diff,
         "config": config,
