@@ -23,6 +23,7 @@ All modules trace cleanly for ONNX export (no data-dependent Python control flow
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,8 @@ from segany.model import Sam
 from segany.model.transformer import Attention
 
 __all__ = ["DecoderImageCache", "FastMaskDecoder", "ImageCache", "embed_points", "supports"]
+
+SCRATCH_LIMIT = 1 << 23  # elements (32 MiB in float32): the upscaling of a few prompts at a time
 
 
 @dataclass
@@ -142,6 +145,14 @@ class DecoderImageCache(nn.Module):
         return ImageCache(*self.forward(image_embeddings, mask_input))
 
 
+def _activate_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, in place for GELU (the official activation): the upscaling's largest temporaries are
+    fresh memory otherwise, whose first touch costs as much as the activation itself."""
+    if type(act) is nn.GELU and not torch.is_grad_enabled():
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
+
+
 def _flat_dense_pe(model: Sam) -> torch.Tensor:
     """The image positional encoding as ``(1, N, C)`` rows."""
     with torch.no_grad():
@@ -155,11 +166,16 @@ class FastMaskDecoder(nn.Module):
     ``(B, M)`` IoU) up to float rounding. The cache may have batch 1 (shared by every prompt) or B.
     """
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model: Sam, scratch: bool = False) -> None:
         super().__init__()
         self.model = model
         dec = model.mask_decoder
         self.decoder = dec
+        # scratch=True (interactive inference): the upscaling's large temporaries live in buffers reused
+        # from call to call; fresh memory costs a page fault per 4 KiB on first touch, a sizeable part of
+        # a click. Never under autograd or export (the buffers are overwritten by the next call).
+        self.scratch = scratch
+        self._scratch: dict[str, torch.Tensor] = {}
         self.register_buffer("image_pe", _flat_dense_pe(model), persistent=False)
         heads = dec.transformer.num_heads
         self.register_buffer("eye", torch.eye(heads), persistent=False)
@@ -294,19 +310,50 @@ class FastMaskDecoder(nn.Module):
         hyper = torch.stack([mlp(tokens[:, j, :]) for j, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
         return keys, hyper, iou
 
+    def buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+        """A reusable scratch tensor, or None where scratch buffers must not be used (or would keep
+        more than :data:`SCRATCH_LIMIT` elements alive, e.g. the generator's large prompt batches)."""
+        if not self.scratch or torch.is_grad_enabled() or math.prod(shape) > SCRATCH_LIMIT:
+            return None
+        buf = self._scratch.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._scratch[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
+
     def upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """Upscale image rows ``(B, N, C)`` 4x and dot with ``hyper (B, M, c)`` -> ``(B, M, 4g, 4g)``."""
         b, n, _ = keys.shape
+        w1, b1 = self._as_matrix(self.decoder.output_upscaling[0])
+        out = self.buffer("up1", (b * n, w1.shape[1]), keys)
+        if out is None:
+            x = torch.addmm(b1, keys.reshape(b * n, -1), w1)  # rows (pixel), columns (dy, dx, channel)
+        else:
+            x = torch.addmm(b1, keys.reshape(b * n, -1), w1, out=out)
+        return self.upscale_rest(x.view(b, n, -1), hyper)
+
+    def upscale_rest(self, x: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """:meth:`upscale` after the first transposed convolution: ``(B, N, 4 * c1)`` (its output with
+        bias, columns ``(dy, dx, channel)``) and ``hyper (B, M, c2)`` -> ``(B, M, 4g, 4g)``."""
+        b, n, _ = x.shape
         gh, gw = self.grid
-        up1, norm, act1, up2, act2 = self.decoder.output_upscaling
-        w1, b1 = self._as_matrix(up1)
+        _, norm, act1, up2, act2 = self.decoder.output_upscaling
         w2, b2 = self._as_matrix(up2)
-        c1, c2 = up1.out_channels, up2.out_channels
-        x = torch.addmm(b1, keys.reshape(b * n, -1), w1).view(b, n * 4, c1)  # rows (pixel, dy, dx)
-        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-        x = act2(torch.addmm(b2, x.view(b * n * 4, c1), w2))  # (B*4N, 4 * c2): columns (dy2, dx2, channel)
+        c1, c2 = up2.in_channels, up2.out_channels
         m = hyper.shape[1]
-        logits = x.view(b, n * 16, c2) @ hyper.transpose(1, 2)  # (B, 16N, M)
+        x = x.reshape(b, n * 4, c1)  # rows (pixel, dy, dx)
+        normed = self.buffer("norm", (b, n * 4, c1), x)
+        up2_out = self.buffer("up2", (b * n * 4, 4 * c2), x)
+        dots = self.buffer("dots", (b, n * 16, m), x)
+        if normed is None or up2_out is None or dots is None:
+            x = _activate_(act1, F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+            x = _activate_(act2, torch.addmm(b2, x.view(b * n * 4, c1), w2))  # (B*4N, 4 * c2): columns (dy2, dx2, channel)
+            logits = x.view(b, n * 16, c2) @ hyper.transpose(1, 2)  # (B, 16N, M)
+        else:  # the same, into the scratch buffers
+            stats = x.new_empty((b, n * 4, 1)), x.new_empty((b, n * 4, 1))
+            torch.ops.aten.native_layer_norm.out(x, [c1], norm.weight, norm.bias, norm.eps, out0=normed, out1=stats[0], out2=stats[1])
+            x = _activate_(act1, normed)
+            x = _activate_(act2, torch.addmm(b2, x.view(b * n * 4, c1), w2, out=up2_out))
+            logits = torch.bmm(x.view(b, n * 16, c2), hyper.transpose(1, 2), out=dots)
         # Row order (i, j, dy, dx, dy2, dx2) -> image position (4i + 2dy + dy2, 4j + 2dx + dx2).
         logits = logits.view(b, gh, gw, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return logits.reshape(b, m, 4 * gh, 4 * gw)

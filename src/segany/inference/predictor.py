@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from segany.errors import ImageError, PromptError
 from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, ImageCache, supports
+from segany.inference.lowrank_decoder import LowRankCache, LowRankClickDecoder, supports_lowrank
 from segany.io.image import read_image, to_rgb_uint8
 from segany.model import Sam
 from segany.ops.postprocess import upscale_logits
@@ -24,6 +25,11 @@ from segany.ops.transforms import ResizeLongestSide
 # Logits given to the masks that predict_low_res(skip_below=...) does not compute: far below any
 # threshold, finite so that resampling them stays well defined.
 SKIPPED_LOGIT = -1.0e4
+# The low-rank decoder's corrections grow with the number of tokens (5 output tokens + prompt tokens);
+# beyond this many it does more work than the fast decoder (measured on ViT-B, benchmarks/RESULTS.md).
+LOWRANK_MAX_TOKENS = 12
+# Prompts decoded together on a CPU (see SamPredictor.predict_low_res).
+CPU_DECODE_CHUNK = 4
 
 
 @dataclass
@@ -273,8 +279,13 @@ class SamPredictor(PredictorBase):
         if not supports(self.model):
             return
         assert self.features is not None
-        self._fast = (DecoderImageCache(self.model), FastMaskDecoder(self.model))
+        self._fast = (DecoderImageCache(self.model), FastMaskDecoder(self.model, scratch=True))
         self._decoder_cache = self._fast[0].cache(self.features)
+        # Clicks without a mask prompt: per-image products for the low-rank decoder (float32 only: it
+        # derives LayerNorm variances from inner products, which half precision would spoil).
+        if supports_lowrank(self.model) and self.features.dtype == torch.float32:
+            lowrank = LowRankClickDecoder(self.model)
+            self._lowrank = (lowrank, lowrank.cache(self._decoder_cache))
 
     def _embedding_shape(self) -> tuple[int, int, int, int]:
         grid = self.model.prompt_encoder.image_embedding_size
@@ -289,6 +300,7 @@ class SamPredictor(PredictorBase):
         # modules are rebuilt per image so that they see the current weights.
         self._decoder_cache: ImageCache | None = None
         self._fast: tuple[DecoderImageCache, FastMaskDecoder] | None = None
+        self._lowrank: tuple[LowRankClickDecoder, LowRankCache] | None = None
 
     @torch.no_grad()
     def predict_low_res(
@@ -303,8 +315,10 @@ class SamPredictor(PredictorBase):
         """Decoder output only, like ``model.mask_decoder(...)``, for ``B`` prompt sets in the resized
         frame (as :meth:`predict_torch`).
 
-        Runs :class:`segany.inference.fast_decoder.FastMaskDecoder` (same results as the model's decoder
-        to float rounding, about half the multiply-adds) with the image-side inputs cached per image.
+        Same results as the model's decoder to float rounding, with per-image caches: prompts without a
+        mask and with few points run :class:`segany.inference.lowrank_decoder.LowRankClickDecoder`
+        (about a quarter of the official multiply-adds), others
+        :class:`segany.inference.fast_decoder.FastMaskDecoder` (about half).
 
         Args:
             skip_below: if set, a prompt whose returned IoU predictions are all ``<= skip_below`` gets no
@@ -331,22 +345,55 @@ class SamPredictor(PredictorBase):
         sparse, _ = self.model.prompt_encoder(points, boxes, None)
         if self._fast is None or self._decoder_cache is None:
             self._prepare_decoder()
-        assert self._fast is not None and self._decoder_cache is not None
+        # On a CPU, a few prompts at a time: the decoder's temporaries then stay in cache, which makes
+        # large batches (the automatic generator's 64) about twice as fast per prompt. Same results.
+        step = CPU_DECODE_CHUNK if sparse.device.type == "cpu" else max(1, sparse.shape[0])
+        if sparse.shape[0] <= step:
+            return self._decode(sparse, mask_input, multimask_output, skip_below)
+        parts = []
+        for start in range(0, sparse.shape[0], step):
+            masks = mask_input[start : start + step] if mask_input is not None and mask_input.shape[0] > 1 else mask_input
+            parts.append(self._decode(sparse[start : start + step], masks, multimask_output, skip_below))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _decode(
+        self,
+        sparse: torch.Tensor,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+        skip_below: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict_low_res` for encoded sparse prompts ``(B, K, C)``."""
+        assert self._fast is not None and self._decoder_cache is not None and self.features is not None
         image_cache, decoder = self._fast
-        if mask_input is None:
-            cache = self._decoder_cache
+        tokens = 1 + self.model.mask_decoder.num_mask_tokens + sparse.shape[1]
+        upscale: Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor]
+        if mask_input is None and self._lowrank is not None and tokens <= LOWRANK_MAX_TOKENS:
+            lowrank, lowrank_cache = self._lowrank
+            rows, hyper, iou = lowrank.transform(lowrank_cache, sparse)
+
+            def upscale(index: torch.Tensor | None, hyp: torch.Tensor) -> torch.Tensor:
+                return lowrank.upscale(lowrank_cache, rows if index is None else rows.take(index), hyp)
+
         else:
-            cache = image_cache.cache(self.features, mask_input.to(self.device))
-        keys, hyper, iou = decoder.transform(cache.src, cache.k1, cache.v1, cache.q1, sparse)
+            if mask_input is None:
+                cache = self._decoder_cache
+            else:
+                cache = image_cache.cache(self.features, mask_input.to(self.device))
+            keys, hyper, iou = decoder.transform(cache.src, cache.k1, cache.v1, cache.q1, sparse)
+
+            def upscale(index: torch.Tensor | None, hyp: torch.Tensor) -> torch.Tensor:
+                return decoder.upscale(keys if index is None else keys[index], hyp)
+
         sel = slice(1, None) if multimask_output else slice(0, 1)
         hyper, iou = hyper[:, sel], iou[:, sel]
         if skip_below is None:
-            return decoder.upscale(keys, hyper), iou
-        rows = torch.nonzero((iou > skip_below).any(dim=1)).squeeze(1)
+            return upscale(None, hyper), iou
+        keep = torch.nonzero((iou > skip_below).any(dim=1)).squeeze(1)
         gh, gw = self.model.prompt_encoder.image_embedding_size
-        low_res = torch.full((iou.shape[0], iou.shape[1], 4 * gh, 4 * gw), SKIPPED_LOGIT, dtype=keys.dtype, device=keys.device)
-        if len(rows):
-            low_res[rows] = decoder.upscale(keys[rows], hyper[rows])
+        low_res = torch.full((iou.shape[0], iou.shape[1], 4 * gh, 4 * gw), SKIPPED_LOGIT, dtype=hyper.dtype, device=hyper.device)
+        if len(keep):
+            low_res[keep] = upscale(keep, hyper[keep])
         return low_res, iou
 
 
