@@ -140,3 +140,25 @@ def test_predictor_sees_weights_loaded_after_it_was_built(test_images):
     fresh.set_image(test_images[0])
     for a, b in zip(predictor.predict(**point)[1:], fresh.predict(**point)[1:]):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_prompts_decoded_in_chunks_give_the_same_results(predictor, monkeypatch):
+    """On a CPU prompts are decoded a few at a time (cache-sized temporaries); chunking changes nothing."""
+    from segany.inference import predictor as predictor_module
+
+    grid = predictor.model.prompt_encoder.image_embedding_size
+    assert predictor_module.cpu_decode_chunk((64, 64)) == 4  # SAM's grid: 4 prompts per call
+    g = torch.Generator().manual_seed(2)
+    coords = torch.rand(5, 2, 2, generator=g) * predictor.model.image_size
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1], [1, -1], [1, 0]])
+    masks = torch.randn(5, 1, 64, 64, generator=g)
+    whole = [predictor.predict_low_res(coords, labels, mask_input=m) for m in (None, masks)]
+    monkeypatch.setattr(predictor_module, "CPU_DECODE_ROWS", 2 * grid[0] * grid[1])  # 2 prompts per call
+    calls = []
+    decode = predictor._decode
+    monkeypatch.setattr(predictor, "_decode", lambda sparse, *a: calls.append(len(sparse)) or decode(sparse, *a))
+    for m, (want_low, want_iou) in zip((None, masks), whole):
+        got_low, got_iou = predictor.predict_low_res(coords, labels, mask_input=m)
+        torch.testing.assert_close(got_low, want_low, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got_iou, want_iou, atol=1e-6, rtol=0)
+    assert calls == [2, 2, 1, 2, 2, 1]

@@ -58,8 +58,9 @@ def quantize_int8(
         except Exception:  # pre-processing is an optimisation; quantise the graph as it is
             prepared = Path(src)
         model = onnx.load(str(prepared))
-        weights = {init.name for init in model.graph.initializer}
-        # Only products with a constant weight operand: activation x activation products stay float.
+        # Only products with a constant weight matrix: activation x activation products stay float, and
+        # so do products with a constant vector (the quantiser gets their output shape wrong).
+        weights = {init.name for init in model.graph.initializer if len(init.dims) >= 2}
         nodes = [
             n.name
             for n in model.graph.node

@@ -28,7 +28,7 @@ Shapes: ``N`` image rows, ``C`` width, ``h`` heads, ``e`` head width (internal w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,8 @@ class LowRankCache:
     transposed so that token-side products come out as ``(tokens, N)``; ``(h, N, e)`` ones are for
     attention-weighted sums; ``(N,)`` ones are per-row inner products."""
 
-    first: ImageCache  # the fast decoder's cache: src, k1, v1 of layer 1 and q1 (as (1, N, d))
+    k1: torch.Tensor  # (1, h, N, e) layer-1 token->image keys (the fast decoder's cache)
+    v1: torch.Tensor  # (1, h, N, e) layer-1 token->image values
     q1: torch.Tensor  # (h, e, N) layer-1 image->token queries
     mean0: torch.Tensor  # (N,) mean over channels of X0
     sq0: torch.Tensor  # (N,) mean of X0^2
@@ -72,6 +73,11 @@ class LowRankCache:
     kf: torch.Tensor  # (h, e, 2N) (Y * gamma_b) @ W_kf^T (final attention keys) | P @ W_kf^T
     vf_y: torch.Tensor  # (h, N, e) (Y * gamma_b) @ W_vf^T
     up_y: torch.Tensor  # (N, 4 * c1) (Y * gamma_b) @ W_up1
+
+    def as_tuple(self) -> tuple[torch.Tensor, ...]:
+        """The fields in declaration order (the exported cache graph's outputs; ``LowRankCache(*t)``
+        rebuilds it)."""
+        return tuple(getattr(self, f.name) for f in fields(self))
 
 
 def _rows_by_head(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -105,11 +111,12 @@ class LowRankClickDecoder:
     Not an ``nn.Module``: it reads the model's weights on every call and keeps nothing trainable.
     """
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model: Sam, scratch: bool = True) -> None:
         if not supports_lowrank(model):
             raise ValueError("the low-rank decoder needs the standard two-layer mask decoder")
         self.model = model
-        self.fast = FastMaskDecoder(model, scratch=True)
+        # scratch: reuse the upscaling's buffers between calls (interactive use; not for export)
+        self.fast = FastMaskDecoder(model, scratch=scratch)
         self.heads = model.mask_decoder.transformer.num_heads
 
     # -- per image ---------------------------------------------------------------------------------
@@ -135,7 +142,8 @@ class LowRankClickDecoder:
             return torch.cat([_rows_by_head(x, h).transpose(1, 2) for x in xs], dim=-1).contiguous()
 
         return LowRankCache(
-            first=first,
+            k1=first.k1,
+            v1=first.v1,
             q1=cols(first.q1[0]),
             mean0=x0.mean(-1),
             sq0=x0.square().mean(-1),
@@ -184,7 +192,7 @@ class LowRankClickDecoder:
 
         # Layer 1, token side: exactly the fast decoder's (its image side is cached).
         queries = l1.norm1(l1.self_attn(prompt, prompt, prompt))
-        attn = fast._t2i_cached(l1.cross_attn_token_to_image, queries + prompt, c.first.k1, c.first.v1)
+        attn = fast._t2i_cached(l1.cross_attn_token_to_image, queries + prompt, c.k1, c.v1)
         queries = l1.norm2(queries + attn)
         queries = l1.norm3(queries + l1.mlp(queries))
         # Layer 1, image->token: attention weights A1 (B, h*T, N) and the vectors they mix, VO1.
@@ -282,12 +290,15 @@ class LowRankClickDecoder:
         basis = torch.cat(
             [rows.basis_g @ w, (rows.gamma @ w).expand(b, 1, -1), (rows.beta @ w + bias).expand(b, 1, -1)], dim=1
         )
-        # The mean and bias terms ride along as two more coefficient rows; buffers reused (see FastMaskDecoder).
+        # The mean and bias terms ride along as two more coefficient rows.
+        s2 = rows.s2.unsqueeze(1)  # (B, 1, N)
         coef = self.fast.buffer("coef", (b, r + 2, n), rows.coef)
         x = self.fast.buffer("up1", (b, n, w.shape[1]), rows.coef)
-        if coef is None or x is None:
-            coef, x = rows.coef.new_empty((b, r + 2, n)), rows.coef.new_empty((b, n, w.shape[1]))
-        s2 = rows.s2.unsqueeze(1)  # (B, 1, N)
+        if coef is None or x is None:  # plain tensors (training graphs, export)
+            coef = torch.cat([rows.coef * s2, -(s2 * rows.mu2.unsqueeze(1)), torch.ones_like(s2)], dim=1)
+            x = torch.baddbmm((rows.s1 * rows.s2).unsqueeze(-1) * c.up_y, coef.transpose(1, 2), basis)
+            return self.fast.upscale_rest(x, hyper)
+        # The same into reused buffers (see FastMaskDecoder.buffer).
         torch.mul(rows.coef, s2, out=coef[:, :r])
         torch.mul(rows.mu2.unsqueeze(1), s2, out=coef[:, r : r + 1]).neg_()
         coef[:, r + 1] = 1.0

@@ -28,8 +28,14 @@ SKIPPED_LOGIT = -1.0e4
 # The low-rank decoder's corrections grow with the number of tokens (5 output tokens + prompt tokens);
 # beyond this many it does more work than the fast decoder (measured on ViT-B, benchmarks/RESULTS.md).
 LOWRANK_MAX_TOKENS = 12
-# Prompts decoded together on a CPU (see SamPredictor.predict_low_res).
-CPU_DECODE_CHUNK = 4
+# Prompts decoded together on a CPU: about this many image rows (embedding positions) per chunk, e.g. 4
+# prompts for SAM's 64x64 grid (see SamPredictor.predict_low_res).
+CPU_DECODE_ROWS = 16384
+
+
+def cpu_decode_chunk(embedding_size: tuple[int, int]) -> int:
+    """Prompts per decoder call on a CPU for an embedding grid of ``embedding_size``."""
+    return max(1, CPU_DECODE_ROWS // (int(embedding_size[0]) * int(embedding_size[1])))
 
 
 @dataclass
@@ -346,8 +352,9 @@ class SamPredictor(PredictorBase):
         if self._fast is None or self._decoder_cache is None:
             self._prepare_decoder()
         # On a CPU, a few prompts at a time: the decoder's temporaries then stay in cache, which makes
-        # large batches (the automatic generator's 64) about twice as fast per prompt. Same results.
-        step = CPU_DECODE_CHUNK if sparse.device.type == "cpu" else max(1, sparse.shape[0])
+        # large batches (the automatic generator's 64) up to twice as fast per prompt. Same results.
+        grid = self.model.prompt_encoder.image_embedding_size
+        step = cpu_decode_chunk(grid) if sparse.device.type == "cpu" else max(1, sparse.shape[0])
         if sparse.shape[0] <= step:
             return self._decode(sparse, mask_input, multimask_output, skip_below)
         parts = []
