@@ -327,9 +327,11 @@ def format_results(results: dict[str, Any]) -> str:
         lines += _rows(f"automatic generator, {results['models']['default']['label']}", results["amg"])
     lines += [
         "",
-        "`SamPredictor` clicks run `segany.inference.fast_decoder` (per-image cache built with the embedding, "
-        "reassociated attention, transposed convolutions as matrix products) and `segany.ops.postprocess."
-        "upscale_logits`; the onnxruntime predictor runs the same decoder exported.",
+        "`SamPredictor` clicks run `segany.inference.lowrank_decoder` (per-image products of the embedding; "
+        "image rows after the first layer kept as LayerNorm(embedding + a mix of prompt vectors), never formed) "
+        "and `segany.ops.postprocess.upscale_logits`; the onnxruntime predictor runs session 2's fast decoder "
+        "exported (`image_cache.onnx`, `decoder_lowres.onnx`; the low-rank decoder exported ran slower in "
+        "onnxruntime than in PyTorch, so it is not exported).",
     ]
     if not results.get("amg"):
         lines.append("Automatic generator: skipped (src/segany/inference/automatic.py does not exist).")

@@ -324,30 +324,3 @@ def test_signed_int8_on_a_cpu_without_int8_dot_warns(exported, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         onnx_backend.OnnxPredictor(folder, precision="fp32")  # float graphs never warn
-
-
-def test_low_rank_graphs_equal_the_model_decoder(exported, model):
-    from segany.export.graphs import LOWRANK_CACHE_NAMES
-
-    folder, result = exported
-    manifest = json.loads((folder / "segany_onnx.json").read_text())
-    assert {"lowrank_cache", "decoder_lowrank", "decoder_lowrank.int8"} <= set(manifest["files"])
-    assert "lowrank_cache.int8" not in manifest["files"]  # stays float (variances from inner products)
-    assert result.max_abs_diff["decoder_lowrank"] < TOL
-    g = torch.Generator().manual_seed(8)
-    c = model.prompt_encoder.embed_dim
-    gh, gw = model.prompt_encoder.image_embedding_size
-    embedding = torch.randn(1, c, gh, gw, generator=g)
-    cache = _session(folder / "lowrank_cache.onnx").run(None, {"image_embeddings": embedding.numpy()})
-    coords = torch.rand(3, 2, 2, generator=g) * model.image_encoder.img_size
-    labels = torch.tensor([[1.0, -1.0], [1.0, 0.0], [2.0, 3.0]])  # a click, two points, a box
-    feeds = dict(zip(LOWRANK_CACHE_NAMES, cache), point_coords=coords.numpy(), point_labels=labels.numpy())
-    low, iou = _session(folder / "decoder_lowrank.onnx").run(None, feeds)
-    with torch.no_grad():
-        sparse = embed_points(model, coords, labels)
-        want_low, want_iou = model.mask_decoder.predict_masks(
-            embedding, model.prompt_encoder.get_dense_pe(), sparse,
-            model.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1).expand(3, -1, gh, gw),
-        )
-    np.testing.assert_allclose(low, want_low.numpy(), atol=TOL, rtol=0)
-    np.testing.assert_allclose(iou, want_iou.numpy(), atol=TOL, rtol=0)

@@ -280,34 +280,3 @@ def test_int8_decoder_graphs_stay_close_to_float(folder, pair, image, model):
         assert not np.array_equal(lq, lf)  # really a different (quantised) graph
         iou = (mq & mf).sum() / max((mq | mf).sum(), 1)
         assert iou > 0.9, iou
-
-
-def test_clicks_run_the_low_rank_graph_with_the_split_graph_as_fallback(folder, pair, model, image, monkeypatch):
-    """Without a mask prompt the onnxruntime predictor runs ``decoder_lowrank``, a few prompts at a
-    time; it gives what the general ``decoder_lowres`` graph gives."""
-    from segany.inference import predictor as predictor_module
-
-    grid = model.prompt_encoder.image_embedding_size
-    monkeypatch.setattr(predictor_module, "CPU_DECODE_ROWS", 4 * grid[0] * grid[1])  # 4 prompts per call
-    _, onnx = pair
-    assert onnx._lowrank is not None
-    h, w = image.shape[:2]
-    g = torch.Generator().manual_seed(3)
-    coords = torch.rand(6, 2, 2, generator=g) * torch.tensor([w, h]) * (1024 / max(h, w))
-    labels = torch.tensor([[1, 0], [1, 1], [0, 1], [1, -1], [1, 0], [0, 0]])
-    calls = []
-    original = onnx._decode_lowrank
-    onnx._decode_lowrank = lambda c, lab: calls.append(len(c)) or original(c, lab)
-    try:
-        low, iou = onnx.predict_low_res(coords, labels)
-    finally:
-        del onnx._decode_lowrank
-    assert calls == [4, 2]  # decoded a few prompts at a time
-    lowrank = onnx._lowrank
-    onnx._lowrank = None
-    try:
-        want_low, want_iou = onnx.predict_low_res(coords, labels)
-    finally:
-        onnx._lowrank = lowrank
-    np.testing.assert_allclose(low.numpy(), want_low.numpy(), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(iou.numpy(), want_iou.numpy(), atol=1e-5, rtol=0)

@@ -11,8 +11,6 @@
 * :class:`ImageCacheGraph` and :class:`LowResDecoderGraph` -- the split used by segany's own onnxruntime
   predictor: a per-image (and per-mask-prompt) cache, and a batched decoder returning low-resolution
   logits, which the predictor maps to image size with :func:`segany.ops.postprocess.upscale_logits`.
-* :class:`LowRankCacheGraph` and :class:`LowRankDecoderGraph` -- the same for
-  :mod:`segany.inference.lowrank_decoder` (clicks without a mask prompt).
 """
 
 from __future__ import annotations
@@ -21,21 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, ImageCache, embed_points
-from segany.inference.lowrank_decoder import LowRankCache, LowRankClickDecoder
+from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, embed_points
 from segany.model import Sam
 
-__all__ = [
-    "EncoderGraph",
-    "ImageCacheGraph",
-    "LowRankCacheGraph",
-    "LowRankDecoderGraph",
-    "LowResDecoderGraph",
-    "OfficialDecoderGraph",
-    "stability_score",
-]
-
-LOWRANK_CACHE_NAMES = [f"lr_{name}" for name in LowRankCache.__dataclass_fields__]
+__all__ = ["EncoderGraph", "ImageCacheGraph", "LowResDecoderGraph", "OfficialDecoderGraph", "stability_score"]
 
 
 class EncoderGraph(nn.Module):
@@ -166,32 +153,3 @@ class LowResDecoderGraph(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         sparse = embed_points(self.model, point_coords, point_labels)
         return self.decoder(src, k1, v1, q1, sparse)
-
-
-class LowRankCacheGraph(nn.Module):
-    """``image_embeddings (1, C, g, g)`` -> the low-rank decoder's per-image products, named
-    ``lr_<field>`` after :class:`segany.inference.lowrank_decoder.LowRankCache`'s fields."""
-
-    def __init__(self, model: Sam) -> None:
-        super().__init__()
-        self.model = model
-        self.first = DecoderImageCache(model)
-        self.lowrank = LowRankClickDecoder(model, scratch=False)
-
-    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.lowrank.cache(ImageCache(*self.first(image_embeddings))).as_tuple()
-
-
-class LowRankDecoderGraph(nn.Module):
-    """Low-rank cache + ``point_coords (B, K, 2)``, ``point_labels (B, K)`` (official label convention)
-    -> ``low_res_masks (B, M, 4g, 4g)`` and ``iou_predictions (B, M)`` for all mask tokens."""
-
-    def __init__(self, model: Sam) -> None:
-        super().__init__()
-        self.model = model
-        self.lowrank = LowRankClickDecoder(model, scratch=False)
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        *cache, point_coords, point_labels = inputs
-        sparse = embed_points(self.model, point_coords, point_labels)
-        return self.lowrank(LowRankCache(*cache), sparse)

@@ -7,10 +7,8 @@ Files written to the output folder (see :mod:`segany.export.graphs` for each gra
 ``decoder.onnx``           same inputs/outputs/options as the official ``SamOnnxModel`` export
 ``image_cache.onnx``       per-image part of the decoder (segany's onnxruntime predictor)
 ``decoder_lowres.onnx``    batched prompts -> low-resolution logits (segany's predictor)
-``lowrank_cache.onnx``     per-image products of the low-rank click decoder (two-layer decoders)
-``decoder_lowrank.onnx``   batched prompts without mask -> low-resolution logits, low-rank decoder
-``*.int8.onnx``           with ``quantize="int8"``: dynamically quantised encoder, image_cache,
-                           decoder_lowres and decoder_lowrank
+``*.int8.onnx``           with ``quantize="int8"``: dynamically quantised encoder, image_cache
+                           and decoder_lowres
 ``segany_onnx.json``       what the folder holds: model configuration, sizes, file names
 =========================  ==================================================================
 
@@ -32,16 +30,7 @@ import torch
 from torch import nn
 
 from segany.errors import SeganyError
-from segany.export.graphs import (
-    LOWRANK_CACHE_NAMES,
-    EncoderGraph,
-    ImageCacheGraph,
-    LowRankCacheGraph,
-    LowRankDecoderGraph,
-    LowResDecoderGraph,
-    OfficialDecoderGraph,
-)
-from segany.inference.lowrank_decoder import supports_lowrank
+from segany.export.graphs import EncoderGraph, ImageCacheGraph, LowResDecoderGraph, OfficialDecoderGraph
 from segany.model import Sam
 
 __all__ = ["ExportError", "OnnxExport", "export_onnx", "MANIFEST", "FORMAT_VERSION"]
@@ -291,23 +280,6 @@ def _export_all(
             {"point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"}},
         ),
     ]
-    # The low-rank click decoder (TorchScript exporter only: its decoder graph takes the cache fields as
-    # a variable argument list, which torch.export's dynamic shapes do not describe).
-    if supports_lowrank(model) and opset < 18:
-        lowrank_cache = LowRankCacheGraph(model)
-        with torch.no_grad():
-            lowrank_fields = tuple(lowrank_cache(examples["image_cache"][0]))
-        graphs += [
-            ("lowrank_cache", lowrank_cache, examples["image_cache"][:1], ["image_embeddings"], LOWRANK_CACHE_NAMES, {}),
-            (
-                "decoder_lowrank",
-                LowRankDecoderGraph(model),
-                lowrank_fields + examples["decoder_lowres"],
-                [*LOWRANK_CACHE_NAMES, "point_coords", "point_labels"],
-                ["low_res_masks", "iou_predictions"],
-                {"point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"}},
-            ),
-        ]
 
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         staged: dict[str, Path] = {}
@@ -328,8 +300,7 @@ def _export_all(
 
             # The encoder and segany's fast decoder split (the graphs the onnxruntime predictor runs);
             # only products with constant weights become int8 (see segany.export.quantize).
-            # The low-rank cache stays float: it feeds variances computed from inner products.
-            for name in [n for n in staged if n in ("encoder", "image_cache", "decoder_lowres", "decoder_lowrank")]:
+            for name in [n for n in staged if n in ("encoder", "image_cache", "decoder_lowres")]:
                 q = Path(tmp) / f"{name}.int8.onnx"
                 quantize_int8(staged[name], q, int8_weights)
                 staged[f"{name}.int8"] = q

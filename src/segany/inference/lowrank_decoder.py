@@ -28,12 +28,11 @@ Shapes: ``N`` image rows, ``C`` width, ``h`` heads, ``e`` head width (internal w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from segany.inference.fast_decoder import FastMaskDecoder, ImageCache, _block_rows, _heads_first
+from segany.inference.fast_decoder import FastMaskDecoder, ImageCache, _block_rows, _heads_first, supports
 from segany.model import Sam
 
 __all__ = ["LowRankClickDecoder", "LowRankCache", "supports_lowrank"]
@@ -41,8 +40,6 @@ __all__ = ["LowRankClickDecoder", "LowRankCache", "supports_lowrank"]
 
 def supports_lowrank(model: Sam) -> bool:
     """The standard decoder with exactly two two-way layers, the first without positional terms."""
-    from segany.inference.fast_decoder import supports
-
     layers = model.mask_decoder.transformer.layers
     return supports(model) and len(layers) == 2 and layers[0].skip_first_layer_pe and not layers[1].skip_first_layer_pe
 
@@ -73,11 +70,6 @@ class LowRankCache:
     kf: torch.Tensor  # (h, e, 2N) (Y * gamma_b) @ W_kf^T (final attention keys) | P @ W_kf^T
     vf_y: torch.Tensor  # (h, N, e) (Y * gamma_b) @ W_vf^T
     up_y: torch.Tensor  # (N, 4 * c1) (Y * gamma_b) @ W_up1
-
-    def as_tuple(self) -> tuple[torch.Tensor, ...]:
-        """The fields in declaration order (the exported cache graph's outputs; ``LowRankCache(*t)``
-        rebuilds it)."""
-        return tuple(getattr(self, f.name) for f in fields(self))
 
 
 def _rows_by_head(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -111,12 +103,11 @@ class LowRankClickDecoder:
     Not an ``nn.Module``: it reads the model's weights on every call and keeps nothing trainable.
     """
 
-    def __init__(self, model: Sam, scratch: bool = True) -> None:
+    def __init__(self, model: Sam) -> None:
         if not supports_lowrank(model):
             raise ValueError("the low-rank decoder needs the standard two-layer mask decoder")
         self.model = model
-        # scratch: reuse the upscaling's buffers between calls (interactive use; not for export)
-        self.fast = FastMaskDecoder(model, scratch=scratch)
+        self.fast = FastMaskDecoder(model, scratch=True)  # the upscaling's buffers are reused between calls
         self.heads = model.mask_decoder.transformer.num_heads
 
     # -- per image ---------------------------------------------------------------------------------
@@ -294,7 +285,7 @@ class LowRankClickDecoder:
         s2 = rows.s2.unsqueeze(1)  # (B, 1, N)
         coef = self.fast.buffer("coef", (b, r + 2, n), rows.coef)
         x = self.fast.buffer("up1", (b, n, w.shape[1]), rows.coef)
-        if coef is None or x is None:  # plain tensors (training graphs, export)
+        if coef is None or x is None:  # plain tensors (large batches, autograd)
             coef = torch.cat([rows.coef * s2, -(s2 * rows.mu2.unsqueeze(1)), torch.ones_like(s2)], dim=1)
             x = torch.baddbmm((rows.s1 * rows.s2).unsqueeze(-1) * c.up_y, coef.transpose(1, 2), basis)
             return self.fast.upscale_rest(x, hyper)

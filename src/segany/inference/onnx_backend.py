@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from segany.errors import CheckpointError, ImageError, PromptError
-from segany.inference.predictor import LOWRANK_MAX_TOKENS, PredictorBase, cpu_decode_chunk
+from segany.inference.predictor import PredictorBase
 from segany.ops.transforms import ResizeLongestSide
 
 __all__ = ["OnnxPredictor", "OnnxModelInfo", "MANIFEST", "is_export_folder", "cpu_has_int8_dot"]
@@ -144,10 +144,6 @@ class OnnxPredictor(PredictorBase):
         self._encoder = session("encoder") if "encoder" in files else None
         self._cache_graph = session("image_cache")
         self._decoder = session("decoder_lowres")
-        # The low-rank click decoder, where the export has it (see segany.inference.lowrank_decoder).
-        self._lowrank = None
-        if "lowrank_cache" in files and "decoder_lowrank" in files:
-            self._lowrank = (session("lowrank_cache"), session("decoder_lowrank"))
         self.transform = ResizeLongestSide(self.model.image_size)
         self.reset_image()
 
@@ -177,8 +173,6 @@ class OnnxPredictor(PredictorBase):
         self._embedding = np.ascontiguousarray(features.detach().cpu().float().numpy(), dtype=np.float32)
         self.features = torch.from_numpy(self._embedding)
         self._cache = self._run_cache(None)
-        if self._lowrank is not None:
-            self._lowrank_cache = self._lowrank[0].run(None, {"image_embeddings": self._embedding})
         self.is_image_set = True
 
     def _embedding_shape(self) -> tuple[int, int, int, int]:
@@ -199,7 +193,6 @@ class OnnxPredictor(PredictorBase):
         super().reset_image()
         self._embedding: np.ndarray | None = None
         self._cache: list[np.ndarray] | None = None
-        self._lowrank_cache: list[np.ndarray] | None = None
 
     # -- prompts (predict and predict_torch are PredictorBase's) --------------------------------
 
@@ -220,18 +213,8 @@ class OnnxPredictor(PredictorBase):
         coords, labels = self._sparse_prompts(point_coords, point_labels, boxes)
         keep = slice(1, None) if multimask_output else slice(0, 1)
         if mask_input is None:
-            tokens = 1 + self.model.num_mask_tokens + coords.shape[1]
-            if self._lowrank is not None and self._lowrank_cache is not None and tokens <= LOWRANK_MAX_TOKENS:
-                # A few prompts at a time, as SamPredictor does (cache-sized temporaries).
-                step = cpu_decode_chunk(self.model.embedding_size)
-                outs = [
-                    self._decode_lowrank(coords[i : i + step], labels[i : i + step])
-                    for i in range(0, coords.shape[0], step)
-                ]
-                low_res, scores = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
-            else:
-                low_res, scores = self._decode(self._cache, coords, labels)
-            return torch.from_numpy(np.ascontiguousarray(low_res[:, keep])), torch.from_numpy(np.ascontiguousarray(scores[:, keep]))
+            low_res, scores = self._decode(self._cache, coords, labels)
+            return torch.from_numpy(low_res[:, keep]), torch.from_numpy(scores[:, keep])
         masks = _numpy(mask_input).astype(np.float32, copy=False)
         if masks.ndim != 4 or masks.shape[1:] != (1, *self.model.mask_input_size) or masks.shape[0] != coords.shape[0]:
             raise PromptError(f"mask_input must have shape ({coords.shape[0]}, 1, *{self.model.mask_input_size})")
@@ -243,13 +226,6 @@ class OnnxPredictor(PredictorBase):
         low_res = np.concatenate([o[0] for o in outs])[:, keep]
         scores = np.concatenate([o[1] for o in outs])[:, keep]
         return torch.from_numpy(np.ascontiguousarray(low_res)), torch.from_numpy(np.ascontiguousarray(scores))
-
-    def _decode_lowrank(self, coords: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
-        assert self._lowrank is not None and self._lowrank_cache is not None
-        graph = self._lowrank[1]
-        names = [i.name for i in graph.get_inputs()]
-        feeds = dict(zip(names, [*self._lowrank_cache, np.ascontiguousarray(coords), np.ascontiguousarray(labels)]))
-        return graph.run(None, feeds)
 
     def _decode(self, cache: list[np.ndarray] | None, coords: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
         assert cache is not None
