@@ -146,9 +146,9 @@ class DecoderImageCache(nn.Module):
 
 
 def _activate_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``act(x)``, in place for GELU (the official activation): the upscaling's largest temporaries are
-    fresh memory otherwise, whose first touch costs as much as the activation itself."""
-    if type(act) is nn.GELU and not torch.is_grad_enabled():
+    """``act(x)``, in place for GELU (the official activation) on scratch buffers: a fresh output would
+    be new memory, whose first touch costs as much as the activation itself."""
+    if type(act) is nn.GELU:
         return torch.ops.aten.gelu_(x, approximate=act.approximate)
     return act(x)
 
@@ -345,8 +345,8 @@ class FastMaskDecoder(nn.Module):
         up2_out = self.buffer("up2", (b * n * 4, 4 * c2), x)
         dots = self.buffer("dots", (b, n * 16, m), x)
         if normed is None or up2_out is None or dots is None:
-            x = _activate_(act1, F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-            x = _activate_(act2, torch.addmm(b2, x.view(b * n * 4, c1), w2))  # (B*4N, 4 * c2): columns (dy2, dx2, channel)
+            x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+            x = act2(torch.addmm(b2, x.view(b * n * 4, c1), w2))  # (B*4N, 4 * c2): columns (dy2, dx2, channel)
             logits = x.view(b, n * 16, c2) @ hyper.transpose(1, 2)  # (B, 16N, M)
         else:  # the same, into the scratch buffers
             stats = x.new_empty((b, n * 4, 1)), x.new_empty((b, n * 4, 1))
