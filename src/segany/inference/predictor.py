@@ -287,9 +287,10 @@ class SamPredictor(PredictorBase):
         assert self.features is not None
         self._fast = (DecoderImageCache(self.model), FastMaskDecoder(self.model, scratch=True))
         self._decoder_cache = self._fast[0].cache(self.features)
-        # Clicks without a mask prompt: per-image products for the low-rank decoder (float32 only: it
-        # derives LayerNorm variances from inner products, which half precision would spoil).
-        if supports_lowrank(self.model) and self.features.dtype == torch.float32:
+        # Clicks without a mask prompt: per-image products for the low-rank decoder. CPU float32 only: it
+        # derives LayerNorm variances from inner products, which half precision (or TF32 products on a
+        # GPU) would spoil, and it saves arithmetic that GPUs have plenty of.
+        if supports_lowrank(self.model) and self.features.dtype == torch.float32 and self.features.device.type == "cpu":
             lowrank = LowRankClickDecoder(self.model)
             self._lowrank = (lowrank, lowrank.cache(self._decoder_cache))
 
