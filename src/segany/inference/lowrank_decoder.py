@@ -22,7 +22,9 @@ products of ``Y`` and rank-``r`` corrections. Same logits as the model's decoder
 GMAC per ViT-B click.
 
 Only for the standard decoder with two two-way layers and no mask prompt (a mask prompt changes ``X0``
-per prompt); :class:`segany.inference.predictor.SamPredictor` uses the fast decoder otherwise.
+per prompt), in float32 on CPUs (the variances come from inner products, which lower-precision products
+would spoil); :class:`segany.inference.predictor.SamPredictor` uses the fast decoder otherwise, and for
+prompts with many points, where the rank-r corrections outgrow the image width.
 Shapes: ``N`` image rows, ``C`` width, ``h`` heads, ``e`` head width (internal width / h), ``T`` tokens.
 """
 
@@ -100,7 +102,9 @@ def _head_diagonal(x: torch.Tensor, eye: torch.Tensor, t: int) -> torch.Tensor:
 class LowRankClickDecoder:
     """The mask decoder for clicks on one image: build with :meth:`cache`, then call per prompt batch.
 
-    Not an ``nn.Module``: it reads the model's weights on every call and keeps nothing trainable.
+    Not an ``nn.Module`` and without weights of its own: every call reads the model's current weights,
+    while a :class:`LowRankCache` holds products made with the weights of its time (the predictor builds
+    one per image). Inference only (no autograd).
     """
 
     def __init__(self, model: Sam) -> None:
