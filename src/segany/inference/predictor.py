@@ -25,9 +25,9 @@ from segany.ops.transforms import ResizeLongestSide
 # Logits given to the masks that predict_low_res(skip_below=...) does not compute: far below any
 # threshold, finite so that resampling them stays well defined.
 SKIPPED_LOGIT = -1.0e4
-# The low-rank decoder's corrections grow with the number of tokens (5 output tokens + prompt tokens);
-# beyond this many it does more work than the fast decoder (measured on ViT-B, benchmarks/RESULTS.md).
-LOWRANK_MAX_TOKENS = 12
+# The low-rank decoder's corrections grow with the number of tokens (5 output tokens + prompt tokens).
+# One ViT-B prompt here: 18 vs 22 ms (fast decoder) at 7 tokens, 25 vs 25 ms at 11, 29 vs 27 ms at 13.
+LOWRANK_MAX_TOKENS = 11
 # Prompts decoded together on a CPU: about this many image rows (embedding positions) per chunk, e.g. 4
 # prompts for SAM's 64x64 grid (see SamPredictor.predict_low_res).
 CPU_DECODE_ROWS = 16384
