@@ -19,6 +19,7 @@ from segany.export.onnx import export_onnx  # noqa: E402
 from segany.export.backend import predictor_for  # noqa: E402
 from segany.inference.onnx_backend import OnnxPredictor  # noqa: E402
 from segany.io.image import read_image  # noqa: E402
+from segany.model import PRESETS  # noqa: E402
 from segany.ops.postprocess import axis_resize, reference_upscale_logits, upscale_logits  # noqa: E402
 from segany.ops.transforms import preprocess_shape  # noqa: E402
 
@@ -280,3 +281,27 @@ def test_int8_decoder_graphs_stay_close_to_float(folder, pair, image, model):
         assert not np.array_equal(lq, lf)  # really a different (quantised) graph
         iou = (mq & mf).sum() / max((mq | mf).sum(), 1)
         assert iou > 0.9, iou
+
+
+def test_onnx_encoder_with_the_pytorch_decoder(model, folder, image, tmp_path):
+    """``decoder_model``: the embedding comes from onnxruntime, prompts go through segany's PyTorch
+    decoder, so masks equal SamPredictor's on that embedding; ``predictor_for`` uses it when the model
+    is at hand and the exported graphs for a bare export folder."""
+    hybrid = OnnxPredictor(folder, precision="int8", decoder_model=model)
+    hybrid.set_image(image)
+    reference = SamPredictor(model)
+    reference.set_image_embedding(hybrid.get_embedding())
+    h, w = image.shape[:2]
+    for prompt in _prompts(model, h, w).values():
+        for got, want in zip(hybrid.predict(**prompt), reference.predict(**prompt)):
+            np.testing.assert_array_equal(got, want)
+    coords = torch.tensor([[[30.0, 40.0]], [[100.0, 60.0]]])
+    low, iou = hybrid.predict_low_res(coords, torch.ones(2, 1, dtype=torch.int), skip_below=10.0)
+    assert low.shape[0] == 2 and bool((low < -1000).all())  # skipped, like SamPredictor
+    with pytest.raises(CheckpointError):
+        OnnxPredictor(folder, decoder_model=random_tiny(seed=1, config=PRESETS["tiny"].replace(prompt_embed_dim=128)))
+    assert predictor_for(model, backend="onnx", export_dir=tmp_path / "a")._torch_decoder is not None
+    assert predictor_for(model, backend="onnx", export_dir=tmp_path / "b", decoder="onnx")._torch_decoder is None
+    assert predictor_for(folder, backend="onnx")._torch_decoder is None
+    with pytest.raises(ValueError):
+        predictor_for(model, backend="onnx", decoder="tensorrt")

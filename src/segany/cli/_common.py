@@ -47,8 +47,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", choices=("torch", "onnx"), default="torch",
-        help="run the model in PyTorch (default) or onnxruntime; with onnx, --checkpoint may also be a "
-        "'segany export' folder, and checkpoints are exported once to ~/.cache/segany/onnx",
+        help="run the model in PyTorch (default) or onnxruntime; with onnx, the image encoder runs in "
+        "onnxruntime (int8 with --precision int8) and prompts in segany's PyTorch decoder (faster on CPUs), "
+        "or in onnxruntime too when --checkpoint is a 'segany export' folder; checkpoints are exported once "
+        "to ~/.cache/segany/onnx",
     )
     parser.add_argument(
         "--precision", choices=("auto", "fp32", "int8"), default="auto",

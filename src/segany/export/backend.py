@@ -49,6 +49,7 @@ def predictor_for(
     export_dir: str | os.PathLike[str] | None = None,
     quantize: str | None = None,
     num_threads: int | None = None,
+    decoder: Literal["torch", "onnx"] = "torch",
 ) -> SamPredictor | OnnxPredictor:
     """A predictor for ``model_or_path`` on the chosen backend.
 
@@ -57,11 +58,16 @@ def predictor_for(
     or checkpoint is exported first: into ``export_dir`` if given, else (checkpoint files) into a cache
     under ``~/.cache/segany/onnx`` that later calls reuse, else a temporary folder.
     ``quantize="int8"`` adds int8 graphs to a new export; ``precision`` picks which graphs to run.
+    ``decoder`` (ONNX backend): ``"torch"`` runs prompts through segany's PyTorch decoder when the model
+    is at hand (not for an export folder), which is faster on CPUs than the exported decoder graphs and
+    float32 exact; ``"onnx"`` runs everything in onnxruntime.
     """
     from segany.model import Sam
 
     if backend not in ("torch", "onnx"):
         raise ValueError(f"backend must be 'torch' or 'onnx', not {backend!r}")
+    if decoder not in ("torch", "onnx"):
+        raise ValueError(f"decoder must be 'torch' or 'onnx', not {decoder!r}")
     path = Path(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else None
     if backend == "torch":
         if path is not None and is_export_folder(path):
@@ -74,20 +80,25 @@ def predictor_for(
 
     if path is not None and is_export_folder(path):
         return OnnxPredictor(path, precision=precision, num_threads=num_threads)
+
+    def model() -> Sam:
+        if isinstance(model_or_path, Sam):
+            return model_or_path
+        from segany.build import load_model
+
+        return load_model(model_or_path)
+
     folder = Path(export_dir) if export_dir is not None else None
     if folder is None and path is not None and path.is_file():
         folder = _cache_folder(path)
         if is_export_folder(folder) and (quantize is None or _int8_suits_this_cpu(folder)):
-            return OnnxPredictor(folder, precision=precision, num_threads=num_threads)
-    if isinstance(model_or_path, Sam):
-        model = model_or_path
-    else:
-        from segany.build import load_model
-
-        model = load_model(model_or_path)
+            decoder_model = model() if decoder == "torch" else None
+            return OnnxPredictor(folder, precision=precision, num_threads=num_threads, decoder_model=decoder_model)
+    sam = model()
     if folder is None:
         folder = Path(tempfile.mkdtemp(prefix="segany-onnx-"))
     from segany.export.onnx import export_onnx
 
-    export_onnx(model, folder, quantize=quantize)
-    return OnnxPredictor(folder, precision=precision, num_threads=num_threads)
+    export_onnx(sam, folder, quantize=quantize)
+    decoder_model = sam if decoder == "torch" else None
+    return OnnxPredictor(folder, precision=precision, num_threads=num_threads, decoder_model=decoder_model)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from segany.errors import CheckpointError, ImageError, PromptError
-from segany.inference.predictor import PredictorBase
+from segany.inference.predictor import PredictorBase, SamPredictor
 from segany.ops.transforms import ResizeLongestSide
 
 __all__ = ["OnnxPredictor", "OnnxModelInfo", "MANIFEST", "is_export_folder", "cpu_has_int8_dot"]
@@ -86,6 +86,9 @@ class OnnxPredictor(PredictorBase):
         precision: ``"fp32"``, ``"int8"`` (needs an export with ``--quantize int8``) or ``"auto"``
             (int8 where the folder has it).
         num_threads: onnxruntime intra-op threads (default: ``torch.get_num_threads()``).
+        decoder_model: the exported model itself, if at hand: prompts then run segany's PyTorch decoder
+            (:class:`SamPredictor`'s, faster on CPUs than the exported decoder graphs and float32 exact)
+            on the onnxruntime embedding; only the image encoder runs in onnxruntime.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class OnnxPredictor(PredictorBase):
         folder: str | os.PathLike[str],
         precision: Literal["auto", "fp32", "int8"] = "auto",
         num_threads: int | None = None,
+        decoder_model: Any | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -144,6 +148,11 @@ class OnnxPredictor(PredictorBase):
         self._encoder = session("encoder") if "encoder" in files else None
         self._cache_graph = session("image_cache")
         self._decoder = session("decoder_lowres")
+        self._torch_decoder: SamPredictor | None = None
+        if decoder_model is not None:
+            self._torch_decoder = SamPredictor(decoder_model)
+            if self._torch_decoder._embedding_shape() != self._embedding_shape():
+                raise CheckpointError(f"{self.folder}: decoder_model is not the exported model (embedding shapes differ)")
         self.transform = ResizeLongestSide(self.model.image_size)
         self.reset_image()
 
@@ -172,7 +181,10 @@ class OnnxPredictor(PredictorBase):
         self._start_image(original_size)
         self._embedding = np.ascontiguousarray(features.detach().cpu().float().numpy(), dtype=np.float32)
         self.features = torch.from_numpy(self._embedding)
-        self._cache = self._run_cache(None)
+        if self._torch_decoder is not None:
+            self._torch_decoder._use_features(self.features, original_size)
+        else:
+            self._cache = self._run_cache(None)
         self.is_image_set = True
 
     def _embedding_shape(self) -> tuple[int, int, int, int]:
@@ -193,6 +205,8 @@ class OnnxPredictor(PredictorBase):
         super().reset_image()
         self._embedding: np.ndarray | None = None
         self._cache: list[np.ndarray] | None = None
+        if getattr(self, "_torch_decoder", None) is not None:
+            self._torch_decoder.reset_image()
 
     # -- prompts (predict and predict_torch are PredictorBase's) --------------------------------
 
@@ -210,6 +224,12 @@ class OnnxPredictor(PredictorBase):
         labels ``(B, N)``, boxes ``(B, 4)``, masks ``(B, 1, 4g, 4g)``). ``skip_below`` is accepted for
         :meth:`SamPredictor.predict_low_res` compatibility; the exported graph upscales every prompt."""
         self._require_image()
+        if self._torch_decoder is not None:
+            return self._torch_decoder.predict_low_res(
+                *(None if x is None else torch.as_tensor(x) for x in (point_coords, point_labels, boxes, mask_input)),
+                multimask_output=multimask_output,
+                skip_below=skip_below,
+            )
         coords, labels = self._sparse_prompts(point_coords, point_labels, boxes)
         keep = slice(1, None) if multimask_output else slice(0, 1)
         if mask_input is None:
