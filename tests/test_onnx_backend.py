@@ -20,7 +20,7 @@ from segany.export.backend import predictor_for  # noqa: E402
 from segany.inference.onnx_backend import OnnxPredictor  # noqa: E402
 from segany.io.image import read_image  # noqa: E402
 from segany.model import PRESETS  # noqa: E402
-from segany.ops.postprocess import axis_resize, reference_upscale_logits, upscale_logits  # noqa: E402
+from segany.ops.postprocess import axis_resize, reference_upscale_logits, upscale_logits, upscale_masks  # noqa: E402
 from segany.ops.transforms import preprocess_shape  # noqa: E402
 
 TOL = 1e-4
@@ -241,6 +241,20 @@ def test_upscale_logits_matches_reference(size):
     assert got.shape == want.shape == (2, 3, *size)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     assert torch.equal((got > 0)[want.abs() > 1e-4], (want > 0)[want.abs() > 1e-4])
+
+
+@pytest.mark.parametrize("size,lead", [((480, 640), (1, 3)), ((1500, 2250), (1, 3)), ((333, 97), (2, 1)), ((700, 700), ())])
+def test_upscale_masks_thresholds_without_full_size_logits(size, lead):
+    """Blockwise resampling + thresholding gives exactly ``upscale_logits(...) > t`` (blocks of output
+    lines cross mask boundaries when the line count is not a multiple of the block)."""
+    g = torch.Generator().manual_seed(size[1])
+    low = 10 * torch.randn(*lead, 256, 256, generator=g)
+    input_size = preprocess_shape(*size, 1024)
+    for threshold in (0.0, 1.5):
+        want = upscale_logits(low, input_size, size, 1024) > threshold
+        got = upscale_masks(low, input_size, size, 1024, threshold)
+        assert got.dtype == torch.bool and got.shape == want.shape == (*lead, *size)
+        assert torch.equal(got, want)
 
 
 def test_axis_resize_is_a_banded_interpolation_matrix():

@@ -19,7 +19,7 @@ from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, Im
 from segany.inference.lowrank_decoder import LowRankCache, LowRankClickDecoder, supports_lowrank
 from segany.io.image import read_image, to_rgb_uint8
 from segany.model import Sam
-from segany.ops.postprocess import upscale_logits
+from segany.ops.postprocess import upscale_logits, upscale_masks
 from segany.ops.transforms import ResizeLongestSide
 
 # Logits given to the masks that predict_low_res(skip_below=...) does not compute: far below any
@@ -239,9 +239,12 @@ class PredictorBase:
         assert self.input_size and self.original_size
         low_res, scores = self.predict_low_res(point_coords, point_labels, boxes, mask_input, multimask_output)
         # Same masks as model.postprocess_masks (to float rounding), without the padded-square detour.
-        masks = upscale_logits(low_res, self.input_size, self.original_size, self.model.image_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        if return_logits:
+            masks = upscale_logits(low_res, self.input_size, self.original_size, self.model.image_size)
+        else:
+            masks = upscale_masks(
+                low_res, self.input_size, self.original_size, self.model.image_size, self.model.mask_threshold
+            )
         return masks, scores, low_res
 
 
