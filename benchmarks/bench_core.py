@@ -58,6 +58,7 @@ def main() -> None:
                 p.predict(**point)
                 times.append(time.perf_counter() - t)
             click[name].append(statistics.median(times))
+    diff = (ours.get_image_embedding() - theirs.get_image_embedding()).abs().max().item()
     # The same click on an SA-1B-sized photo (1500 x 2250; same embedding, only the masks' size differs),
     # where resizing three masks to the image is a large part of a click.
     big = (1500, 2250)
@@ -79,7 +80,6 @@ def main() -> None:
                 times.append(time.perf_counter() - t)
             click_big[name].append(statistics.median(times))
     r_big = statistics.median(o / s for o, s in zip(click_big["official"], click_big["segany"]))
-    diff = (ours.get_image_embedding() - theirs.get_image_embedding()).abs().max().item()
     r_enc = statistics.median(o / s for o, s in zip(enc["official"], enc["segany"]))
     r_click = statistics.median(o / s for o, s in zip(click["official"], click["segany"]))
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
