@@ -99,23 +99,9 @@ def upscale_logits(
         original_size: ``(H0, W0)`` of the original image.
         image_size: side of the padded square the model works in (1024 for SAM).
     """
-    *lead, h_low, w_low = low_res.shape
-    out_h, out_w = int(original_size[0]), int(original_size[1])
-    rows = axis_resize(h_low, image_size, int(input_size[0]), out_h)
-    cols = axis_resize(w_low, image_size, int(input_size[1]), out_w)
-    n = 1
-    for d in lead:
-        n *= d
-    device = low_res.device
-    # Each pass is a sparse-times-dense product with a fixed number of taps per output line: exactly
-    # what embedding_bag computes (a weighted sum of table rows per bag), in one sweep.
-    # Columns first, on the small input: table rows are input columns, bags are output columns.
-    table = low_res.float().reshape(n * h_low, w_low).t()  # (w_low, n * h_low)
-    by_col = _banded(cols, table.contiguous(), 1, 0, device)  # (W0, n * h_low)
-    # Then rows: table rows are (mask, input row), bags are (mask, output row), so the result is
-    # already in (..., H0, W0) order.
-    out = _banded(rows, by_col.t().contiguous(), n, h_low, device)  # (n * H0, W0)
-    out = out.view(*lead, out_h, out_w)
+    rows = _RowPass(low_res, input_size, original_size, image_size)
+    out = rows.lines(0, rows.total)  # (n * H0, W0), already in (..., H0, W0) order
+    out = out.view(rows.shape)
     return out.to(low_res.dtype) if low_res.dtype.is_floating_point else out
 
 
@@ -133,35 +119,58 @@ def upscale_masks(
     per click (12 MB for the three masks' logits are more than a CPU cache holds; fresh memory also
     costs a page fault per 4 KiB). Same masks as thresholding :func:`upscale_logits`.
     """
-    *lead, h_low, w_low = low_res.shape
-    out_h, out_w = int(original_size[0]), int(original_size[1])
-    rows = axis_resize(h_low, image_size, int(input_size[0]), out_h)
-    cols = axis_resize(w_low, image_size, int(input_size[1]), out_w)
-    n = 1
-    for d in lead:
-        n *= d
-    device = low_res.device
-    table = low_res.float().reshape(n * h_low, w_low).t()
-    by_col = _banded(cols, table.contiguous(), 1, 0, device).t().contiguous()  # (n * h_low, W0)
-    index = rows.start[:, None] + torch.arange(rows.taps)[None, :]  # (H0, taps)
-    index = (index[None] + h_low * torch.arange(n)[:, None, None]).reshape(-1, rows.taps).to(device)
-    weights = rows.weights.repeat(n, 1).to(device)
-    out = torch.empty((n * out_h, out_w), dtype=torch.bool, device=device)
-    for start in range(0, n * out_h, _MASK_CHUNK_LINES):
-        stop = min(start + _MASK_CHUNK_LINES, n * out_h)
-        block = F.embedding_bag(index[start:stop], by_col, per_sample_weights=weights[start:stop], mode="sum")
-        torch.gt(block, threshold, out=out[start:stop])
-    return out.view(*lead, out_h, out_w)
+    rows = _RowPass(low_res, input_size, original_size, image_size)
+    out = torch.empty((rows.total, rows.shape[-1]), dtype=torch.bool, device=low_res.device)
+    for start in range(0, rows.total, _MASK_CHUNK_LINES):
+        stop = min(start + _MASK_CHUNK_LINES, rows.total)
+        torch.gt(rows.lines(start, stop), threshold, out=out[start:stop])
+    return out.view(rows.shape)
 
 
-def _banded(axis: AxisResize, table: torch.Tensor, groups: int, group_rows: int, device: torch.device) -> torch.Tensor:
-    """Apply the banded matrix of ``axis`` to each of ``groups`` stacked blocks of ``group_rows`` table
-    rows: ``(groups * n_in, C) -> (groups * n_out, C)``."""
+class _RowPass:
+    """Both resizes of :func:`upscale_logits` as banded products, the second one line by line.
+
+    Each pass is a sparse-times-dense product with a fixed number of taps per output line: exactly what
+    ``embedding_bag`` computes (a weighted sum of table rows per bag). The column pass runs at once, on
+    the small input (table rows: input columns; bags: output columns). The row pass (table rows: (mask,
+    input row); bags: (mask, output row), so lines come out in ``(..., H0, W0)`` order) runs on demand
+    for any range of output lines.
+    """
+
+    def __init__(
+        self, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int], image_size: int
+    ) -> None:
+        *lead, h_low, w_low = low_res.shape
+        out_h, out_w = int(original_size[0]), int(original_size[1])
+        n = 1
+        for d in lead:
+            n *= d
+        device = low_res.device
+        cols = axis_resize(w_low, image_size, int(input_size[1]), out_w)
+        rows = axis_resize(h_low, image_size, int(input_size[0]), out_h)
+        table = low_res.float().reshape(n * h_low, w_low).t().contiguous()  # (w_low, n * h_low)
+        index, weights = _bags(cols, 1, 0, device)
+        by_col = F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")  # (W0, n * h_low)
+        self.table = by_col.t().contiguous()  # (n * h_low, W0)
+        self.index, self.weights = _bags(rows, n, h_low, device)
+        self.shape = (*lead, out_h, out_w)
+        self.total = n * out_h
+
+    def lines(self, start: int, stop: int) -> torch.Tensor:
+        """Output lines ``start:stop`` of the ``(n * H0, W0)`` result (float32)."""
+        return F.embedding_bag(
+            self.index[start:stop], self.table, per_sample_weights=self.weights[start:stop], mode="sum"
+        )
+
+
+def _bags(axis: AxisResize, groups: int, group_rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``embedding_bag`` indices and weights that apply the banded matrix of ``axis`` to each of
+    ``groups`` stacked blocks of ``group_rows`` table rows: ``(groups * n_out, taps)`` each."""
     index = axis.start[:, None] + torch.arange(axis.taps)[None, :]  # (n_out, taps)
     if groups > 1:
         index = (index[None] + group_rows * torch.arange(groups)[:, None, None]).reshape(-1, axis.taps)
     weights = axis.weights.repeat(groups, 1) if groups > 1 else axis.weights
-    return F.embedding_bag(index.to(device), table, per_sample_weights=weights.to(device), mode="sum")
+    return index.to(device), weights.to(device)
 
 
 def reference_upscale_logits(
