@@ -25,6 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+def median_click(predictor: object, prompt: dict[str, np.ndarray], repeats: int = 5) -> float:
+    """Median seconds of ``predictor.predict(**prompt)`` after one warm-up call."""
+    predictor.predict(**prompt)  # type: ignore[attr-defined]
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        predictor.predict(**prompt)  # type: ignore[attr-defined]
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
@@ -51,13 +62,7 @@ def main() -> None:
             t = time.perf_counter()
             p.set_image(image)
             enc[name].append(time.perf_counter() - t)
-            p.predict(**point)  # warm-up
-            times = []
-            for _ in range(5):
-                t = time.perf_counter()
-                p.predict(**point)
-                times.append(time.perf_counter() - t)
-            click[name].append(statistics.median(times))
+            click[name].append(median_click(p, point))
     diff = (ours.get_image_embedding() - theirs.get_image_embedding()).abs().max().item()
     # The same click on an SA-1B-sized photo (1500 x 2250; same embedding, only the masks' size differs),
     # where resizing three masks to the image is a large part of a click.
@@ -72,13 +77,7 @@ def main() -> None:
     click_big = {"official": [], "segany": []}
     for _ in range(args.rounds):
         for name, p in (("official", theirs), ("segany", ours)):
-            p.predict(**big_point)
-            times = []
-            for _ in range(5):
-                t = time.perf_counter()
-                p.predict(**big_point)
-                times.append(time.perf_counter() - t)
-            click_big[name].append(statistics.median(times))
+            click_big[name].append(median_click(p, big_point))
     r_big = statistics.median(o / s for o, s in zip(click_big["official"], click_big["segany"]))
     r_enc = statistics.median(o / s for o, s in zip(enc["official"], enc["segany"]))
     r_click = statistics.median(o / s for o, s in zip(click["official"], click["segany"]))
