@@ -128,6 +128,7 @@ class LowRankClickDecoder:
         gb = l2.norm4.weight
         y = x0 * ga
         yb = y * gb
+        yg = y * ga  # meets VO1's rows, which carry gamma_a too
         w_up, _ = FastMaskDecoder._as_matrix(self.model.mask_decoder.output_upscaling[0])
         o1, o2 = l1.cross_attn_image_to_token.out_proj, l2.cross_attn_image_to_token.out_proj
         t2i, i2t, fin = l2.cross_attn_token_to_image, l2.cross_attn_image_to_token, tr.final_attn_token_to_image
@@ -142,14 +143,14 @@ class LowRankClickDecoder:
             q1=cols(first.q1[0]),
             mean0=x0.mean(-1),
             sq0=x0.square().mean(-1),
-            wo1=cols(x0 @ o1.weight, (y * ga) @ o1.weight),
+            wo1=cols(x0 @ o1.weight, yg @ o1.weight),
             x0_bo1=x0 @ o1.bias,
             k2=cols(y @ t2i.k_proj.weight.t(), pe @ t2i.k_proj.weight.t()),
             v2_y=_rows_by_head(y @ t2i.v_proj.weight.t(), h),
             q2=cols(y @ i2t.q_proj.weight.t(), pe @ i2t.q_proj.weight.t()),
             mean_y=y.mean(-1),
             sq_y=y.square().mean(-1),
-            y_bo1=(y * ga) @ o1.bias,
+            y_bo1=yg @ o1.bias,
             y_wo2=cols(y @ o2.weight),
             y_bo2=y @ o2.bias,
             y_ga=y @ ga,

@@ -146,13 +146,18 @@ class OnnxPredictor(PredictorBase):
             return ort.InferenceSession(str(self.folder / name), options, providers=["CPUExecutionProvider"])
 
         self._encoder = session("encoder") if "encoder" in files else None
-        self._cache_graph = session("image_cache")
-        self._decoder = session("decoder_lowres")
+        # Prompts run either in segany's PyTorch decoder or in the exported decoder graphs, never both:
+        # only the graphs in use are loaded.
         self._torch_decoder: SamPredictor | None = None
+        self._cache_graph: Any = None
+        self._decoder: Any = None
         if decoder_model is not None:
             self._torch_decoder = SamPredictor(decoder_model)
             if self._torch_decoder._embedding_shape() != self._embedding_shape():
                 raise CheckpointError(f"{self.folder}: decoder_model is not the exported model (embedding shapes differ)")
+        else:
+            self._cache_graph = session("image_cache")
+            self._decoder = session("decoder_lowres")
         self.transform = ResizeLongestSide(self.model.image_size)
         self.reset_image()
 
@@ -221,8 +226,9 @@ class OnnxPredictor(PredictorBase):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder output only, like ``model.mask_decoder(...)``: low-resolution logits ``(B, M, 4g, 4g)``
         and predicted IoUs ``(B, M)`` for ``B`` prompt sets in the resized frame (points ``(B, N, 2)``,
-        labels ``(B, N)``, boxes ``(B, 4)``, masks ``(B, 1, 4g, 4g)``). ``skip_below`` is accepted for
-        :meth:`SamPredictor.predict_low_res` compatibility; the exported graph upscales every prompt."""
+        labels ``(B, N)``, boxes ``(B, 4)``, masks ``(B, 1, 4g, 4g)``). ``skip_below`` works as in
+        :meth:`SamPredictor.predict_low_res` with the PyTorch decoder; the exported graphs upscale every
+        prompt."""
         self._require_image()
         if self._torch_decoder is not None:
             return self._torch_decoder.predict_low_res(
