@@ -120,3 +120,27 @@ def test_segment_onnx_backend_matches_torch(tmp_path, checkpoint, image, capsys,
     assert abs(onnx_result["masks"][0]["score"] - torch_result["masks"][0]["score"]) < 1e-3
     rc = main(["segment", str(image), *prompt, "--backend", "onnx", "--device", "cuda", "-o", str(tmp_path / "x.png")])
     assert rc == 2 and "runs on the CPU" in capsys.readouterr().err
+
+
+def test_segment_bf16_decoder(tmp_path, checkpoint, image, capsys):
+    """--decoder-precision bf16 gives (nearly) the float32 mask, with the torch and the onnx backends."""
+    prompt = ["--point", "200,150", "-c", str(checkpoint), "--json"]
+    assert main(["segment", str(image), *prompt, "-o", str(tmp_path / "fp32.png")]) == 0
+    want = json.loads(capsys.readouterr().out)["masks"][0]["score"]
+    runs = [["--decoder-precision", "bf16"]]
+    try:
+        import onnxruntime  # noqa: F401
+
+        runs.append(["--decoder-precision", "bf16", "--backend", "onnx", "--precision", "fp32"])
+    except ImportError:
+        pass
+    a = np.asarray(Image.open(tmp_path / "fp32.png")) > 0
+    for i, extra in enumerate(runs):
+        out = tmp_path / f"bf16_{i}.png"
+        assert main(["segment", str(image), *prompt, *extra, "-o", str(out)]) == 0
+        got = json.loads(capsys.readouterr().out)["masks"][0]["score"]
+        b = np.asarray(Image.open(out)) > 0
+        assert (a & b).sum() / max((a | b).sum(), 1) > 0.97 and abs(got - want) < 0.05
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", str(image), *prompt, "--decoder-precision", "fp16", "-o", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err

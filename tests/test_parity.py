@@ -193,3 +193,24 @@ def test_vit_b_matches_official():
     torch.testing.assert_close(ours.get_image_embedding(), ref.get_image_embedding(), atol=TOL, rtol=0)
     compare(ours, ref, **PROMPTS["one_point"])
     compare(ours, ref, multimask_output=False, **PROMPTS["box_and_points"])
+
+
+@pytest.mark.slow
+def test_vit_b_bf16_decoder_close_to_official():
+    """Full-size ViT-B with the opt-in bfloat16 decoder: the official masks to mask IoU > 0.97."""
+    from segany.model import PRESETS, build_sam
+
+    model = randomize_(build_sam(PRESETS["vit_b"]), seed=3).eval()
+    ref = OfficialPredictor(official_twin(model))
+    ours = SamPredictor(model, decoder_precision="bf16")
+    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+    size = (480, 640)
+    ours.set_image_embedding(embedding, size)
+    ref.features, ref.original_size, ref.is_image_set = embedding, size, True
+    ref.input_size = ref.transform.get_preprocess_shape(*size, ref.model.image_encoder.img_size)
+    for name in ("one_point", "box_and_points"):
+        got, got_scores, _ = ours.predict(**PROMPTS[name])
+        want, want_scores, _ = ref.predict(**PROMPTS[name])
+        for a, b in zip(got, want):
+            assert (a & b).sum() / max((a | b).sum(), 1) > 0.97
+        np.testing.assert_allclose(got_scores, want_scores, atol=0.05)

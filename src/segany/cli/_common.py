@@ -56,14 +56,20 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision", choices=("auto", "fp32", "int8"), default="auto",
         help="onnx backend: int8 graphs where the export has them (auto), or force fp32/int8",
     )
+    parser.add_argument(
+        "--decoder-precision", choices=("fp32", "bf16"), default="fp32",
+        help="segany's PyTorch decoder: fp32 (default; the official model's masks) or bf16 (about 1.4x "
+        "faster clicks on CPUs with AVX-512 BF16 or AMX, masks ~99%% the same; slower on other CPUs)",
+    )
 
 
 def predictor_from_args(args: argparse.Namespace) -> Any:
-    """The predictor the ``--checkpoint``, ``--device``, ``--backend`` and ``--precision`` ask for."""
+    """The predictor the ``--checkpoint``, ``--device``, ``--backend``, ``--precision`` and
+    ``--decoder-precision`` ask for."""
     if getattr(args, "backend", "torch") == "torch":
         from segany.inference.predictor import SamPredictor
 
-        return SamPredictor(load_model_from_args(args))
+        return SamPredictor(load_model_from_args(args), decoder_precision=getattr(args, "decoder_precision", "fp32"))
     if args.device != "cpu":
         raise SeganyError("--backend onnx runs on the CPU; drop --device")
     from segany.build import default_weights_path
@@ -72,7 +78,9 @@ def predictor_from_args(args: argparse.Namespace) -> Any:
     # The packaged model by its file, so that its export is cached like any checkpoint's.
     source = args.checkpoint or default_weights_path() or None
     quantize = "int8" if args.precision == "int8" else None
-    return predictor_for(source, "onnx", precision=args.precision, quantize=quantize)
+    return predictor_for(
+        source, "onnx", precision=args.precision, quantize=quantize, decoder_precision=getattr(args, "decoder_precision", "fp32")
+    )
 
 
 def load_model_from_args(args: argparse.Namespace) -> Any:

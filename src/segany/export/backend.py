@@ -50,6 +50,7 @@ def predictor_for(
     quantize: str | None = None,
     num_threads: int | None = None,
     decoder: Literal["torch", "onnx"] = "torch",
+    decoder_precision: Literal["fp32", "bf16"] = "fp32",
 ) -> SamPredictor | OnnxPredictor:
     """A predictor for ``model_or_path`` on the chosen backend.
 
@@ -60,7 +61,8 @@ def predictor_for(
     ``quantize="int8"`` adds int8 graphs to a new export; ``precision`` picks which graphs to run.
     ``decoder`` (ONNX backend): ``"torch"`` runs prompts through segany's PyTorch decoder when the model
     is at hand (not for an export folder), which is faster on CPUs than the exported decoder graphs and
-    float32 exact; ``"onnx"`` runs everything in onnxruntime.
+    float32 exact; ``"onnx"`` runs everything in onnxruntime. ``decoder_precision``: the PyTorch
+    decoder's precision (see :class:`~segany.inference.predictor.SamPredictor`), ``"fp32"`` or ``"bf16"``.
     """
     from segany.model import Sam
 
@@ -68,17 +70,21 @@ def predictor_for(
         raise ValueError(f"backend must be 'torch' or 'onnx', not {backend!r}")
     if decoder not in ("torch", "onnx"):
         raise ValueError(f"decoder must be 'torch' or 'onnx', not {decoder!r}")
+    if decoder_precision != "fp32" and backend == "onnx" and decoder == "onnx":
+        raise ValueError("decoder_precision applies to segany's PyTorch decoder, not to decoder='onnx'")
     path = Path(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else None
     if backend == "torch":
         if path is not None and is_export_folder(path):
             raise CheckpointError(f"{path} is an ONNX export; use backend='onnx' or pass a checkpoint")
         if isinstance(model_or_path, Sam):
-            return SamPredictor(model_or_path)
+            return SamPredictor(model_or_path, decoder_precision=decoder_precision)
         from segany.build import load_model
 
-        return SamPredictor(load_model(model_or_path))
+        return SamPredictor(load_model(model_or_path), decoder_precision=decoder_precision)
 
     if path is not None and is_export_folder(path):
+        if decoder_precision != "fp32":
+            raise ValueError(f"{path} is an ONNX export: its decoder runs in onnxruntime; decoder_precision needs a checkpoint")
         return OnnxPredictor(path, precision=precision, num_threads=num_threads)
 
     def model() -> Sam:
@@ -93,7 +99,9 @@ def predictor_for(
         folder = _cache_folder(path)
         if is_export_folder(folder) and (quantize is None or _int8_suits_this_cpu(folder)):
             decoder_model = model() if decoder == "torch" else None
-            return OnnxPredictor(folder, precision=precision, num_threads=num_threads, decoder_model=decoder_model)
+            return OnnxPredictor(
+                folder, precision=precision, num_threads=num_threads, decoder_model=decoder_model, decoder_precision=decoder_precision
+            )
     sam = model()
     if folder is None:
         folder = Path(tempfile.mkdtemp(prefix="segany-onnx-"))
@@ -101,4 +109,6 @@ def predictor_for(
 
     export_onnx(sam, folder, quantize=quantize)
     decoder_model = sam if decoder == "torch" else None
-    return OnnxPredictor(folder, precision=precision, num_threads=num_threads, decoder_model=decoder_model)
+    return OnnxPredictor(
+        folder, precision=precision, num_threads=num_threads, decoder_model=decoder_model, decoder_precision=decoder_precision
+    )

@@ -13,10 +13,8 @@ to the image.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import platform
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 
 from segany.errors import CheckpointError, ImageError, PromptError
+from segany.inference.cpu import cpu_has_int8_dot
 from segany.inference.predictor import PredictorBase, SamPredictor
 from segany.ops.transforms import ResizeLongestSide
 
@@ -35,29 +34,6 @@ MANIFEST = "segany_onnx.json"  # same name as segany.export.onnx.MANIFEST (expor
 # Labels of the exported graphs: 2/3 box corners, -1 padding; 4 has no learned embedding, which is how
 # the PyTorch prompt encoder treats any label other than 0, 1 and -1.
 _PAD, _TOP_LEFT, _BOTTOM_RIGHT, _POSITION_ONLY = -1.0, 2.0, 3.0, 4.0
-
-
-# x86 instruction sets that multiply uint8 by int8 straight into 32-bit sums (no 16-bit saturation).
-_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_int8_dot() -> bool:
-    """Whether this CPU has an int8 dot-product instruction (x86 VNNI or AMX; read from /proc/cpuinfo).
-
-    On such CPUs onnxruntime multiplies signed int8 weights ~2.5x faster than uint8 ones and without
-    the saturation of the AVX2 fallback, so int8 exports use signed weights there. False when unknown.
-    """
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return not _INT8_DOT_FLAGS.isdisjoint(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return False
 
 
 @dataclass(frozen=True)
@@ -89,6 +65,8 @@ class OnnxPredictor(PredictorBase):
         decoder_model: the exported model itself, if at hand: prompts then run segany's PyTorch decoder
             (:class:`SamPredictor`'s, faster on CPUs than the exported decoder graphs and float32 exact)
             on the onnxruntime embedding; only the image encoder runs in onnxruntime.
+        decoder_precision: with ``decoder_model``, the PyTorch decoder's precision (see
+            :class:`SamPredictor`): ``"fp32"`` or ``"bf16"``.
     """
 
     def __init__(
@@ -97,8 +75,12 @@ class OnnxPredictor(PredictorBase):
         precision: Literal["auto", "fp32", "int8"] = "auto",
         num_threads: int | None = None,
         decoder_model: Any | None = None,
+        decoder_precision: Literal["fp32", "bf16"] = "fp32",
     ) -> None:
         import onnxruntime as ort
+
+        if decoder_precision != "fp32" and decoder_model is None:
+            raise ValueError("decoder_precision other than 'fp32' needs decoder_model (segany's PyTorch decoder)")
 
         self.folder = Path(folder)
         manifest_path = self.folder / MANIFEST
@@ -152,7 +134,7 @@ class OnnxPredictor(PredictorBase):
         self._cache_graph: Any = None
         self._decoder: Any = None
         if decoder_model is not None:
-            self._torch_decoder = SamPredictor(decoder_model)
+            self._torch_decoder = SamPredictor(decoder_model, decoder_precision=decoder_precision)
             if self._torch_decoder._embedding_shape() != self._embedding_shape():
                 raise CheckpointError(f"{self.folder}: decoder_model is not the exported model (embedding shapes differ)")
         else:

@@ -8,13 +8,16 @@ the image embedding.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
 
 from segany.errors import ImageError, PromptError
+from segany.inference.bf16_decoder import BFloat16Cache, BFloat16ClickDecoder
+from segany.inference.cpu import cpu_has_bf16
 from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, ImageCache, supports
 from segany.inference.lowrank_decoder import LowRankCache, LowRankClickDecoder, supports_lowrank
 from segany.io.image import read_image, to_rgb_uint8
@@ -248,10 +251,32 @@ class PredictorBase:
         return masks, scores, low_res
 
 
-class SamPredictor(PredictorBase):
-    """Predict masks for prompts on one image at a time, reusing its embedding across prompts."""
+DecoderPrecision = Literal["fp32", "bf16"]
 
-    def __init__(self, sam_model: Sam) -> None:
+
+class SamPredictor(PredictorBase):
+    """Predict masks for prompts on one image at a time, reusing its embedding across prompts.
+
+    Args:
+        sam_model: the model.
+        decoder_precision: ``"fp32"`` (default) gives the official model's logits to float rounding.
+            ``"bf16"`` runs the decoder's image-side products in bfloat16
+            (:class:`segany.inference.bf16_decoder.BFloat16ClickDecoder`): about 1.3x faster clicks on
+            CPUs with AVX-512 BF16 or AMX, at a small accuracy cost (mask IoU against ``"fp32"``, see
+            benchmarks/RESULTS.md); much slower on CPUs without them (a warning says so).
+    """
+
+    def __init__(self, sam_model: Sam, *, decoder_precision: DecoderPrecision = "fp32") -> None:
+        if decoder_precision not in ("fp32", "bf16"):
+            raise ValueError(f"decoder_precision must be 'fp32' or 'bf16', got {decoder_precision!r}")
+        if decoder_precision == "bf16" and sam_model.device.type == "cpu" and not cpu_has_bf16():
+            warnings.warn(
+                "decoder_precision='bf16' on a CPU without bfloat16 instructions (AVX-512 BF16 or AMX): "
+                "clicks will be slower than with 'fp32'",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.decoder_precision = decoder_precision
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
@@ -293,7 +318,10 @@ class SamPredictor(PredictorBase):
         # Clicks without a mask prompt: per-image products for the low-rank decoder. CPU float32 only: it
         # derives LayerNorm variances from inner products, which half precision (or TF32 products on a
         # GPU) would spoil, and it saves arithmetic that GPUs have plenty of.
-        if supports_lowrank(self.model) and self.features.dtype == torch.float32 and self.features.device.type == "cpu":
+        if self.decoder_precision == "bf16":
+            bf16 = BFloat16ClickDecoder(self.model)
+            self._bf16 = (bf16, bf16.cache(self._decoder_cache))
+        elif supports_lowrank(self.model) and self.features.dtype == torch.float32 and self.features.device.type == "cpu":
             lowrank = LowRankClickDecoder(self.model)
             self._lowrank = (lowrank, lowrank.cache(self._decoder_cache))
 
@@ -311,6 +339,7 @@ class SamPredictor(PredictorBase):
         self._decoder_cache: ImageCache | None = None
         self._fast: tuple[DecoderImageCache, FastMaskDecoder] | None = None
         self._lowrank: tuple[LowRankClickDecoder, LowRankCache] | None = None
+        self._bf16: tuple[BFloat16ClickDecoder, BFloat16Cache] | None = None
 
     @torch.no_grad()
     def predict_low_res(
@@ -379,7 +408,16 @@ class SamPredictor(PredictorBase):
         image_cache, decoder = self._fast
         tokens = 1 + self.model.mask_decoder.num_mask_tokens + sparse.shape[1]
         upscale: Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor]
-        if mask_input is None and self._lowrank is not None and tokens <= LOWRANK_MAX_TOKENS:
+        if self._bf16 is not None:
+            bf16, bf16_cache = self._bf16
+            if mask_input is not None:
+                bf16_cache = bf16.cache(image_cache.cache(self.features, mask_input.to(self.device)))
+            rows16, hyper, iou = bf16.transform(bf16_cache, sparse)
+
+            def upscale(index: torch.Tensor | None, hyp: torch.Tensor) -> torch.Tensor:
+                return bf16.upscale(rows16 if index is None else rows16[index], hyp)
+
+        elif mask_input is None and self._lowrank is not None and tokens <= LOWRANK_MAX_TOKENS:
             lowrank, lowrank_cache = self._lowrank
             rows, hyper, iou = lowrank.transform(lowrank_cache, sparse)
 
