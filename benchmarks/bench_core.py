@@ -1,6 +1,8 @@
 """Quick core benchmark: vit_b image encoding and one click, segany against the official package.
 
-Same random weights in both, same real photo, interleaved rounds, median ratio. Writes the
+Same random weights in both, same real photo, interleaved rounds, median ratio. On CPUs with bfloat16
+products (AVX-512 BF16, AMX) the clicks are also timed with ``SamPredictor(decoder_precision="bf16")``
+(the opt-in bfloat16 decoder) on segany's embedding. Writes the
 "## Core: vit_b encoder and one click" section of benchmarks/RESULTS.md with --write.
 The fuller CPU benchmark (ONNX, int8, memory, generator) is bench_cpu.py.
 
@@ -47,6 +49,7 @@ def main() -> None:
     from segment_anything import SamPredictor as OfficialPredictor
 
     from segany import SamPredictor
+    from segany.inference.cpu import cpu_has_bf16
     from segany.io.image import read_image
     from segany.model import PRESETS, build_sam
 
@@ -55,32 +58,47 @@ def main() -> None:
     image = read_image(ROOT / "tests/data/images/kvasir_cju0qkwl35piu0993l0dewei2.jpg")
     point = dict(point_coords=np.array([[300.0, 250.0]]), point_labels=np.array([1]))
     ours, theirs = SamPredictor(model), OfficialPredictor(ref)
+    # The opt-in bfloat16 decoder, on the same embedding (its encoder is segany's float32 one).
+    bf16 = SamPredictor(model, decoder_precision="bf16") if cpu_has_bf16() else None
     enc = {"official": [], "segany": []}
-    click = {"official": [], "segany": []}
+    click: dict[str, list[float]] = {"official": [], "segany": [], "bf16": []}
     for _ in range(args.rounds):
         for name, p in (("official", theirs), ("segany", ours)):
             t = time.perf_counter()
             p.set_image(image)
             enc[name].append(time.perf_counter() - t)
             click[name].append(median_click(p, point))
+            if name == "segany" and bf16 is not None:
+                bf16.set_image_embedding(ours.get_image_embedding(), image.shape[:2])
+                click["bf16"].append(median_click(bf16, point))
     diff = (ours.get_image_embedding() - theirs.get_image_embedding()).abs().max().item()
     # The same click on an SA-1B-sized photo (1500 x 2250; same embedding, only the masks' size differs),
     # where resizing three masks to the image is a large part of a click.
     big = (1500, 2250)
     embedding = ours.get_image_embedding()
-    ours.set_image_embedding(embedding, big)
+    for p in (ours, bf16):
+        if p is not None:
+            p.set_image_embedding(embedding, big)
     theirs.reset_image()
     theirs.features, theirs.original_size = embedding, big
     theirs.input_size = theirs.transform.get_preprocess_shape(*big, ref.image_encoder.img_size)
     theirs.is_image_set = True
     big_point = dict(point_coords=np.array([[900.0, 700.0]]), point_labels=np.array([1]))
-    click_big = {"official": [], "segany": []}
+    click_big: dict[str, list[float]] = {"official": [], "segany": [], "bf16": []}
     for _ in range(args.rounds):
-        for name, p in (("official", theirs), ("segany", ours)):
-            click_big[name].append(median_click(p, big_point))
-    r_big = statistics.median(o / s for o, s in zip(click_big["official"], click_big["segany"]))
-    r_enc = statistics.median(o / s for o, s in zip(enc["official"], enc["segany"]))
-    r_click = statistics.median(o / s for o, s in zip(click["official"], click["segany"]))
+        for name, p in (("official", theirs), ("segany", ours), ("bf16", bf16)):
+            if p is not None:
+                click_big[name].append(median_click(p, big_point))
+
+    def ratio(times: dict[str, list[float]], name: str) -> float:
+        return statistics.median(o / s for o, s in zip(times["official"], times[name]))
+
+    def bf16_cells(times: dict[str, list[float]]) -> str:
+        if not times["bf16"]:
+            return "- | -"
+        return f"{statistics.median(times['bf16']) * 1e3:.1f} ms | {ratio(times, 'bf16'):.2f}x"
+
+    r_enc, r_click, r_big = ratio(enc, "segany"), ratio(click, "segany"), ratio(click_big, "segany")
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
     lines = [
         "## Core: vit_b encoder and one click",
@@ -90,11 +108,11 @@ def main() -> None:
         f"Image {image.shape[1]}x{image.shape[0]}, random vit_b weights identical in both; {args.rounds} interleaved rounds,",
         f"median ratio. Max embedding difference {diff:.1e}. Command: `nice python benchmarks/bench_core.py --rounds {args.rounds} --write`.",
         "",
-        "| step | official (s) | segany (s) | speed-up |",
-        "| --- | --- | --- | --- |",
-        f"| image encoder (set_image) | {statistics.median(enc['official']):.2f} | {statistics.median(enc['segany']):.2f} | {r_enc:.2f}x |",
-        f"| one click (predict, 3 masks, to image size) | {statistics.median(click['official']) * 1e3:.1f} ms | {statistics.median(click['segany']) * 1e3:.1f} ms | {r_click:.2f}x |",
-        f"| one click, masks at 2250x1500 (SA-1B size) | {statistics.median(click_big['official']) * 1e3:.1f} ms | {statistics.median(click_big['segany']) * 1e3:.1f} ms | {r_big:.2f}x |",
+        "| step | official (s) | segany (s) | speed-up | segany, bf16 decoder | speed-up |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| image encoder (set_image) | {statistics.median(enc['official']):.2f} | {statistics.median(enc['segany']):.2f} | {r_enc:.2f}x | - | - |",
+        f"| one click (predict, 3 masks, to image size) | {statistics.median(click['official']) * 1e3:.1f} ms | {statistics.median(click['segany']) * 1e3:.1f} ms | {r_click:.2f}x | {bf16_cells(click)} |",
+        f"| one click, masks at 2250x1500 (SA-1B size) | {statistics.median(click_big['official']) * 1e3:.1f} ms | {statistics.median(click_big['segany']) * 1e3:.1f} ms | {r_big:.2f}x | {bf16_cells(click_big)} |",
         "",
     ]
     text = "\n".join(lines)

