@@ -319,3 +319,26 @@ def test_onnx_encoder_with_the_pytorch_decoder(model, folder, image, tmp_path):
     assert predictor_for(folder, backend="onnx")._torch_decoder is None
     with pytest.raises(ValueError):
         predictor_for(model, backend="onnx", decoder="tensorrt")
+
+
+def test_bf16_decoder_with_the_onnx_encoder(model, folder, image, tmp_path):
+    """``decoder_precision`` reaches the PyTorch decoder of the hybrid predictor; the exported decoder
+    graphs (an export folder, ``decoder="onnx"``) have no bfloat16 variant, so asking for one is refused."""
+    hybrid = OnnxPredictor(folder, decoder_model=model, decoder_precision="bf16")
+    assert hybrid._torch_decoder is not None and hybrid._torch_decoder.decoder_precision == "bf16"
+    hybrid.set_image(image)
+    exact = OnnxPredictor(folder, decoder_model=model)
+    exact.set_image(image)
+    prompt = dict(point_coords=np.array([[30.0, 40.0]]), point_labels=np.array([1]))
+    for a, b in zip(hybrid.predict(**prompt)[0], exact.predict(**prompt)[0]):
+        assert (a & b).sum() / max((a | b).sum(), 1) > 0.97
+    p = predictor_for(model, decoder_precision="bf16")
+    assert isinstance(p, SamPredictor) and p.decoder_precision == "bf16"
+    p = predictor_for(model, backend="onnx", export_dir=tmp_path / "a", decoder_precision="bf16")
+    assert p._torch_decoder is not None and p._torch_decoder.decoder_precision == "bf16"
+    with pytest.raises(ValueError, match="decoder_model"):
+        OnnxPredictor(folder, decoder_precision="bf16")
+    with pytest.raises(ValueError, match="ONNX export"):
+        predictor_for(folder, backend="onnx", decoder_precision="bf16")
+    with pytest.raises(ValueError, match="PyTorch decoder"):
+        predictor_for(model, backend="onnx", decoder="onnx", decoder_precision="bf16")

@@ -58,7 +58,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--decoder-precision", choices=("fp32", "bf16"), default="fp32",
-        help="segany's PyTorch decoder: fp32 (default; the official model's masks) or bf16 (about 1.4x "
+        help="segany's PyTorch decoder: fp32 (default; the official model's masks) or bf16 (1.4-1.5x "
         "faster clicks on CPUs with AVX-512 BF16 or AMX, masks ~99%% the same; slower on other CPUs)",
     )
 

@@ -261,9 +261,9 @@ class SamPredictor(PredictorBase):
         sam_model: the model.
         decoder_precision: ``"fp32"`` (default) gives the official model's logits to float rounding.
             ``"bf16"`` runs the decoder's image-side products in bfloat16
-            (:class:`segany.inference.bf16_decoder.BFloat16ClickDecoder`): about 1.3x faster clicks on
-            CPUs with AVX-512 BF16 or AMX, at a small accuracy cost (mask IoU against ``"fp32"``, see
-            benchmarks/RESULTS.md); much slower on CPUs without them (a warning says so).
+            (:class:`segany.inference.bf16_decoder.BFloat16ClickDecoder`): 1.4-1.5x faster clicks on
+            CPUs with AVX-512 BF16 or AMX, at a small accuracy cost (mean mask IoU ~0.99 against
+            ``"fp32"``, see benchmarks/RESULTS.md); much slower on CPUs without them (a warning says so).
     """
 
     def __init__(self, sam_model: Sam, *, decoder_precision: DecoderPrecision = "fp32") -> None:
