@@ -93,6 +93,9 @@ def _count_calls(monkeypatch) -> dict[str, int]:
 
 
 def test_predictor_clicks_use_it_and_other_prompts_do_not(model, test_images, monkeypatch):
+    from segany.inference import predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "LOWRANK_MIN_ROWS", 0)  # the tiny model's grid is small
     predictor = SamPredictor(model)
     predictor.set_image(test_images[0])
     calls = _count_calls(monkeypatch)
@@ -111,3 +114,20 @@ def lowrank_decoder_max_points() -> int:
     from segany.inference.predictor import LOWRANK_MAX_TOKENS
 
     return LOWRANK_MAX_TOKENS - 1 - random_tiny(seed=0).mask_decoder.num_mask_tokens
+
+
+def test_small_grids_click_with_the_fast_decoder(model, test_images, monkeypatch):
+    """Below LOWRANK_MIN_ROWS embedding rows the low-rank cache costs more than it saves: not built."""
+    from segany.inference import predictor as predictor_module
+
+    grid = model.prompt_encoder.image_embedding_size
+    monkeypatch.setattr(predictor_module, "LOWRANK_MIN_ROWS", grid[0] * grid[1] + 1)
+    predictor = SamPredictor(model)
+    predictor.set_image(test_images[0])
+    assert predictor._lowrank is None
+    calls = _count_calls(monkeypatch)
+    predictor.predict(point_coords=np.array([[20.0, 30.0]]), point_labels=np.array([1]))
+    assert calls == {"lowrank": 0, "fast": 1}
+    monkeypatch.setattr(predictor_module, "LOWRANK_MIN_ROWS", grid[0] * grid[1])
+    predictor.set_image(test_images[0])
+    assert predictor._lowrank is not None

@@ -38,10 +38,19 @@ def compare(ours: SamPredictor, ref: OfficialPredictor, **prompt: object) -> Non
     assert_masks_match(a_masks, b_masks, logits)
 
 
-@pytest.fixture(scope="module")
-def tiny_pair():
+@pytest.fixture(scope="module", params=["fast decoder", "low-rank decoder"])
+def tiny_pair(request):
+    """The tiny model and its official twin. Its 16x16 embedding grid is below
+    ``LOWRANK_MIN_ROWS``, so its predictor clicks with the fast decoder; the second parameter lowers
+    the threshold so that the same comparisons cover the low-rank decoder too."""
+    from segany.inference import predictor as predictor_module
+
+    saved = predictor_module.LOWRANK_MIN_ROWS
+    if request.param == "low-rank decoder":
+        predictor_module.LOWRANK_MIN_ROWS = 0
     model = random_tiny(seed=1)
-    return model, official_twin(model)
+    yield model, official_twin(model)
+    predictor_module.LOWRANK_MIN_ROWS = saved
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -31,6 +31,10 @@ SKIPPED_LOGIT = -1.0e4
 # The low-rank decoder's corrections grow with the number of tokens (5 output tokens + prompt tokens).
 # One ViT-B prompt here: 18 vs 22 ms (fast decoder) at 7 tokens, 25 vs 25 ms at 11, 29 vs 27 ms at 13.
 LOWRANK_MAX_TOKENS = 11
+# ... and its per-image cache pays off only on large embedding grids. One click, fast vs low-rank decoder
+# (ms): 5.1 vs 6.2 at 16x16 (the default model), 9.4 vs 9.5 at 32x32, 14.3 vs 13.8 at 40x40, 19.0 vs 17.0
+# at 48x48, 26.6 vs 23.9 at 64x64 (SAM); the cache cost 1.7 ms of set_image at 16x16.
+LOWRANK_MIN_ROWS = 2048
 # Prompts decoded together on a CPU: about this many image rows (embedding positions) per chunk, e.g. 4
 # prompts for SAM's 64x64 grid (see SamPredictor.predict_low_res).
 CPU_DECODE_ROWS = 16384
@@ -317,11 +321,17 @@ class SamPredictor(PredictorBase):
         self._decoder_cache = self._fast[0].cache(self.features)
         # Clicks without a mask prompt: per-image products for the low-rank decoder. CPU float32 only: it
         # derives LayerNorm variances from inner products, which half precision (or TF32 products on a
-        # GPU) would spoil, and it saves arithmetic that GPUs have plenty of.
+        # GPU) would spoil, and it saves arithmetic that GPUs have plenty of. Large grids only (see
+        # LOWRANK_MIN_ROWS): on small ones its cache costs more than it saves.
         if self.decoder_precision == "bf16":
             bf16 = BFloat16ClickDecoder(self.model)
             self._bf16 = (bf16, bf16.cache(self._decoder_cache))
-        elif supports_lowrank(self.model) and self.features.dtype == torch.float32 and self.features.device.type == "cpu":
+        elif (
+            supports_lowrank(self.model)
+            and self.features.dtype == torch.float32
+            and self.features.device.type == "cpu"
+            and self.features.shape[-2] * self.features.shape[-1] >= LOWRANK_MIN_ROWS
+        ):
             lowrank = LowRankClickDecoder(self.model)
             self._lowrank = (lowrank, lowrank.cache(self._decoder_cache))
 
@@ -354,10 +364,12 @@ class SamPredictor(PredictorBase):
         """Decoder output only, like ``model.mask_decoder(...)``, for ``B`` prompt sets in the resized
         frame (as :meth:`predict_torch`).
 
-        Same results as the model's decoder to float rounding, with per-image caches: prompts without a
-        mask and with few points run :class:`segany.inference.lowrank_decoder.LowRankClickDecoder`
-        (about a quarter of the official multiply-adds), others
-        :class:`segany.inference.fast_decoder.FastMaskDecoder` (about half).
+        Same results as the model's decoder to float rounding, with per-image caches: on large embedding
+        grids (SAM's 64x64), prompts without a mask and with few points run
+        :class:`segany.inference.lowrank_decoder.LowRankClickDecoder` (about a quarter of the official
+        multiply-adds), others :class:`segany.inference.fast_decoder.FastMaskDecoder` (about half).
+        With ``decoder_precision="bf16"``, every prompt runs
+        :class:`segany.inference.bf16_decoder.BFloat16ClickDecoder`.
 
         Args:
             skip_below: if set, a prompt whose returned IoU predictions are all ``<= skip_below`` gets no
