@@ -343,9 +343,9 @@ def format_results(results: dict[str, Any]) -> str:
         lines += _rows(f"automatic generator, {results['models']['default']['label']}", results["amg"])
     lines += [
         "",
-        "`SamPredictor` clicks run `segany.inference.lowrank_decoder` (per-image products of the embedding; "
-        "image rows after the first layer kept as LayerNorm(embedding + a mix of prompt vectors), never formed) "
-        "and `segany.ops.postprocess.upscale_logits`; the onnxruntime predictor runs session 2's fast decoder "
+        "`SamPredictor` clicks run `segany.inference.lowrank_decoder` on SAM's 64x64 grid (per-image products of "
+        "the embedding; image rows after the first layer kept as LayerNorm(embedding + a mix of prompt vectors), "
+        "never formed), the fast decoder on small grids, and `segany.ops.postprocess.upscale_masks`; the onnxruntime predictor runs session 2's fast decoder "
         "exported (`image_cache.onnx`, `decoder_lowres.onnx`; the low-rank decoder exported ran slower in "
         "onnxruntime than in PyTorch, so it is not exported). The bf16 decoder "
         "(`segany.inference.bf16_decoder`, opt-in) keeps the image rows in bfloat16 and multiplies them in "
