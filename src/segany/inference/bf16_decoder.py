@@ -25,7 +25,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from segany.inference.fast_decoder import ImageCache, _activate_, _flat_dense_pe, _heads_first, supports
+from segany.inference.fast_decoder import (
+    ImageCache,
+    _activate_,
+    _flat_dense_pe,
+    _heads_first,
+    second_upscale_to_image,
+    supports,
+)
 from segany.model import Sam
 from segany.model.transformer import Attention
 
@@ -211,27 +218,17 @@ class BFloat16ClickDecoder:
 
     @torch.no_grad()
     def upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        """Image rows ``(B, N, C)`` and ``hyper (B, M, c2)`` (bfloat16) -> float32 logits ``(B, M, 4g, 4g)``.
-
-        Before the second transposed convolution the rows are reordered from ``(i, j, dy, dx)`` to
-        ``(i, dy, j, dx)``; then, for each output row parity ``dy2``, the rows ``(i, dy, j, dx, dx2)`` of
-        its product are the image rows ``4i + 2dy + dy2``, left to right."""
+        """Image rows ``(B, N, C)`` and ``hyper (B, M, c2)`` -> float32 logits ``(B, M, 4g, 4g)``: the
+        first transposed convolution on channel-last rows, its LayerNorm and activation, then the rows
+        reordered for :func:`~segany.inference.fast_decoder.second_upscale_to_image`."""
         _, norm, act1, _, act2 = self.model.mask_decoder.output_upscaling
         b, n, _ = keys.shape
         gh, gw = self.grid
         c1 = norm.weight.shape[0]
-        c2 = self.w2[0].shape[1] // 2
-        m = hyper.shape[1]
         x = torch.addmm(self.b1, keys.reshape(b * n, -1), self.w1)  # (B*N, 4*c1)
         x = _activate_(act1, F.layer_norm(x.view(b, n * 4, c1), (c1,), norm.weight.to(BF16), norm.bias.to(BF16), norm.eps))
         x = x.view(b, gh, gw, 2, 2, c1).transpose(2, 3).reshape(b * n * 4, c1)  # rows (i, dy, j, dx)
-        out = torch.empty(b, m, gh, 2, 2, 4 * gw, dtype=torch.float32, device=keys.device)
-        hyper_t = hyper.to(BF16).transpose(1, 2)
-        for dy2, w in enumerate(self.w2):
-            y = _activate_(act2, torch.addmm(self.b2, x, w))  # (B*4N, 2*c2)
-            logits = torch.bmm(y.view(b, n * 8, c2), hyper_t)  # (B, rows (i, dy, j, dx, dx2), M)
-            out[:, :, :, :, dy2, :] = logits.view(b, gh, 2, 4 * gw, m).permute(0, 4, 1, 2, 3)
-        return out.view(b, m, 4 * gh, 4 * gw)
+        return second_upscale_to_image(x, (self.w2[0], self.w2[1]), self.b2, act2, hyper, self.grid, torch.float32)
 
     def __call__(self, c: BFloat16Cache, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse tokens ``(B, K, C)`` -> logits ``(B, M, 4g, 4g)`` and IoU ``(B, M)``, all mask tokens."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +152,42 @@ def _activate_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if type(act) is nn.GELU:
         return torch.ops.aten.gelu_(x, approximate=act.approximate)
     return act(x)
+
+
+def second_upscale_to_image(
+    rows: torch.Tensor,
+    halves: tuple[torch.Tensor, torch.Tensor],
+    bias: torch.Tensor,
+    act: nn.Module,
+    hyper: torch.Tensor,
+    grid: tuple[int, int],
+    out_dtype: torch.dtype,
+    buffer: Callable[[str, tuple[int, ...], torch.Tensor], torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """The second transposed convolution, its activation and the hypernetwork dot, written straight
+    into image order (inference only: in-place writes).
+
+    ``rows (B*4N, c1)``: the activated first upscaling, rows ordered ``(i, dy, j, dx)`` (embedding row,
+    first row parity, embedding column, first column parity). ``halves``: per output row parity ``dy2``
+    a ``(c1, 2*c2)`` matrix with columns ``(dx2, channel)``; ``bias (2*c2,)``; ``hyper (B, M, c2)``.
+    For each ``dy2`` the product's rows ``(i, dy, j, dx, dx2)`` are image rows ``4i + 2dy + dy2`` from
+    left to right, so each lands as contiguous runs: no ``(B, M, g, g, 2, 2, 2, 2)`` permutation.
+    ``buffer`` (:meth:`FastMaskDecoder.buffer`) supplies reusable temporaries. Returns
+    ``(B, M, 4g, 4g)`` logits in ``out_dtype``.
+    """
+    gh, gw = grid
+    b, m, c2 = hyper.shape
+    n = gh * gw
+    out = torch.empty(b, m, gh, 2, 2, 4 * gw, dtype=out_dtype, device=rows.device)
+    hyper_t = hyper.to(rows.dtype).transpose(1, 2)
+    y_buf = buffer("dy2", (b * n * 4, 2 * c2), rows) if buffer is not None else None
+    dots = buffer("dots", (b, n * 8, m), rows) if buffer is not None else None
+    for dy2, w in enumerate(halves):
+        y = torch.addmm(bias, rows, w) if y_buf is None else torch.addmm(bias, rows, w, out=y_buf)
+        y = _activate_(act, y)  # (B*4N, 2*c2)
+        logits = torch.bmm(y.view(b, n * 8, c2), hyper_t, out=dots) if dots is not None else torch.bmm(y.view(b, n * 8, c2), hyper_t)
+        out[:, :, :, :, dy2, :] = logits.view(b, gh, 2, 4 * gw, m).permute(0, 4, 1, 2, 3)
+    return out.view(b, m, 4 * gh, 4 * gw)
 
 
 def _flat_dense_pe(model: Sam) -> torch.Tensor:
@@ -333,7 +370,11 @@ class FastMaskDecoder(nn.Module):
 
     def upscale_rest(self, x: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """:meth:`upscale` after the first transposed convolution: ``(B, N, 4 * c1)`` (its output with
-        bias, columns ``(dy, dx, channel)``) and ``hyper (B, M, c2)`` -> ``(B, M, 4g, 4g)``."""
+        bias, columns ``(dy, dx, channel)``) and ``hyper (B, M, c2)`` -> ``(B, M, 4g, 4g)``.
+
+        With scratch buffers (inference), the logits are written straight into image order by
+        :func:`second_upscale_to_image`; otherwise (autograd, export, large batches) the products run on
+        plain tensors and one permutation puts the logits in place."""
         b, n, _ = x.shape
         gh, gw = self.grid
         _, norm, act1, up2, act2 = self.decoder.output_upscaling
@@ -342,18 +383,17 @@ class FastMaskDecoder(nn.Module):
         m = hyper.shape[1]
         x = x.reshape(b, n * 4, c1)  # rows (pixel, dy, dx)
         normed = self.buffer("norm", (b, n * 4, c1), x)
-        up2_out = self.buffer("up2", (b * n * 4, 4 * c2), x)
-        dots = self.buffer("dots", (b, n * 16, m), x)
-        if normed is None or up2_out is None or dots is None:
+        rows = self.buffer("rows", (b * n * 4, c1), x)
+        if normed is None or rows is None:
             x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
             x = act2(torch.addmm(b2, x.view(b * n * 4, c1), w2))  # (B*4N, 4 * c2): columns (dy2, dx2, channel)
             logits = x.view(b, n * 16, c2) @ hyper.transpose(1, 2)  # (B, 16N, M)
-        else:  # the same, into the scratch buffers
-            stats = x.new_empty((b, n * 4, 1)), x.new_empty((b, n * 4, 1))
-            torch.ops.aten.native_layer_norm.out(x, [c1], norm.weight, norm.bias, norm.eps, out0=normed, out1=stats[0], out2=stats[1])
-            x = _activate_(act1, normed)
-            x = _activate_(act2, torch.addmm(b2, x.view(b * n * 4, c1), w2, out=up2_out))
-            logits = torch.bmm(x.view(b, n * 16, c2), hyper.transpose(1, 2), out=dots)
-        # Row order (i, j, dy, dx, dy2, dx2) -> image position (4i + 2dy + dy2, 4j + 2dx + dx2).
-        logits = logits.view(b, gh, gw, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return logits.reshape(b, m, 4 * gh, 4 * gw)
+            # Row order (i, j, dy, dx, dy2, dx2) -> image position (4i + 2dy + dy2, 4j + 2dx + dx2).
+            logits = logits.view(b, gh, gw, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+            return logits.reshape(b, m, 4 * gh, 4 * gw)
+        stats = x.new_empty((b, n * 4, 1)), x.new_empty((b, n * 4, 1))
+        torch.ops.aten.native_layer_norm.out(x, [c1], norm.weight, norm.bias, norm.eps, out0=normed, out1=stats[0], out2=stats[1])
+        x = _activate_(act1, normed)
+        rows.view(b, gh, 2, gw, 2, c1).copy_(x.view(b, gh, gw, 2, 2, c1).transpose(2, 3))  # rows (i, dy, j, dx)
+        halves = (w2[:, : 2 * c2], w2[:, 2 * c2 :])  # columns (dx2, channel) for dy2 = 0, 1
+        return second_upscale_to_image(rows, halves, b2[: 2 * c2], act2, hyper, self.grid, x.dtype, self.buffer)
