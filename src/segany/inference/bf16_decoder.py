@@ -20,15 +20,14 @@ permuting a ``(B, M, g, g, 2, 2, 2, 2)`` array. Shapes as in :mod:`segany.infere
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from segany.inference.fast_decoder import (
+    FastMaskDecoder,
     ImageCache,
     _activate_,
-    _flat_dense_pe,
     _heads_first,
     second_upscale_to_image,
     supports,
@@ -36,21 +35,9 @@ from segany.inference.fast_decoder import (
 from segany.model import Sam
 from segany.model.transformer import Attention
 
-__all__ = ["BFloat16ClickDecoder", "BFloat16Cache"]
+__all__ = ["BFloat16ClickDecoder"]
 
 BF16 = torch.bfloat16
-
-
-@dataclass
-class BFloat16Cache:
-    """One image's decoder inputs in bfloat16 (see :class:`segany.inference.fast_decoder.ImageCache`):
-    ``src (B|1, N, C)``, ``v1 (B|1, h, N, e)``, and transposed per head, keys ``k1`` and image->token
-    queries ``q1`` ``(B|1, h, e, N)``."""
-
-    src: torch.Tensor
-    k1: torch.Tensor
-    v1: torch.Tensor
-    q1: torch.Tensor
 
 
 def _per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -80,28 +67,26 @@ class _Linear2:
         return F.linear(self.act(F.linear(x.to(BF16), self.w1, self.b1)), self.w2, self.b2).float()
 
 
-class BFloat16ClickDecoder:
-    """The mask decoder in bfloat16, for clicks on one image (build with :meth:`cache`). Inference only.
+class BFloat16ClickDecoder(FastMaskDecoder):
+    """:class:`~segany.inference.fast_decoder.FastMaskDecoder` with bfloat16 image-side products:
+    same calls (``transform``, ``upscale``, ``forward`` on the fields of a cache from :meth:`cache`),
+    float32 logits and IoU predictions. Inference only (no autograd).
 
-    Holds a bfloat16 copy of ``model.mask_decoder`` made at construction (about 8 MB for SAM), so build
-    a new one after changing the model's weights; :class:`segany.inference.predictor.SamPredictor`
-    builds one per image.
+    Holds bfloat16 copies of the weights that meet the image rows and of the token MLPs, made at
+    construction: build a new one after changing the model's weights (:class:`SamPredictor` builds one
+    per image).
     """
 
     def __init__(self, model: Sam) -> None:
         if not supports(model):
             raise ValueError("the bfloat16 decoder needs the standard mask decoder")
-        self.model = model
+        super().__init__(model)
         dec = model.mask_decoder
         self.heads = dec.transformer.num_heads
-        self.eye = torch.eye(self.heads, device=model.device)
-        self.image_pe = _flat_dense_pe(model).to(BF16)  # (1, N, C)
-        self.grid = tuple(model.prompt_encoder.image_embedding_size)
-        # bfloat16 copies of the weights that meet the image rows, and of the token MLPs (2048 wide:
-        # 2.5x faster in bfloat16; the decoder's 256-wide token products are faster in float32).
-        self.mlps = [
-            _Linear2(layer.mlp.lin1, layer.mlp.act, layer.mlp.lin2) for layer in dec.transformer.layers
-        ]
+        self.image_pe = self.image_pe.to(BF16)  # (1, N, C)
+        # The token MLPs (2048 wide) are 2.5x faster in bfloat16; the 256-wide token products are
+        # faster in float32 and stay there.
+        self.mlps = [_Linear2(layer.mlp.lin1, layer.mlp.act, layer.mlp.lin2) for layer in dec.transformer.layers]
         # The hypernetwork MLPs (one per mask token, same shapes) stacked: three batched products.
         mlps = dec.output_hypernetworks_mlps
         depth = len(mlps[0].layers)
@@ -117,16 +102,23 @@ class BFloat16ClickDecoder:
         self.b2 = up2.bias.repeat(2).detach().to(BF16)
 
     @staticmethod
-    def cache(first: ImageCache) -> BFloat16Cache:
-        """From the fast decoder's float32 cache (one image, or one per prompt with a mask prompt)."""
+    def cache(first: ImageCache) -> ImageCache:
+        """The fast decoder's float32 cache (one image, or one per prompt with a mask prompt) in this
+        decoder's layouts, bfloat16: ``src (B|1, N, C)``, ``v1 (B|1, h, N, e)``, and transposed per head,
+        keys ``k1`` and image->token queries ``q1`` ``(B|1, h, e, N)`` (row-major right operands)."""
         b, n, d = first.q1.shape
         h = first.k1.shape[1]
-        # Keys and queries transposed, (B|1, h, e, N): the row-major right operand of per-head products.
         k1 = first.k1.transpose(-1, -2).to(BF16).contiguous()
         q1 = first.q1.view(b, n, h, d // h).permute(0, 2, 3, 1).to(BF16).contiguous()
-        return BFloat16Cache(first.src.to(BF16), k1, first.v1.to(BF16), q1)
+        return ImageCache(first.src.to(BF16), k1, first.v1.to(BF16), q1)
 
     # -- attention ---------------------------------------------------------------------------------
+
+    def _t2i_cached(self, a: Attention, q_tok: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Tokens attend to the image with the cached keys ``(B|1, h, e, N)`` and values ``(B|1, h, N, e)``."""
+        q = _heads_first(a.q_proj(q_tok), self.heads)
+        attn = torch.softmax((q * q.shape[-1] ** -0.5).to(BF16) @ k, dim=-1)  # (B, h, T, N)
+        return a.out_proj((attn @ v).transpose(1, 2).flatten(2).float())
 
     def _t2i(self, a: Attention, q_tok: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, T, C)`` attend to bfloat16 image rows: keys ``k_img``, values ``v_img (B|1, N, C)``."""
@@ -172,49 +164,25 @@ class BFloat16ClickDecoder:
 
     # -- decoder -----------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def transform(self, c: BFloat16Cache, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sparse tokens ``(B, K, C)`` -> image rows ``(B, N, C)`` (bfloat16), hypernetwork outputs
-        ``(B, M, c2)`` (bfloat16) and IoU predictions ``(B, M)`` (float32) for all ``M`` mask tokens."""
-        dec = self.model.mask_decoder
-        tr = dec.transformer
-        b = sparse.shape[0]
-        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-        prompt = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # (B, T, C)
-        queries, keys = prompt, c.src
-        for i, layer in enumerate(tr.layers):
-            if layer.skip_first_layer_pe:
-                queries = layer.self_attn(queries, queries, queries)
-            else:
-                q = queries + prompt
-                queries = queries + layer.self_attn(q, q, queries)
-            queries = layer.norm1(queries)
-            q = queries + prompt
-            k_img = None
-            if i == 0:  # cached keys (transposed) and values: one small product per head
-                a = layer.cross_attn_token_to_image
-                qh = _heads_first(a.q_proj(q), self.heads)
-                attn = torch.softmax((qh * qh.shape[-1] ** -0.5).to(BF16) @ c.k1, dim=-1)  # (B, h, T, N)
-                attn = a.out_proj((attn @ c.v1).transpose(1, 2).flatten(2).float())
-            else:
-                k_img = keys + self.image_pe
-                attn = self._t2i(layer.cross_attn_token_to_image, q, k_img, keys)
-            queries = layer.norm2(queries + attn)
-            queries = layer.norm3(queries + self.mlps[i](queries))
-            k = queries + prompt
-            updated = self._i2t(layer.cross_attn_image_to_token, k_img, c.q1 if i == 0 else None, k, queries, keys)
-            keys = layer.norm4(updated)
-        q = queries + prompt
-        final = tr.final_attn_token_to_image
-        queries = tr.norm_final_attn(queries + self._t2i(final, q, keys + self.image_pe, keys))
-        iou = dec.iou_prediction_head(queries[:, 0, :])
-        x = queries[:, 1 : 1 + dec.num_mask_tokens, :].transpose(0, 1)  # (M, B, C)
+    def _mlp(self, index: int, layer: torch.nn.Module, queries: torch.Tensor) -> torch.Tensor:
+        return self.mlps[index](queries)
+
+    def _hypernetworks(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens.transpose(0, 1)  # (M, B, C)
         last = len(self.hyper_w) - 1
         for j, (w, bias) in enumerate(zip(self.hyper_w, self.hyper_b)):
             x = torch.baddbmm(bias, x, w)
             if j < last:
                 x = torch.relu(x)
-        return keys, x.transpose(0, 1), iou
+        return x.transpose(0, 1)
+
+    @torch.no_grad()
+    def transform(
+        self, src: torch.Tensor, k1: torch.Tensor, v1: torch.Tensor, q1: torch.Tensor, sparse: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`FastMaskDecoder.transform`, on a cache from :meth:`cache`: image rows ``(B, N, C)``
+        in bfloat16, hypernetwork outputs ``(B, M, c2)`` and IoU predictions ``(B, M)`` in float32."""
+        return super().transform(src, k1, v1, q1, sparse)
 
     @torch.no_grad()
     def upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
@@ -229,8 +197,3 @@ class BFloat16ClickDecoder:
         x = _activate_(act1, F.layer_norm(x.view(b, n * 4, c1), (c1,), norm.weight.to(BF16), norm.bias.to(BF16), norm.eps))
         x = x.view(b, gh, gw, 2, 2, c1).transpose(2, 3).reshape(b * n * 4, c1)  # rows (i, dy, j, dx)
         return second_upscale_to_image(x, (self.w2[0], self.w2[1]), self.b2, act2, hyper, self.grid, torch.float32)
-
-    def __call__(self, c: BFloat16Cache, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse tokens ``(B, K, C)`` -> logits ``(B, M, 4g, 4g)`` and IoU ``(B, M)``, all mask tokens."""
-        keys, hyper, iou = self.transform(c, sparse)
-        return self.upscale(keys, hyper), iou

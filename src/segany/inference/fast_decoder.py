@@ -332,7 +332,7 @@ class FastMaskDecoder(nn.Module):
                 k_img = keys + image_pe
                 attn = self._t2i(layer.cross_attn_token_to_image, q, k_img, keys)
             queries = layer.norm2(queries + attn)
-            queries = layer.norm3(queries + layer.mlp(queries))
+            queries = layer.norm3(queries + self._mlp(i, layer, queries))
             k = queries + prompt
             updated = self._i2t(
                 layer.cross_attn_image_to_token, k_img, q1 if i == 0 else None, k, queries, keys
@@ -343,9 +343,17 @@ class FastMaskDecoder(nn.Module):
         queries = dec.transformer.norm_final_attn(queries + self._t2i(final, q, keys + image_pe, keys))
 
         iou = dec.iou_prediction_head(queries[:, 0, :])
-        tokens = queries[:, 1 : 1 + dec.num_mask_tokens, :]
-        hyper = torch.stack([mlp(tokens[:, j, :]) for j, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
-        return keys, hyper, iou
+        return keys, self._hypernetworks(queries[:, 1 : 1 + dec.num_mask_tokens, :]), iou
+
+    # Hooks for variants with other weights or kernels (segany.inference.bf16_decoder).
+
+    def _mlp(self, index: int, layer: nn.Module, queries: torch.Tensor) -> torch.Tensor:
+        """The token MLP of two-way layer ``index``."""
+        return layer.mlp(queries)
+
+    def _hypernetworks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mask tokens ``(B, M, C)`` -> hypernetwork outputs ``(B, M, c2)``, one MLP per token."""
+        return torch.stack([mlp(tokens[:, j, :]) for j, mlp in enumerate(self.decoder.output_hypernetworks_mlps)], dim=1)
 
     def buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
         """A reusable scratch tensor, or None where scratch buffers must not be used (or would keep

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from segany.errors import ImageError, PromptError
-from segany.inference.bf16_decoder import BFloat16Cache, BFloat16ClickDecoder
+from segany.inference.bf16_decoder import BFloat16ClickDecoder
 from segany.inference.cpu import cpu_has_bf16
 from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, ImageCache, supports
 from segany.inference.lowrank_decoder import LowRankCache, LowRankClickDecoder, supports_lowrank
@@ -349,7 +349,7 @@ class SamPredictor(PredictorBase):
         self._decoder_cache: ImageCache | None = None
         self._fast: tuple[DecoderImageCache, FastMaskDecoder] | None = None
         self._lowrank: tuple[LowRankClickDecoder, LowRankCache] | None = None
-        self._bf16: tuple[BFloat16ClickDecoder, BFloat16Cache] | None = None
+        self._bf16: tuple[BFloat16ClickDecoder, ImageCache] | None = None
 
     @torch.no_grad()
     def predict_low_res(
@@ -420,16 +420,7 @@ class SamPredictor(PredictorBase):
         image_cache, decoder = self._fast
         tokens = 1 + self.model.mask_decoder.num_mask_tokens + sparse.shape[1]
         upscale: Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor]
-        if self._bf16 is not None:
-            bf16, bf16_cache = self._bf16
-            if mask_input is not None:
-                bf16_cache = bf16.cache(image_cache.cache(self.features, mask_input.to(self.device)))
-            rows16, hyper, iou = bf16.transform(bf16_cache, sparse)
-
-            def upscale(index: torch.Tensor | None, hyp: torch.Tensor) -> torch.Tensor:
-                return bf16.upscale(rows16 if index is None else rows16[index], hyp)
-
-        elif mask_input is None and self._lowrank is not None and tokens <= LOWRANK_MAX_TOKENS:
+        if mask_input is None and self._lowrank is not None and tokens <= LOWRANK_MAX_TOKENS:
             lowrank, lowrank_cache = self._lowrank
             rows, hyper, iou = lowrank.transform(lowrank_cache, sparse)
 
@@ -437,14 +428,17 @@ class SamPredictor(PredictorBase):
                 return lowrank.upscale(lowrank_cache, rows if index is None else rows.take(index), hyp)
 
         else:
+            full: FastMaskDecoder = decoder if self._bf16 is None else self._bf16[0]
             if mask_input is None:
-                cache = self._decoder_cache
+                cache = self._decoder_cache if self._bf16 is None else self._bf16[1]
             else:
                 cache = image_cache.cache(self.features, mask_input.to(self.device))
-            keys, hyper, iou = decoder.transform(cache.src, cache.k1, cache.v1, cache.q1, sparse)
+                if self._bf16 is not None:
+                    cache = self._bf16[0].cache(cache)
+            keys, hyper, iou = full.transform(cache.src, cache.k1, cache.v1, cache.q1, sparse)
 
             def upscale(index: torch.Tensor | None, hyp: torch.Tensor) -> torch.Tensor:
-                return decoder.upscale(keys if index is None else keys[index], hyp)
+                return full.upscale(keys if index is None else keys[index], hyp)
 
         sel = slice(1, None) if multimask_output else slice(0, 1)
         hyper, iou = hyper[:, sel], iou[:, sel]
