@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from segany.inference.fast_decoder import (
     FastMaskDecoder,
     ImageCache,
-    _activate_,
     _heads_first,
-    second_upscale_to_image,
+    upscale_to_image,
     supports,
 )
 from segany.model import Sam
@@ -187,13 +186,10 @@ class BFloat16ClickDecoder(FastMaskDecoder):
     @torch.no_grad()
     def upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """Image rows ``(B, N, C)`` and ``hyper (B, M, c2)`` -> float32 logits ``(B, M, 4g, 4g)``: the
-        first transposed convolution on channel-last rows, its LayerNorm and activation, then the rows
-        reordered for :func:`~segany.inference.fast_decoder.second_upscale_to_image`."""
+        first transposed convolution on channel-last rows, then
+        :func:`~segany.inference.fast_decoder.upscale_to_image`."""
         _, norm, act1, _, act2 = self.model.mask_decoder.output_upscaling
         b, n, _ = keys.shape
-        gh, gw = self.grid
-        c1 = norm.weight.shape[0]
-        x = torch.addmm(self.b1, keys.reshape(b * n, -1), self.w1)  # (B*N, 4*c1)
-        x = _activate_(act1, F.layer_norm(x.view(b, n * 4, c1), (c1,), norm.weight.to(BF16), norm.bias.to(BF16), norm.eps))
-        x = x.view(b, gh, gw, 2, 2, c1).transpose(2, 3).reshape(b * n * 4, c1)  # rows (i, dy, j, dx)
-        return second_upscale_to_image(x, (self.w2[0], self.w2[1]), self.b2, act2, hyper, self.grid, torch.float32)
+        first = torch.addmm(self.b1, keys.reshape(b * n, -1), self.w1)  # (B*N, 4*c1)
+        norm_args = (norm.weight.to(BF16), norm.bias.to(BF16), norm.eps)
+        return upscale_to_image(first, norm_args, act1, (self.w2[0], self.w2[1]), self.b2, act2, hyper, self.grid, torch.float32)

@@ -154,37 +154,53 @@ def _activate_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return act(x)
 
 
-def second_upscale_to_image(
-    rows: torch.Tensor,
+def upscale_to_image(
+    first: torch.Tensor,
+    norm: tuple[torch.Tensor, torch.Tensor, float],
+    act1: nn.Module,
     halves: tuple[torch.Tensor, torch.Tensor],
     bias: torch.Tensor,
-    act: nn.Module,
+    act2: nn.Module,
     hyper: torch.Tensor,
     grid: tuple[int, int],
     out_dtype: torch.dtype,
     buffer: Callable[[str, tuple[int, ...], torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """The second transposed convolution, its activation and the hypernetwork dot, written straight
-    into image order (inference only: in-place writes).
+    """The upscaling after the first transposed convolution, written straight into image order
+    (inference only: in-place writes).
 
-    ``rows (B*4N, c1)``: the activated first upscaling, rows ordered ``(i, dy, j, dx)`` (embedding row,
-    first row parity, embedding column, first column parity). ``halves``: per output row parity ``dy2``
-    a ``(c1, 2*c2)`` matrix with columns ``(dx2, channel)``; ``bias (2*c2,)``; ``hyper (B, M, c2)``.
-    For each ``dy2`` the product's rows ``(i, dy, j, dx, dx2)`` are image rows ``4i + 2dy + dy2`` from
-    left to right, so each lands as contiguous runs: no ``(B, M, g, g, 2, 2, 2, 2)`` permutation.
-    ``buffer`` (:meth:`FastMaskDecoder.buffer`) supplies reusable temporaries. Returns
-    ``(B, M, 4g, 4g)`` logits in ``out_dtype``.
+    ``first (B, N, 4*c1)``: the first transposed convolution's output with bias, columns ``(dy, dx,
+    channel)``. ``norm``: its LayerNorm's ``(weight, bias, eps)``, then ``act1``. The activated rows are
+    reordered from ``(i, j, dy, dx)`` to ``(i, dy, j, dx)`` (embedding row, first row parity, embedding
+    column, first column parity). ``halves``: the second transposed convolution per output row parity
+    ``dy2``, a ``(c1, 2*c2)`` matrix with columns ``(dx2, channel)``; ``bias (2*c2,)``, then ``act2`` and
+    the dot with ``hyper (B, M, c2)``. For each ``dy2`` the product's rows ``(i, dy, j, dx, dx2)`` are
+    image rows ``4i + 2dy + dy2`` from left to right, so they land as contiguous runs: no ``(B, M, g, g,
+    2, 2, 2, 2)`` permutation. ``buffer`` (:meth:`FastMaskDecoder.buffer`) supplies reusable temporaries.
+    Returns ``(B, M, 4g, 4g)`` logits in ``out_dtype``.
     """
     gh, gw = grid
     b, m, c2 = hyper.shape
     n = gh * gw
+    c1 = halves[0].shape[0]
+    x = first.reshape(b, n * 4, c1)  # rows (pixel, dy, dx)
+    normed = buffer("norm", (b, n * 4, c1), x) if buffer is not None else None
+    rows = buffer("rows", (b * n * 4, c1), x) if buffer is not None else None
+    if normed is None or rows is None:
+        x = _activate_(act1, F.layer_norm(x, (c1,), *norm))
+        rows = x.view(b, gh, gw, 2, 2, c1).transpose(2, 3).reshape(b * n * 4, c1)
+    else:
+        stats = x.new_empty((b, n * 4, 1)), x.new_empty((b, n * 4, 1))
+        torch.ops.aten.native_layer_norm.out(x, [c1], *norm, out0=normed, out1=stats[0], out2=stats[1])
+        x = _activate_(act1, normed)
+        rows.view(b, gh, 2, gw, 2, c1).copy_(x.view(b, gh, gw, 2, 2, c1).transpose(2, 3))
     out = torch.empty(b, m, gh, 2, 2, 4 * gw, dtype=out_dtype, device=rows.device)
     hyper_t = hyper.to(rows.dtype).transpose(1, 2)
     y_buf = buffer("dy2", (b * n * 4, 2 * c2), rows) if buffer is not None else None
     dots = buffer("dots", (b, n * 8, m), rows) if buffer is not None else None
     for dy2, w in enumerate(halves):
         y = torch.addmm(bias, rows, w) if y_buf is None else torch.addmm(bias, rows, w, out=y_buf)
-        y = _activate_(act, y)  # (B*4N, 2*c2)
+        y = _activate_(act2, y)  # (B*4N, 2*c2)
         logits = torch.bmm(y.view(b, n * 8, c2), hyper_t, out=dots) if dots is not None else torch.bmm(y.view(b, n * 8, c2), hyper_t)
         out[:, :, :, :, dy2, :] = logits.view(b, gh, 2, 4 * gw, m).permute(0, 4, 1, 2, 3)
     return out.view(b, m, 4 * gh, 4 * gw)
@@ -380,28 +396,23 @@ class FastMaskDecoder(nn.Module):
         """:meth:`upscale` after the first transposed convolution: ``(B, N, 4 * c1)`` (its output with
         bias, columns ``(dy, dx, channel)``) and ``hyper (B, M, c2)`` -> ``(B, M, 4g, 4g)``.
 
-        With scratch buffers (inference), the logits are written straight into image order by
-        :func:`second_upscale_to_image`; otherwise (autograd, export, large batches) the products run on
-        plain tensors and one permutation puts the logits in place."""
+        For interactive inference (``scratch``, no autograd), :func:`upscale_to_image` writes the logits
+        straight into image order using reused buffers; otherwise (autograd, export: no in-place writes)
+        the products run on plain tensors and one permutation puts the logits in place."""
         b, n, _ = x.shape
         gh, gw = self.grid
         _, norm, act1, up2, act2 = self.decoder.output_upscaling
         w2, b2 = self._as_matrix(up2)
         c1, c2 = up2.in_channels, up2.out_channels
         m = hyper.shape[1]
+        if self.scratch and not torch.is_grad_enabled():
+            halves = (w2[:, : 2 * c2], w2[:, 2 * c2 :])  # columns (dx2, channel) for dy2 = 0, 1
+            norm_args = (norm.weight, norm.bias, norm.eps)
+            return upscale_to_image(x, norm_args, act1, halves, b2[: 2 * c2], act2, hyper, self.grid, x.dtype, self.buffer)
         x = x.reshape(b, n * 4, c1)  # rows (pixel, dy, dx)
-        normed = self.buffer("norm", (b, n * 4, c1), x)
-        rows = self.buffer("rows", (b * n * 4, c1), x)
-        if normed is None or rows is None:
-            x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-            x = act2(torch.addmm(b2, x.view(b * n * 4, c1), w2))  # (B*4N, 4 * c2): columns (dy2, dx2, channel)
-            logits = x.view(b, n * 16, c2) @ hyper.transpose(1, 2)  # (B, 16N, M)
-            # Row order (i, j, dy, dx, dy2, dx2) -> image position (4i + 2dy + dy2, 4j + 2dx + dx2).
-            logits = logits.view(b, gh, gw, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
-            return logits.reshape(b, m, 4 * gh, 4 * gw)
-        stats = x.new_empty((b, n * 4, 1)), x.new_empty((b, n * 4, 1))
-        torch.ops.aten.native_layer_norm.out(x, [c1], norm.weight, norm.bias, norm.eps, out0=normed, out1=stats[0], out2=stats[1])
-        x = _activate_(act1, normed)
-        rows.view(b, gh, 2, gw, 2, c1).copy_(x.view(b, gh, gw, 2, 2, c1).transpose(2, 3))  # rows (i, dy, j, dx)
-        halves = (w2[:, : 2 * c2], w2[:, 2 * c2 :])  # columns (dx2, channel) for dy2 = 0, 1
-        return second_upscale_to_image(rows, halves, b2[: 2 * c2], act2, hyper, self.grid, x.dtype, self.buffer)
+        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+        x = act2(torch.addmm(b2, x.view(b * n * 4, c1), w2))  # (B*4N, 4 * c2): columns (dy2, dx2, channel)
+        logits = x.view(b, n * 16, c2) @ hyper.transpose(1, 2)  # (B, 16N, M)
+        # Row order (i, j, dy, dx, dy2, dx2) -> image position (4i + 2dy + dy2, 4j + 2dx + dx2).
+        logits = logits.view(b, gh, gw, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return logits.reshape(b, m, 4 * gh, 4 * gw)
