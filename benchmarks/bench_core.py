@@ -2,7 +2,8 @@
 
 Same random weights in both, same real photo, interleaved rounds, median ratio. On CPUs with bfloat16
 products (AVX-512 BF16, AMX) the clicks are also timed with ``SamPredictor(decoder_precision="bf16")``
-(the opt-in bfloat16 decoder) on segany's embedding. Writes the
+(the opt-in bfloat16 decoder) on segany's embedding, eager and through torch.compile
+(``compile_decoder=True``; compiled once, before timing). Writes the
 "## Core: vit_b encoder and one click" section of benchmarks/RESULTS.md with --write.
 The fuller CPU benchmark (ONNX, int8, memory, generator) is bench_cpu.py.
 
@@ -60,23 +61,25 @@ def main() -> None:
     ours, theirs = SamPredictor(model), OfficialPredictor(ref)
     # The opt-in bfloat16 decoder, on the same embedding (its encoder is segany's float32 one).
     bf16 = SamPredictor(model, decoder_precision="bf16") if cpu_has_bf16() else None
+    bf16c = SamPredictor(model, decoder_precision="bf16", compile_decoder=True) if cpu_has_bf16() else None
     enc = {"official": [], "segany": []}
-    click: dict[str, list[float]] = {"official": [], "segany": [], "bf16": []}
+    click: dict[str, list[float]] = {"official": [], "segany": [], "bf16": [], "bf16c": []}
     for _ in range(args.rounds):
         for name, p in (("official", theirs), ("segany", ours)):
             t = time.perf_counter()
             p.set_image(image)
             enc[name].append(time.perf_counter() - t)
             click[name].append(median_click(p, point))
-            if name == "segany" and bf16 is not None:
-                bf16.set_image_embedding(ours.get_image_embedding(), image.shape[:2])
-                click["bf16"].append(median_click(bf16, point))
+            if name == "segany" and bf16 is not None and bf16c is not None:
+                for key, q in (("bf16", bf16), ("bf16c", bf16c)):
+                    q.set_image_embedding(ours.get_image_embedding(), image.shape[:2])
+                    click[key].append(median_click(q, point))
     diff = (ours.get_image_embedding() - theirs.get_image_embedding()).abs().max().item()
     # The same click on an SA-1B-sized photo (1500 x 2250; same embedding, only the masks' size differs),
     # where resizing three masks to the image is a large part of a click.
     big = (1500, 2250)
     embedding = ours.get_image_embedding()
-    for p in (ours, bf16):
+    for p in (ours, bf16, bf16c):
         if p is not None:
             p.set_image_embedding(embedding, big)
     theirs.reset_image()
@@ -84,9 +87,9 @@ def main() -> None:
     theirs.input_size = theirs.transform.get_preprocess_shape(*big, ref.image_encoder.img_size)
     theirs.is_image_set = True
     big_point = dict(point_coords=np.array([[900.0, 700.0]]), point_labels=np.array([1]))
-    click_big: dict[str, list[float]] = {"official": [], "segany": [], "bf16": []}
+    click_big: dict[str, list[float]] = {"official": [], "segany": [], "bf16": [], "bf16c": []}
     for _ in range(args.rounds):
-        for name, p in (("official", theirs), ("segany", ours), ("bf16", bf16)):
+        for name, p in (("official", theirs), ("segany", ours), ("bf16", bf16), ("bf16c", bf16c)):
             if p is not None:
                 click_big[name].append(median_click(p, big_point))
 
@@ -95,8 +98,8 @@ def main() -> None:
 
     def bf16_cells(times: dict[str, list[float]]) -> str:
         if not times["bf16"]:
-            return "- | -"
-        return f"{statistics.median(times['bf16']) * 1e3:.1f} ms | {ratio(times, 'bf16'):.2f}x"
+            return "- | - | - | -"
+        return " | ".join(f"{statistics.median(times[k]) * 1e3:.1f} ms | {ratio(times, k):.2f}x" for k in ("bf16", "bf16c"))
 
     r_enc, r_click, r_big = ratio(enc, "segany"), ratio(click, "segany"), ratio(click_big, "segany")
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
@@ -108,9 +111,9 @@ def main() -> None:
         f"Image {image.shape[1]}x{image.shape[0]}, random vit_b weights identical in both; {args.rounds} interleaved rounds,",
         f"median ratio. Max embedding difference {diff:.1e}. Command: `nice python benchmarks/bench_core.py --rounds {args.rounds} --write`.",
         "",
-        "| step | official (s) | segany (s) | speed-up | segany, bf16 decoder | speed-up |",
-        "| --- | --- | --- | --- | --- | --- |",
-        f"| image encoder (set_image) | {statistics.median(enc['official']):.2f} | {statistics.median(enc['segany']):.2f} | {r_enc:.2f}x | - | - |",
+        "| step | official (s) | segany (s) | speed-up | segany, bf16 decoder | speed-up | bf16, compiled | speed-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| image encoder (set_image) | {statistics.median(enc['official']):.2f} | {statistics.median(enc['segany']):.2f} | {r_enc:.2f}x | - | - | - | - |",
         f"| one click (predict, 3 masks, to image size) | {statistics.median(click['official']) * 1e3:.1f} ms | {statistics.median(click['segany']) * 1e3:.1f} ms | {r_click:.2f}x | {bf16_cells(click)} |",
         f"| one click, masks at 2250x1500 (SA-1B size) | {statistics.median(click_big['official']) * 1e3:.1f} ms | {statistics.median(click_big['segany']) * 1e3:.1f} ms | {r_big:.2f}x | {bf16_cells(click_big)} |",
         "",

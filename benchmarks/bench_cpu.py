@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """CPU inference benchmark: the official ``segment_anything`` package against segany (PyTorch float32,
-the opt-in bfloat16 decoder, onnxruntime float32 and int8), on one machine, in one run.
+the opt-in bfloat16 decoder, either decoder through torch.compile, onnxruntime float32 and int8), on one
+machine, in one run.
 
     nice python benchmarks/bench_cpu.py                 # full run (~40 min on 2 busy cores)
     nice python benchmarks/bench_cpu.py --quick         # smoke run: tiny model only, 1 round
@@ -24,7 +25,8 @@ decoder graphs) and the float32 one, for point and box prompts taken from real a
 sets in /work/shared/data, never the held-out sets). int8 graphs use the weight type that suits this
 CPU (signed where it has VNNI/AMX; see segany.export.quantize). The bfloat16 decoder
 (``SamPredictor(model, decoder_precision="bf16")``, timed only on CPUs with AVX-512 BF16 or AMX) is
-checked the same way: its masks against the float32 decoder's on the same float32 embeddings.
+checked the same way: its masks against the float32 decoder's on the same float32 embeddings, eager and
+compiled (``compile_decoder=True``; compiled workers also report their first click, compilation included).
 
 On a VM that backs its memory lazily, pass ``--warm-memory 20`` (GiB): see
 ``bench_cpu_workers.warm_memory``.
@@ -157,6 +159,8 @@ def interleaved(task: str, impls: list[str], spec: dict[str, Any], rounds: int) 
             _log(f"{task} {spec.get('label', '')} round {r + 1}/{rounds}: {impl}")
             res = run_worker({**spec, "task": task, "impl": impl})
             out[impl]["per_round"].append(statistics.median(res["times"]))
+            if "first_s" in res:
+                out[impl].setdefault("first_s", []).append(res["first_s"])
             out[impl]["peak_rss_mb"] = max(out[impl]["peak_rss_mb"], res["peak_rss_mb"])
             if "masks" in res:
                 out[impl]["masks"] = res["masks"]
@@ -210,6 +214,8 @@ def main() -> int:
     parser.add_argument("--default-model", help="checkpoint of the 'default model' (default: the packaged one, "
                         "else a random tiny model)")
     parser.add_argument("--work-dir", type=Path, help="where to keep weights and exports (reused across runs)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the compile_decoder=True clicks (each worker compiles for 10-40 s)")
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     parser.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     parser.add_argument("--warm-memory", type=float, default=0, metavar="GIB",
@@ -253,11 +259,12 @@ def main() -> int:
 
     bf16 = ["torch-bf16"] if cpu_has_bf16() else []
     info["bf16"] = bool(bf16)
+    compiled = [] if args.no_compile else ["torch-compiled", *(f"{i}-compiled" for i in bf16)]
     for key, spec in models.items():
         if "checkpoint" not in spec:
             continue
         click_spec = {**spec, "image": image, "clicks": 3 if args.quick else args.clicks, "warmup": 2, "label": f"click {key}"}
-        impls = ["official", "torch", *bf16, "onnx-fp32", "onnx-int8"]
+        impls = ["official", "torch", *bf16, *compiled, "onnx-fp32", "onnx-int8"]
         results[f"click/{key}"] = interleaved("click", impls, click_spec, rounds)
 
     if (REPO / "src" / "segany" / "inference" / "automatic.py").is_file():
@@ -278,10 +285,11 @@ def main() -> int:
             _log(f"accuracy {key}: int8 vs fp32 on {len(items)} images")
             results["accuracy"][key] = run_worker({"task": "accuracy", "impl": "int8", "onnx_dir": models[key]["onnx_dir"],
                                                    "items": items})
-            if bf16:
-                _log(f"accuracy {key}: bf16 decoder vs fp32 on {len(items)} images")
-                results["accuracy_bf16"][key] = run_worker(
-                    {"task": "accuracy", "impl": "bf16", "checkpoint": models[key]["checkpoint"], "items": items}
+            for impl in ["bf16", *(["bf16-compiled"] if compiled else [])] if bf16 else []:
+                _log(f"accuracy {key}: {impl} decoder vs fp32 on {len(items)} images")
+                results[f"accuracy_{impl}"] = results.get(f"accuracy_{impl}", {})
+                results[f"accuracy_{impl}"][key] = run_worker(
+                    {"task": "accuracy", "impl": impl, "checkpoint": models[key]["checkpoint"], "items": items}
                 )
     info["load_end"] = os.getloadavg()
 
@@ -302,6 +310,8 @@ IMPL_NAMES = {
     "official": "official segment_anything 1.0",
     "torch": "segany PyTorch fp32 (SamPredictor)",
     "torch-bf16": "segany PyTorch, bf16 decoder (decoder_precision='bf16')",
+    "torch-compiled": "segany PyTorch fp32, compiled decoder (compile_decoder=True)",
+    "torch-bf16-compiled": "segany PyTorch, bf16 decoder, compiled (compile_decoder=True)",
     "onnx-fp32": "segany onnxruntime fp32",
     "onnx-int8": "segany onnxruntime int8",
 }
@@ -371,13 +381,19 @@ def format_results(results: dict[str, Any]) -> str:
             f"{acc['min_iou']:.2f}) over {acc['masks']} masks from point and box prompts on {acc['images']} "
             f"real training-set images; embedding cosine similarity {acc['embedding_cosine']:.4f}."
         )
-    for key, acc in results.get("accuracy_bf16", {}).items():
-        lines.append(
-            f"bf16 decoder accuracy, {results['models'][key]['label']}: mean mask IoU vs the float32 decoder "
-            f"{acc['mean_iou']:.3f} (median {acc['median_iou']:.3f}, {100 * acc['share_iou_ge_0_9']:.0f}% of masks "
-            f">= 0.9, min {acc['min_iou']:.2f}) over {acc['masks']} masks from point and box prompts on "
-            f"{acc['images']} real training-set images (same float32 embeddings)."
-        )
+    for impl, name in (("bf16", "bf16 decoder"), ("bf16-compiled", "compiled bf16 decoder")):
+        for key, acc in results.get(f"accuracy_{impl}", {}).items():
+            lines.append(
+                f"{name} accuracy, {results['models'][key]['label']}: mean mask IoU vs the float32 decoder "
+                f"{acc['mean_iou']:.3f} (median {acc['median_iou']:.3f}, {100 * acc['share_iou_ge_0_9']:.0f}% of masks "
+                f">= 0.9, min {acc['min_iou']:.2f}) over {acc['masks']} masks from point and box prompts on "
+                f"{acc['images']} real training-set images (same float32 embeddings)."
+            )
+    for key, spec in results["models"].items():
+        firsts = {i: r["first_s"] for i, r in results.get(f"click/{key}", {}).items() if i.endswith("-compiled")}
+        if firsts:
+            parts = ", ".join(f"{IMPL_NAMES[i].replace('segany ', '')} {statistics.median(v):.1f} s" for i, v in firsts.items())
+            lines.append(f"First click with compile_decoder=True (compilation included), {spec['label']}: {parts}.")
     lines += ["", *goal_lines(results)]
     return "\n".join(lines) + "\n"
 
@@ -405,6 +421,7 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
         accuracy = {
             "onnx-int8": results.get("accuracy", {}).get(key),
             "torch-bf16": results.get("accuracy_bf16", {}).get(key),
+            "torch-bf16-compiled": results.get("accuracy_bf16-compiled", {}).get(key),
         }
         parts, best = [], 0.0
         for impl in click:

@@ -62,7 +62,8 @@ def _load_image(path: str):
 
 
 def _predictor(impl: str, spec: dict[str, Any]):
-    """A predictor with the official API for ``impl``: official | torch | torch-bf16 | onnx-fp32 | onnx-int8."""
+    """A predictor with the official API for ``impl``: official | torch | torch-bf16 | onnx-fp32 | onnx-int8,
+    and ``torch``/``torch-bf16`` with ``-compiled`` (``compile_decoder=True``)."""
     import segany
 
     if impl.startswith("onnx"):
@@ -76,7 +77,12 @@ def _predictor(impl: str, spec: dict[str, Any]):
         from segment_anything import SamPredictor as OfficialPredictor
 
         return OfficialPredictor(official_twin(model))
-    return segany.SamPredictor(model, decoder_precision="bf16" if impl == "torch-bf16" else "fp32")
+    return _torch_predictor(segany, model, impl)
+
+
+def _torch_predictor(segany, model, impl: str):
+    precision = "bf16" if impl.startswith("torch-bf16") or impl.startswith("bf16") else "fp32"
+    return segany.SamPredictor(model, decoder_precision=precision, compile_decoder=impl.endswith("-compiled"))
 
 
 def _set_embedding(predictor, embedding, original_size) -> None:
@@ -129,9 +135,11 @@ def worker_click(spec: dict[str, Any]) -> dict[str, Any]:
             masks, scores, _ = predictor.predict(point_coords=pt[None], point_labels=np.array([1]), multimask_output=True)
             elapsed = time.perf_counter() - start
             assert masks.shape == (3, h, w) and masks.dtype == bool
+            if i == 0:
+                first = elapsed  # includes one-off set-up (compilation with compile_decoder=True)
             if i >= spec["warmup"]:
                 times.append(elapsed)
-    return {"times": times, "peak_rss_mb": _peak_rss_mb()}
+    return {"times": times, "first_s": first, "peak_rss_mb": _peak_rss_mb()}
 
 
 def worker_amg(spec: dict[str, Any]) -> dict[str, Any]:
@@ -148,8 +156,7 @@ def worker_amg(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         from segany.inference.automatic import SamAutomaticMaskGenerator as Generator
 
-        precision = "bf16" if spec["impl"] == "torch-bf16" else "fp32"
-        generator = Generator(segany.SamPredictor(model, decoder_precision=precision), points_per_side=spec["points_per_side"])
+        generator = Generator(_torch_predictor(segany, model, spec["impl"]), points_per_side=spec["points_per_side"])
     for _ in range(spec.get("warmup", 0)):
         generator.generate(image)
     start = time.perf_counter()
@@ -159,16 +166,17 @@ def worker_amg(spec: dict[str, Any]) -> dict[str, Any]:
 
 def worker_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
     """Mask IoU against float32 on real annotations: of the int8 graphs (encoder and decoder split,
-    ``impl`` int8), or of the bfloat16 decoder on float32 embeddings (``impl`` bf16)."""
+    ``impl`` int8), or of the bfloat16 decoder on float32 embeddings (``impl`` bf16, or bf16-compiled)."""
     import numpy as np
     import torch
 
-    if spec["impl"] == "bf16":
+    same_encoder = spec["impl"].startswith("bf16")
+    if same_encoder:
         import segany
 
         model = segany.load_model(spec["checkpoint"])
         fp32: Any = segany.SamPredictor(model)
-        other: Any = segany.SamPredictor(model, decoder_precision="bf16")
+        other: Any = _torch_predictor(segany, model, spec["impl"])
     else:
         from segany.inference.onnx_backend import OnnxPredictor
 
@@ -179,7 +187,7 @@ def worker_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
     for item in spec["items"]:
         image = _load_image(item["image"])
         fp32.set_image(image)
-        if spec["impl"] == "bf16":  # same encoder: only the decoder differs
+        if same_encoder:  # only the decoder differs
             other.set_image_embedding(fp32.get_image_embedding(), image.shape[:2])
         else:
             other.set_image(image)

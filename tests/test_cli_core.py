@@ -144,3 +144,16 @@ def test_segment_bf16_decoder(tmp_path, checkpoint, image, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["segment", str(image), *prompt, "--decoder-precision", "fp16", "-o", str(tmp_path / "x.png")])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_segment_compiled_decoder(tmp_path, checkpoint, image, capsys, recwarn):
+    """--compile-decoder gives the float32 decoder's mask and score (compiled, to float rounding)."""
+    prompt = ["--point", "200,150", "-c", str(checkpoint), "--json"]
+    assert main(["segment", str(image), *prompt, "-o", str(tmp_path / "eager.png")]) == 0
+    want = json.loads(capsys.readouterr().out)["masks"][0]["score"]
+    assert main(["segment", str(image), *prompt, "--compile-decoder", "-o", str(tmp_path / "compiled.png")]) == 0
+    got = json.loads(capsys.readouterr().out)["masks"][0]["score"]
+    a = np.asarray(Image.open(tmp_path / "eager.png")) > 0
+    b = np.asarray(Image.open(tmp_path / "compiled.png")) > 0
+    assert (a & b).sum() / max((a | b).sum(), 1) > 0.999 and abs(got - want) < 1e-4
+    assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # compiled, not the fallback

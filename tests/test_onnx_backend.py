@@ -342,3 +342,21 @@ def test_bf16_decoder_with_the_onnx_encoder(model, folder, image, tmp_path):
         predictor_for(folder, backend="onnx", decoder_precision="bf16")
     with pytest.raises(ValueError, match="PyTorch decoder"):
         predictor_for(model, backend="onnx", decoder="onnx", decoder_precision="bf16")
+
+
+def test_compile_decoder_reaches_the_pytorch_decoder(model, folder, tmp_path):
+    """``compile_decoder`` reaches the PyTorch decoder wherever one runs prompts, and is refused where
+    onnxruntime decodes (no PyTorch decoder to compile)."""
+    hybrid = OnnxPredictor(folder, decoder_model=model, decoder_precision="bf16", compile_decoder=True)
+    assert hybrid._torch_decoder is not None and hybrid._torch_decoder.compile_decoder
+    assert hybrid._torch_decoder.decoder_precision == "bf16"
+    p = predictor_for(model, compile_decoder=True)
+    assert isinstance(p, SamPredictor) and p.compile_decoder and not predictor_for(model).compile_decoder
+    p = predictor_for(model, backend="onnx", export_dir=tmp_path / "a", compile_decoder=True)
+    assert p._torch_decoder is not None and p._torch_decoder.compile_decoder
+    with pytest.raises(ValueError, match="decoder_model"):
+        OnnxPredictor(folder, compile_decoder=True)
+    with pytest.raises(ValueError, match="ONNX export.*compile_decoder"):
+        predictor_for(folder, backend="onnx", compile_decoder=True)
+    with pytest.raises(ValueError, match="PyTorch decoder"):
+        predictor_for(model, backend="onnx", decoder="onnx", compile_decoder=True)

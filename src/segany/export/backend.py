@@ -51,6 +51,7 @@ def predictor_for(
     num_threads: int | None = None,
     decoder: Literal["torch", "onnx"] = "torch",
     decoder_precision: Literal["fp32", "bf16"] = "fp32",
+    compile_decoder: bool = False,
 ) -> SamPredictor | OnnxPredictor:
     """A predictor for ``model_or_path`` on the chosen backend.
 
@@ -62,7 +63,8 @@ def predictor_for(
     ``decoder`` (ONNX backend): ``"torch"`` runs prompts through segany's PyTorch decoder when the model
     is at hand (not for an export folder), which is faster on CPUs than the exported decoder graphs and
     float32 exact; ``"onnx"`` runs everything in onnxruntime. ``decoder_precision``: the PyTorch
-    decoder's precision (see :class:`~segany.inference.predictor.SamPredictor`), ``"fp32"`` or ``"bf16"``.
+    decoder's precision (see :class:`~segany.inference.predictor.SamPredictor`), ``"fp32"`` or ``"bf16"``;
+    ``compile_decoder``: run it through ``torch.compile`` (same class).
     """
     from segany.model import Sam
 
@@ -72,19 +74,22 @@ def predictor_for(
         raise ValueError(f"decoder must be 'torch' or 'onnx', not {decoder!r}")
     if decoder_precision != "fp32" and backend == "onnx" and decoder == "onnx":
         raise ValueError("decoder_precision applies to segany's PyTorch decoder, not to decoder='onnx'")
+    if compile_decoder and backend == "onnx" and decoder == "onnx":
+        raise ValueError("compile_decoder applies to segany's PyTorch decoder, not to decoder='onnx'")
     path = Path(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else None
     if backend == "torch":
         if path is not None and is_export_folder(path):
             raise CheckpointError(f"{path} is an ONNX export; use backend='onnx' or pass a checkpoint")
         if isinstance(model_or_path, Sam):
-            return SamPredictor(model_or_path, decoder_precision=decoder_precision)
+            return SamPredictor(model_or_path, decoder_precision=decoder_precision, compile_decoder=compile_decoder)
         from segany.build import load_model
 
-        return SamPredictor(load_model(model_or_path), decoder_precision=decoder_precision)
+        return SamPredictor(load_model(model_or_path), decoder_precision=decoder_precision, compile_decoder=compile_decoder)
 
     if path is not None and is_export_folder(path):
-        if decoder_precision != "fp32":
-            raise ValueError(f"{path} is an ONNX export: its decoder runs in onnxruntime; decoder_precision needs a checkpoint")
+        if decoder_precision != "fp32" or compile_decoder:
+            option = "decoder_precision" if decoder_precision != "fp32" else "compile_decoder"
+            raise ValueError(f"{path} is an ONNX export: its decoder runs in onnxruntime; {option} needs a checkpoint")
         return OnnxPredictor(path, precision=precision, num_threads=num_threads)
 
     def model() -> Sam:
@@ -100,7 +105,12 @@ def predictor_for(
         if is_export_folder(folder) and (quantize is None or _int8_suits_this_cpu(folder)):
             decoder_model = model() if decoder == "torch" else None
             return OnnxPredictor(
-                folder, precision=precision, num_threads=num_threads, decoder_model=decoder_model, decoder_precision=decoder_precision
+                folder,
+                precision=precision,
+                num_threads=num_threads,
+                decoder_model=decoder_model,
+                decoder_precision=decoder_precision,
+                compile_decoder=compile_decoder,
             )
     sam = model()
     if folder is None:
@@ -110,5 +120,10 @@ def predictor_for(
     export_onnx(sam, folder, quantize=quantize)
     decoder_model = sam if decoder == "torch" else None
     return OnnxPredictor(
-        folder, precision=precision, num_threads=num_threads, decoder_model=decoder_model, decoder_precision=decoder_precision
+        folder,
+        precision=precision,
+        num_threads=num_threads,
+        decoder_model=decoder_model,
+        decoder_precision=decoder_precision,
+        compile_decoder=compile_decoder,
     )

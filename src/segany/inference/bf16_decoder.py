@@ -79,7 +79,7 @@ class BFloat16ClickDecoder(FastMaskDecoder):
     def __init__(self, model: Sam) -> None:
         if not supports(model):
             raise ValueError("the bfloat16 decoder needs the standard mask decoder")
-        super().__init__(model)
+        super().__init__(model, scratch=True)
         dec = model.mask_decoder
         self.heads = dec.transformer.num_heads
         self.image_pe = self.image_pe.to(BF16)  # (1, N, C)
@@ -190,6 +190,11 @@ class BFloat16ClickDecoder(FastMaskDecoder):
         :func:`~segany.inference.fast_decoder.upscale_to_image`."""
         _, norm, act1, _, act2 = self.model.mask_decoder.output_upscaling
         b, n, _ = keys.shape
-        first = torch.addmm(self.b1, keys.reshape(b * n, -1), self.w1)  # (B*N, 4*c1)
+        out = self.buffer("up1", (b * n, self.w1.shape[1]), keys)
+        if out is None:
+            first = torch.addmm(self.b1, keys.reshape(b * n, -1), self.w1)  # (B*N, 4*c1)
+        else:
+            first = torch.addmm(self.b1, keys.reshape(b * n, -1), self.w1, out=out)
         norm_args = (norm.weight.to(BF16), norm.bias.to(BF16), norm.eps)
-        return upscale_to_image(first, norm_args, act1, (self.w2[0], self.w2[1]), self.b2, act2, hyper, self.grid, torch.float32)
+        halves = (self.w2[0], self.w2[1])
+        return upscale_to_image(first, norm_args, act1, halves, self.b2, act2, hyper, self.grid, torch.float32, self.buffer)

@@ -67,6 +67,7 @@ class OnnxPredictor(PredictorBase):
             on the onnxruntime embedding; only the image encoder runs in onnxruntime.
         decoder_precision: with ``decoder_model``, the PyTorch decoder's precision (see
             :class:`SamPredictor`): ``"fp32"`` or ``"bf16"``.
+        compile_decoder: with ``decoder_model``, compile the PyTorch decoder (see :class:`SamPredictor`).
     """
 
     def __init__(
@@ -76,11 +77,14 @@ class OnnxPredictor(PredictorBase):
         num_threads: int | None = None,
         decoder_model: Any | None = None,
         decoder_precision: Literal["fp32", "bf16"] = "fp32",
+        compile_decoder: bool = False,
     ) -> None:
         import onnxruntime as ort
 
         if decoder_precision != "fp32" and decoder_model is None:
             raise ValueError("decoder_precision other than 'fp32' needs decoder_model (segany's PyTorch decoder)")
+        if compile_decoder and decoder_model is None:
+            raise ValueError("compile_decoder needs decoder_model (segany's PyTorch decoder)")
 
         self.folder = Path(folder)
         manifest_path = self.folder / MANIFEST
@@ -134,7 +138,9 @@ class OnnxPredictor(PredictorBase):
         self._cache_graph: Any = None
         self._decoder: Any = None
         if decoder_model is not None:
-            self._torch_decoder = SamPredictor(decoder_model, decoder_precision=decoder_precision)
+            self._torch_decoder = SamPredictor(
+                decoder_model, decoder_precision=decoder_precision, compile_decoder=compile_decoder
+            )
             if self._torch_decoder._embedding_shape() != self._embedding_shape():
                 raise CheckpointError(f"{self.folder}: decoder_model is not the exported model (embedding shapes differ)")
         else:

@@ -17,6 +17,7 @@ import torch
 
 from segany.errors import ImageError, PromptError
 from segany.inference.bf16_decoder import BFloat16ClickDecoder
+from segany.inference.compiled import compile_methods, weights_key
 from segany.inference.cpu import cpu_has_bf16
 from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, ImageCache, supports
 from segany.inference.lowrank_decoder import LowRankCache, LowRankClickDecoder, supports_lowrank
@@ -258,6 +259,16 @@ class PredictorBase:
 DecoderPrecision = Literal["fp32", "bf16"]
 
 
+@dataclass
+class _Decoders:
+    """The decoder modules a :class:`SamPredictor` uses for one set of weights."""
+
+    image_cache: DecoderImageCache
+    fast: FastMaskDecoder  # float32: mask prompts, many points (and everything without the others)
+    bf16: BFloat16ClickDecoder | None  # decoder_precision="bf16": every prompt
+    lowrank: LowRankClickDecoder | None  # float32 clicks on large grids
+
+
 class SamPredictor(PredictorBase):
     """Predict masks for prompts on one image at a time, reusing its embedding across prompts.
 
@@ -268,9 +279,16 @@ class SamPredictor(PredictorBase):
             (:class:`segany.inference.bf16_decoder.BFloat16ClickDecoder`): 1.4-1.5x faster clicks on
             CPUs with AVX-512 BF16 or AMX, at a small accuracy cost (mean mask IoU ~0.99 against
             ``"fp32"``, see benchmarks/RESULTS.md); much slower on CPUs without them (a warning says so).
+        compile_decoder: run the decoder through ``torch.compile`` (:mod:`segany.inference.compiled`):
+            same results to float rounding, clicks 10-20% faster, but the first click of this
+            predictor compiles for about 20 s (and needs a C++ compiler; without one, a warning and
+            eager decoding). Worth it for long interactive sessions, servers and many images. The
+            compiled decoder is kept from image to image and rebuilt when the weights change.
     """
 
-    def __init__(self, sam_model: Sam, *, decoder_precision: DecoderPrecision = "fp32") -> None:
+    def __init__(
+        self, sam_model: Sam, *, decoder_precision: DecoderPrecision = "fp32", compile_decoder: bool = False
+    ) -> None:
         if decoder_precision not in ("fp32", "bf16"):
             raise ValueError(f"decoder_precision must be 'fp32' or 'bf16', got {decoder_precision!r}")
         if decoder_precision == "bf16" and sam_model.device.type == "cpu" and not cpu_has_bf16():
@@ -281,6 +299,9 @@ class SamPredictor(PredictorBase):
                 stacklevel=2,
             )
         self.decoder_precision = decoder_precision
+        self.compile_decoder = compile_decoder
+        # Compiled decoders outlive images (compiling is slow): kept with what they were built for.
+        self._kept: tuple[tuple[Any, ...], _Decoders] | None = None
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
@@ -317,23 +338,47 @@ class SamPredictor(PredictorBase):
         if not supports(self.model):
             return
         assert self.features is not None
-        self._fast = (DecoderImageCache(self.model), FastMaskDecoder(self.model, scratch=True))
-        self._decoder_cache = self._fast[0].cache(self.features)
+        if self.compile_decoder:
+            f = self.features
+            key = (weights_key(self.model), f.dtype, f.device, tuple(f.shape))
+            if self._kept is None or self._kept[0] != key:
+                self._kept = (key, self._build_decoders())
+            decoders = self._kept[1]
+        else:
+            decoders = self._build_decoders()
+        self._fast = (decoders.image_cache, decoders.fast)
+        self._decoder_cache = decoders.image_cache.cache(self.features)
+        if decoders.bf16 is not None:
+            self._bf16 = (decoders.bf16, decoders.bf16.cache(self._decoder_cache))
+        elif decoders.lowrank is not None:
+            self._lowrank = (decoders.lowrank, decoders.lowrank.cache(self._decoder_cache))
+
+    def _build_decoders(self) -> "_Decoders":
+        """The decoder modules for the current weights and embedding kind, compiled if asked."""
+        assert self.features is not None
+        compiled = self.compile_decoder
         # Clicks without a mask prompt: per-image products for the low-rank decoder. CPU float32 only: it
         # derives LayerNorm variances from inner products, which half precision (or TF32 products on a
         # GPU) would spoil, and it saves arithmetic that GPUs have plenty of. Large grids only (see
         # LOWRANK_MIN_ROWS): on small ones its cache costs more than it saves.
-        if self.decoder_precision == "bf16":
-            bf16 = BFloat16ClickDecoder(self.model)
-            self._bf16 = (bf16, bf16.cache(self._decoder_cache))
-        elif (
-            supports_lowrank(self.model)
+        use_lowrank = (
+            self.decoder_precision == "fp32"
+            and supports_lowrank(self.model)
             and self.features.dtype == torch.float32
             and self.features.device.type == "cpu"
             and self.features.shape[-2] * self.features.shape[-1] >= LOWRANK_MIN_ROWS
-        ):
-            lowrank = LowRankClickDecoder(self.model)
-            self._lowrank = (lowrank, lowrank.cache(self._decoder_cache))
+        )
+        fast = FastMaskDecoder(self.model, scratch=True)
+        bf16 = BFloat16ClickDecoder(self.model) if self.decoder_precision == "bf16" else None
+        lowrank = LowRankClickDecoder(self.model) if use_lowrank else None
+        if compiled:
+            # The transforms only: compiled, the upscaling (a few large products and elementwise passes,
+            # already on reused buffers) is no faster. Compilation happens on first use: the float32
+            # decoder only compiles if it decodes.
+            compile_methods(bf16 if bf16 is not None else fast, "transform")
+            if lowrank is not None:
+                compile_methods(lowrank, "transform")
+        return _Decoders(DecoderImageCache(self.model), fast, bf16, lowrank)
 
     def _embedding_shape(self) -> tuple[int, int, int, int]:
         grid = self.model.prompt_encoder.image_embedding_size
