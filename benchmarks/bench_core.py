@@ -3,7 +3,8 @@
 Same random weights in both, same real photo, interleaved rounds, median ratio. On CPUs with bfloat16
 products (AVX-512 BF16, AMX) the clicks are also timed with ``SamPredictor(decoder_precision="bf16")``
 (the opt-in bfloat16 decoder) on segany's embedding, eager and through torch.compile
-(``compile_decoder=True``; compiled once, before timing). Writes the
+(``compile_decoder=True``; compiled once, before timing), and the opt-in bfloat16 encoder
+(``encoder_precision="bf16"``) is timed beside the float32 one. Writes the
 "## Core: vit_b encoder and one click" section of benchmarks/RESULTS.md with --write.
 The fuller CPU benchmark (ONNX, int8, memory, generator) is bench_cpu.py.
 
@@ -62,7 +63,9 @@ def main() -> None:
     # The opt-in bfloat16 decoder, on the same embedding (its encoder is segany's float32 one).
     bf16 = SamPredictor(model, decoder_precision="bf16") if cpu_has_bf16() else None
     bf16c = SamPredictor(model, decoder_precision="bf16", compile_decoder=True) if cpu_has_bf16() else None
-    enc = {"official": [], "segany": []}
+    # The opt-in bfloat16 encoder (encoder_precision="bf16"), timed on set_image only.
+    enc16 = SamPredictor(model, encoder_precision="bf16") if cpu_has_bf16() else None
+    enc: dict[str, list[float]] = {"official": [], "segany": [], "bf16": []}
     click: dict[str, list[float]] = {"official": [], "segany": [], "bf16": [], "bf16c": []}
     for _ in range(args.rounds):
         for name, p in (("official", theirs), ("segany", ours)):
@@ -70,6 +73,10 @@ def main() -> None:
             p.set_image(image)
             enc[name].append(time.perf_counter() - t)
             click[name].append(median_click(p, point))
+            if name == "segany" and enc16 is not None:
+                t = time.perf_counter()
+                enc16.set_image(image)
+                enc["bf16"].append(time.perf_counter() - t)
             if name == "segany" and bf16 is not None and bf16c is not None:
                 for key, q in (("bf16", bf16), ("bf16c", bf16c)):
                     q.set_image_embedding(ours.get_image_embedding(), image.shape[:2])
@@ -102,6 +109,7 @@ def main() -> None:
         return " | ".join(f"{statistics.median(times[k]) * 1e3:.1f} ms | {ratio(times, k):.2f}x" for k in ("bf16", "bf16c"))
 
     r_enc, r_click, r_big = ratio(enc, "segany"), ratio(click, "segany"), ratio(click_big, "segany")
+    enc16_cells = f"{statistics.median(enc['bf16']):.2f} (bf16 encoder) | {ratio(enc, 'bf16'):.2f}x" if enc["bf16"] else "- | -"
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
     lines = [
         "## Core: vit_b encoder and one click",
@@ -113,7 +121,7 @@ def main() -> None:
         "",
         "| step | official (s) | segany (s) | speed-up | segany, bf16 decoder | speed-up | bf16, compiled | speed-up |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| image encoder (set_image) | {statistics.median(enc['official']):.2f} | {statistics.median(enc['segany']):.2f} | {r_enc:.2f}x | - | - | - | - |",
+        f"| image encoder (set_image) | {statistics.median(enc['official']):.2f} | {statistics.median(enc['segany']):.2f} | {r_enc:.2f}x | {enc16_cells} | - | - |",
         f"| one click (predict, 3 masks, to image size) | {statistics.median(click['official']) * 1e3:.1f} ms | {statistics.median(click['segany']) * 1e3:.1f} ms | {r_click:.2f}x | {bf16_cells(click)} |",
         f"| one click, masks at 2250x1500 (SA-1B size) | {statistics.median(click_big['official']) * 1e3:.1f} ms | {statistics.median(click_big['segany']) * 1e3:.1f} ms | {r_big:.2f}x | {bf16_cells(click_big)} |",
         "",

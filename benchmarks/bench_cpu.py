@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """CPU inference benchmark: the official ``segment_anything`` package against segany (PyTorch float32,
-the opt-in bfloat16 decoder, either decoder through torch.compile, onnxruntime float32 and int8), on one
-machine, in one run.
+the opt-in bfloat16 decoder and encoder, either decoder through torch.compile, onnxruntime float32 and
+int8), on one machine, in one run.
 
     nice python benchmarks/bench_cpu.py                 # full run (~40 min on 2 busy cores)
     nice python benchmarks/bench_cpu.py --quick         # smoke run: tiny model only, 1 round
@@ -247,15 +247,15 @@ def main() -> int:
     models.setdefault("vit_b", {}).setdefault("label", "vit_b (random weights)")
 
     results: dict[str, Any] = {"machine": info, "image": image, "models": models}
-    enc_impls = ["official", "torch", "onnx-fp32", "onnx-int8"]
+    from segany.inference.cpu import cpu_has_bf16
+
+    enc_impls = ["official", "torch", *(["torch-bf16-encoder"] if cpu_has_bf16() else []), "onnx-fp32", "onnx-int8"]
     for key, spec in models.items():
         if "checkpoint" not in spec:
             continue
         small = spec["image_size"] < 1024
         enc_spec = {**spec, "image": image, "label": key, "warmup": 1 if small else 0, "repeat": 5 if small else 1}
         results[f"encoder/{key}"] = interleaved("encoder", enc_impls, enc_spec, rounds)
-
-    from segany.inference.cpu import cpu_has_bf16
 
     bf16 = ["torch-bf16"] if cpu_has_bf16() else []
     info["bf16"] = bool(bf16)
@@ -285,7 +285,7 @@ def main() -> int:
             _log(f"accuracy {key}: int8 vs fp32 on {len(items)} images")
             results["accuracy"][key] = run_worker({"task": "accuracy", "impl": "int8", "onnx_dir": models[key]["onnx_dir"],
                                                    "items": items})
-            for impl in ["bf16", *(["bf16-compiled"] if compiled else [])] if bf16 else []:
+            for impl in ["bf16", *(["bf16-compiled"] if compiled else []), "bf16-encoder"] if bf16 else []:
                 _log(f"accuracy {key}: {impl} decoder vs fp32 on {len(items)} images")
                 results[f"accuracy_{impl}"] = results.get(f"accuracy_{impl}", {})
                 results[f"accuracy_{impl}"][key] = run_worker(
@@ -310,6 +310,7 @@ IMPL_NAMES = {
     "official": "official segment_anything 1.0",
     "torch": "segany PyTorch fp32 (SamPredictor)",
     "torch-bf16": "segany PyTorch, bf16 decoder (decoder_precision='bf16')",
+    "torch-bf16-encoder": "segany PyTorch, bf16 encoder (encoder_precision='bf16')",
     "torch-compiled": "segany PyTorch fp32, compiled decoder (compile_decoder=True)",
     "torch-bf16-compiled": "segany PyTorch, bf16 decoder, compiled (compile_decoder=True)",
     "onnx-fp32": "segany onnxruntime fp32",
@@ -381,13 +382,15 @@ def format_results(results: dict[str, Any]) -> str:
             f"{acc['min_iou']:.2f}) over {acc['masks']} masks from point and box prompts on {acc['images']} "
             f"real training-set images; embedding cosine similarity {acc['embedding_cosine']:.4f}."
         )
-    for impl, name in (("bf16", "bf16 decoder"), ("bf16-compiled", "compiled bf16 decoder")):
+    for impl, name in (("bf16", "bf16 decoder"), ("bf16-compiled", "compiled bf16 decoder"), ("bf16-encoder", "bf16 encoder")):
         for key, acc in results.get(f"accuracy_{impl}", {}).items():
+            same = "same float32 embeddings" if impl != "bf16-encoder" else (
+                f"float32 decoder; embedding cosine similarity {acc['embedding_cosine']:.5f}")
             lines.append(
-                f"{name} accuracy, {results['models'][key]['label']}: mean mask IoU vs the float32 decoder "
+                f"{name} accuracy, {results['models'][key]['label']}: mean mask IoU vs float32 "
                 f"{acc['mean_iou']:.3f} (median {acc['median_iou']:.3f}, {100 * acc['share_iou_ge_0_9']:.0f}% of masks "
                 f">= 0.9, min {acc['min_iou']:.2f}) over {acc['masks']} masks from point and box prompts on "
-                f"{acc['images']} real training-set images (same float32 embeddings)."
+                f"{acc['images']} real training-set images ({same})."
             )
     for key, spec in results["models"].items():
         firsts = {i: r["first_s"] for i, r in results.get(f"click/{key}", {}).items() if i.endswith("-compiled")}
@@ -408,6 +411,10 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
         best = max(enc["torch"]["speedup"], enc["onnx-fp32"]["speedup"])
         out.append(f"- encoder float32 >= 1.3x, {spec['label']}: {'met' if best >= 1.3 else 'NOT met'} "
                    f"(PyTorch {enc['torch']['speedup']:.2f}x, onnxruntime {enc['onnx-fp32']['speedup']:.2f}x)")
+        if "torch-bf16-encoder" in enc:
+            acc16 = results.get("accuracy_bf16-encoder", {}).get(key)
+            iou16 = f", mean mask IoU {acc16['mean_iou']:.3f}" if acc16 else ""
+            out.append(f"  (not a goal: the bf16 PyTorch encoder, {enc['torch-bf16-encoder']['speedup']:.2f}x{iou16})")
         acc = results.get("accuracy", {}).get(key)
         iou = f", mean mask IoU {acc['mean_iou']:.3f}" if acc else ""
         ok = enc["onnx-int8"]["speedup"] >= 2.5 and (acc is None or acc["mean_iou"] >= 0.97)

@@ -62,8 +62,8 @@ def _load_image(path: str):
 
 
 def _predictor(impl: str, spec: dict[str, Any]):
-    """A predictor with the official API for ``impl``: official | torch | torch-bf16 | onnx-fp32 | onnx-int8,
-    and ``torch``/``torch-bf16`` with ``-compiled`` (``compile_decoder=True``)."""
+    """A predictor with the official API for ``impl``: official | onnx-fp32 | onnx-int8 | a segany PyTorch
+    variant (see :func:`_torch_predictor`)."""
     import segany
 
     if impl.startswith("onnx"):
@@ -81,8 +81,15 @@ def _predictor(impl: str, spec: dict[str, Any]):
 
 
 def _torch_predictor(segany, model, impl: str):
-    precision = "bf16" if impl.startswith("torch-bf16") or impl.startswith("bf16") else "fp32"
-    return segany.SamPredictor(model, decoder_precision=precision, compile_decoder=impl.endswith("-compiled"))
+    """torch | torch-bf16 (bfloat16 decoder) | torch-bf16-encoder, each optionally ``-compiled``; the
+    accuracy worker's names drop the ``torch-``."""
+    name = impl.removeprefix("torch").removeprefix("-").removesuffix("-compiled")
+    return segany.SamPredictor(
+        model,
+        decoder_precision="bf16" if name == "bf16" else "fp32",
+        encoder_precision="bf16" if name == "bf16-encoder" else "fp32",
+        compile_decoder=impl.endswith("-compiled"),
+    )
 
 
 def _set_embedding(predictor, embedding, original_size) -> None:
@@ -166,12 +173,14 @@ def worker_amg(spec: dict[str, Any]) -> dict[str, Any]:
 
 def worker_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
     """Mask IoU against float32 on real annotations: of the int8 graphs (encoder and decoder split,
-    ``impl`` int8), or of the bfloat16 decoder on float32 embeddings (``impl`` bf16, or bf16-compiled)."""
+    ``impl`` int8), of the bfloat16 decoder on float32 embeddings (``impl`` bf16, or bf16-compiled), or
+    of the bfloat16 encoder (``impl`` bf16-encoder, float32 decoder)."""
     import numpy as np
     import torch
 
-    same_encoder = spec["impl"].startswith("bf16")
-    if same_encoder:
+    torch_impl = spec["impl"].startswith("bf16")
+    same_encoder = torch_impl and spec["impl"] != "bf16-encoder"
+    if torch_impl:
         import segany
 
         model = segany.load_model(spec["checkpoint"])

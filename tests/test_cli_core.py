@@ -157,3 +157,19 @@ def test_segment_compiled_decoder(tmp_path, checkpoint, image, capsys, recwarn):
     b = np.asarray(Image.open(tmp_path / "compiled.png")) > 0
     assert (a & b).sum() / max((a | b).sum(), 1) > 0.999 and abs(got - want) < 1e-4
     assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # compiled, not the fallback
+
+
+def test_segment_bf16_encoder(tmp_path, checkpoint, image, capsys):
+    """--encoder-precision bf16 (torch backend) gives nearly the float32 mask; the onnx backend's encoder
+    is onnxruntime's, so the option is refused there with one line."""
+    prompt = ["--point", "200,150", "-c", str(checkpoint), "--json"]
+    assert main(["segment", str(image), *prompt, "-o", str(tmp_path / "fp32.png")]) == 0
+    want = json.loads(capsys.readouterr().out)["masks"][0]["score"]
+    assert main(["segment", str(image), *prompt, "--encoder-precision", "bf16", "-o", str(tmp_path / "bf16.png")]) == 0
+    got = json.loads(capsys.readouterr().out)["masks"][0]["score"]
+    a = np.asarray(Image.open(tmp_path / "fp32.png")) > 0
+    b = np.asarray(Image.open(tmp_path / "bf16.png")) > 0
+    assert (a & b).sum() / max((a | b).sum(), 1) > 0.95 and abs(got - want) < 0.05
+    rc = main(["segment", str(image), *prompt, "--encoder-precision", "bf16", "--backend", "onnx", "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--encoder-precision applies to the torch backend" in err and "Traceback" not in err

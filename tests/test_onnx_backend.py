@@ -360,3 +360,6 @@ def test_compile_decoder_reaches_the_pytorch_decoder(model, folder, tmp_path):
         predictor_for(folder, backend="onnx", compile_decoder=True)
     with pytest.raises(ValueError, match="PyTorch decoder"):
         predictor_for(model, backend="onnx", decoder="onnx", compile_decoder=True)
+    assert predictor_for(model, encoder_precision="bf16").encoder_precision == "bf16"
+    with pytest.raises(ValueError, match="encoder_precision applies to the PyTorch encoder"):
+        predictor_for(model, backend="onnx", export_dir=tmp_path / "c", encoder_precision="bf16")

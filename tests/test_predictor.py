@@ -162,3 +162,29 @@ def test_prompts_decoded_in_chunks_give_the_same_results(predictor, monkeypatch)
         torch.testing.assert_close(got_low, want_low, atol=1e-5, rtol=0)
         torch.testing.assert_close(got_iou, want_iou, atol=1e-6, rtol=0)
     assert calls == [2, 2, 1, 2, 2, 1]
+
+
+def test_bf16_encoder_close_to_float32(test_images, monkeypatch):
+    """encoder_precision="bf16" encodes under bfloat16 autocast: a float32 embedding close to the float32
+    encoder's (not equal: the products really ran in bfloat16), and nearly the same masks."""
+    from segany.inference import predictor as predictor_module
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("bfloat16 products need oneDNN")
+    model = random_tiny(seed=3)
+    image = read_image(test_images[0])
+    exact, fast = SamPredictor(model), SamPredictor(model, encoder_precision="bf16")
+    for p in (exact, fast):
+        p.set_image(image)
+    a, b = exact.get_image_embedding(), fast.get_image_embedding()
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert 0 < float((a - b).abs().max())
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
+    prompt = dict(point_coords=np.array([[image.shape[1] / 2, image.shape[0] / 2]]), point_labels=np.array([1]))
+    for x, y in zip(exact.predict(**prompt)[0], fast.predict(**prompt)[0]):
+        assert (x & y).sum() / max((x | y).sum(), 1) > 0.95
+    with pytest.raises(ValueError, match="encoder_precision"):
+        SamPredictor(model, encoder_precision="fp16")  # type: ignore[arg-type]
+    monkeypatch.setattr(predictor_module, "cpu_has_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="encoder_precision='bf16'.*image encoding will be slower"):
+        SamPredictor(model, encoder_precision="bf16")
