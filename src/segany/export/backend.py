@@ -104,31 +104,26 @@ def predictor_for(
 
         return load_model(model_or_path)
 
+    def predictor(folder: Path, sam: Sam | None) -> OnnxPredictor:
+        """The onnxruntime encoder of ``folder``, prompts in ``sam``'s PyTorch decoder (if given)."""
+        return OnnxPredictor(
+            folder,
+            precision=precision,
+            num_threads=num_threads,
+            decoder_model=sam,
+            decoder_precision=decoder_precision,
+            compile_decoder=compile_decoder,
+        )
+
     folder = Path(export_dir) if export_dir is not None else None
     if folder is None and path is not None and path.is_file():
         folder = _cache_folder(path)
         if is_export_folder(folder) and (quantize is None or _int8_suits_this_cpu(folder)):
-            decoder_model = model() if decoder == "torch" else None
-            return OnnxPredictor(
-                folder,
-                precision=precision,
-                num_threads=num_threads,
-                decoder_model=decoder_model,
-                decoder_precision=decoder_precision,
-                compile_decoder=compile_decoder,
-            )
+            return predictor(folder, model() if decoder == "torch" else None)
     sam = model()
     if folder is None:
         folder = Path(tempfile.mkdtemp(prefix="segany-onnx-"))
     from segany.export.onnx import export_onnx
 
     export_onnx(sam, folder, quantize=quantize)
-    decoder_model = sam if decoder == "torch" else None
-    return OnnxPredictor(
-        folder,
-        precision=precision,
-        num_threads=num_threads,
-        decoder_model=decoder_model,
-        decoder_precision=decoder_precision,
-        compile_decoder=compile_decoder,
-    )
+    return predictor(folder, sam if decoder == "torch" else None)
