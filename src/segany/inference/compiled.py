@@ -1,17 +1,17 @@
 """Opt-in ``torch.compile`` for the click decoders: ``SamPredictor(model, compile_decoder=True)``.
 
-A click runs a few hundred small kernels: products of the ~7 prompt tokens, LayerNorms, GELUs, softmaxes
-and dtype conversions over the image rows, each a separate pass over memory in eager PyTorch. Inductor
-fuses the elementwise work into the products' neighbours and, with frozen weights, runs the products
-on pre-packed weights; on a 2-core AVX-512 CPU that makes the bfloat16 decoder's transform and
-upscaling about 18% faster and the float32 low-rank decoder's about 12% (figures in
-``benchmarks/RESULTS.md``).
+A click runs a few hundred small kernels: products of the ~7 prompt tokens, LayerNorms, softmaxes and
+dtype conversions over the image rows, each a separate pass over memory in eager PyTorch. Inductor fuses
+the elementwise work into its neighbours and, with frozen weights, runs the products on pre-packed
+weights. Only the decoders' ``transform`` (the two-way transformer and heads) is compiled: on a 2-core
+AVX-512 CPU it gets ~15% faster (bfloat16 decoder: 6.6-7.2 against 5.3-6.1 ms), a whole click 5-10%;
+compiled, the upscaling was no faster (figures in ``benchmarks/RESULTS.md``).
 
-The price is a compilation of roughly 20 s on the first click of a predictor (frozen weights are
-constants of the compiled code, so the compiled code is not cached on disk across processes), once
-more for a new kind of batch (one prompt, a batch of prompts), and a working C++ compiler. Shapes are
-dynamic: more points, a box or a mask prompt do not recompile. If compilation fails, the decoder runs
-eagerly and a warning says why.
+The price is a compilation of 10-17 s (ViT-B) at the first prompt of a predictor (frozen weights are
+constants of the compiled code, so it is not cached on disk across processes), once more for a new kind
+of batch (one prompt, a batch of prompts), and a working C++ compiler. Shapes are dynamic: more points,
+a box or a mask prompt do not recompile. If compilation fails, the decoder runs eagerly and a warning
+says why.
 
 Frozen weights are read at compilation: :class:`segany.inference.predictor.SamPredictor` rebuilds its
 compiled decoders when a decoder or prompt-encoder parameter has been replaced or changed in place
