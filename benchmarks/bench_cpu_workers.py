@@ -81,14 +81,17 @@ def _predictor(impl: str, spec: dict[str, Any]):
 
 
 def _torch_predictor(segany, model, impl: str):
-    """torch | torch-bf16 (bfloat16 decoder) | torch-bf16-encoder, each optionally ``-compiled``; the
-    accuracy worker's names drop the ``torch-``."""
+    """torch | torch-bf16 (bfloat16 decoder) | torch-encoder | torch-bf16-encoder, each optionally
+    ``-compiled`` (the decoder, or the encoder for the ``encoder`` names); the accuracy worker's names drop
+    the ``torch-``."""
     name = impl.removeprefix("torch").removeprefix("-").removesuffix("-compiled")
+    compiled = impl.endswith("-compiled")
     return segany.SamPredictor(
         model,
         decoder_precision="bf16" if name == "bf16" else "fp32",
         encoder_precision="bf16" if name == "bf16-encoder" else "fp32",
-        compile_decoder=impl.endswith("-compiled"),
+        compile_decoder=compiled and not name.endswith("encoder"),
+        compile_encoder=compiled and name.endswith("encoder"),
     )
 
 
@@ -111,15 +114,23 @@ def worker_encoder(spec: dict[str, Any]) -> dict[str, Any]:
     image = _load_image(spec["image"])
     predictor = _predictor(spec["impl"], spec)
     times = []
+    first = None
     with torch.inference_mode():
-        # Untimed first calls (small models only): one-time kernel set-up would dominate them.
-        for _ in range(spec.get("warmup", 0)):
+        # Untimed first calls (small models, and compiled encoders: the first call compiles): one-time
+        # set-up would dominate them.
+        warmup = spec.get("warmup", 0) + (1 if spec["impl"].endswith("-compiled") else 0)
+        for i in range(warmup):
+            start = time.perf_counter()
             predictor.set_image(image)
+            first = time.perf_counter() - start if i == 0 else first
         for _ in range(spec.get("repeat", 1)):
             start = time.perf_counter()
             predictor.set_image(image)
             times.append(time.perf_counter() - start)
-    return {"times": times, "peak_rss_mb": _peak_rss_mb()}
+    out: dict[str, Any] = {"times": times, "peak_rss_mb": _peak_rss_mb()}
+    if spec["impl"].endswith("-compiled"):
+        out["first_s"] = first
+    return out
 
 
 def worker_click(spec: dict[str, Any]) -> dict[str, Any]:
@@ -174,12 +185,12 @@ def worker_amg(spec: dict[str, Any]) -> dict[str, Any]:
 def worker_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
     """Mask IoU against float32 on real annotations: of the int8 graphs (encoder and decoder split,
     ``impl`` int8), of the bfloat16 decoder on float32 embeddings (``impl`` bf16, or bf16-compiled), or
-    of the bfloat16 encoder (``impl`` bf16-encoder, float32 decoder)."""
+    of the bfloat16 encoder (``impl`` bf16-encoder, or bf16-encoder-compiled; float32 decoder)."""
     import numpy as np
     import torch
 
     torch_impl = spec["impl"].startswith("bf16")
-    same_encoder = torch_impl and spec["impl"] != "bf16-encoder"
+    same_encoder = torch_impl and "encoder" not in spec["impl"]
     if torch_impl:
         import segany
 

@@ -159,6 +159,23 @@ def test_segment_compiled_decoder(tmp_path, checkpoint, image, capsys, recwarn):
     assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # compiled, not the fallback
 
 
+def test_segment_compiled_encoder(tmp_path, checkpoint, image, capsys, recwarn):
+    """--compile-encoder gives the eager encoder's mask and score (to float rounding); refused with one
+    line on the onnx backend, whose encoder is onnxruntime's."""
+    prompt = ["--point", "200,150", "-c", str(checkpoint), "--json"]
+    assert main(["segment", str(image), *prompt, "-o", str(tmp_path / "eager.png")]) == 0
+    want = json.loads(capsys.readouterr().out)["masks"][0]["score"]
+    assert main(["segment", str(image), *prompt, "--compile-encoder", "-o", str(tmp_path / "compiled.png")]) == 0
+    got = json.loads(capsys.readouterr().out)["masks"][0]["score"]
+    a = np.asarray(Image.open(tmp_path / "eager.png")) > 0
+    b = np.asarray(Image.open(tmp_path / "compiled.png")) > 0
+    assert (a & b).sum() / max((a | b).sum(), 1) > 0.999 and abs(got - want) < 1e-4
+    assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # compiled, not the fallback
+    rc = main(["segment", str(image), *prompt, "--compile-encoder", "--backend", "onnx", "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--compile-encoder applies to the torch backend" in err and "Traceback" not in err
+
+
 def test_segment_bf16_encoder(tmp_path, checkpoint, image, capsys):
     """--encoder-precision bf16 (torch backend) gives nearly the float32 mask; the onnx backend's encoder
     is onnxruntime's, so the option is refused there with one line."""

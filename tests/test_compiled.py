@@ -1,5 +1,6 @@
-"""torch.compile for the click decoders (opt-in): same masks as eager decoding, one compilation for any
-prompt size, kept across images, rebuilt on new weights, eager fallback when compiling fails."""
+"""torch.compile for the click decoders and the image encoder (opt-in): same masks and embeddings as
+eager code, one compilation for any prompt size or image, kept across images, rebuilt on new weights,
+eager fallback when compiling fails."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from sam_testing import random_tiny
 from segany import SamPredictor
 from segany.inference import compiled as compiled_module
-from segany.inference.compiled import CompiledCall, weights_key
+from segany.inference.compiled import CompiledCall, tensors_key, weights_key
 from segany.model import Sam
 
 PROMPTS = [
@@ -75,10 +76,17 @@ def test_kept_across_images_and_rebuilt_on_new_weights(model):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         with torch.no_grad():
-            model.mask_decoder.iou_token.weight.add_(0.5)
+            for weight in model.mask_decoder.parameters():  # in place: same tensors, new values
+                weight.mul_(1.25)
         assert weights_key(model) != key
         p.set_image_embedding(_embedding(model, 2), (80, 64))
         assert p._kept is not first
+        # The rebuilt decoder compiled anew: no graph frozen with the old values was reused.
+        eager = SamPredictor(model)
+        eager.set_image_embedding(_embedding(model, 2), (80, 64))
+        got, want = p.predict(**PROMPTS[0], return_logits=True), eager.predict(**PROMPTS[0], return_logits=True)
+        assert np.abs(got[0] - want[0]).max() <= 1e-4 * float(np.abs(want[0]).max())
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-5)
         model.load_state_dict(state)
         assert weights_key(model) != key  # restored values, but written in place: rebuilt to be safe
     finally:
@@ -133,3 +141,74 @@ def test_compiled_lowrank_clicks_match_eager(model, monkeypatch):
         assert np.abs(got[0] - want[0]).max() <= 1e-4 * float(np.abs(want[0]).max())
         np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-5)
     assert fast._lowrank[0].transform.failed is None
+
+
+def _images(count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (int(rng.integers(40, 120)), int(rng.integers(40, 120)), 3), dtype=np.uint8) for _ in range(count)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_encoder_matches_eager(model, precision):
+    """The same embedding as the eager encoder (float32: to rounding; bfloat16: fused kernels round
+    differently) for images of any size, from one compilation, kept across images."""
+    if precision == "bf16" and not torch.backends.mkldnn.is_available():
+        pytest.skip("bfloat16 products need oneDNN")
+    eager = SamPredictor(model, encoder_precision=precision)
+    fast = SamPredictor(model, encoder_precision=precision, compile_encoder=True)
+    graphs = None
+    kept = None
+    for image in _images(3):
+        eager.set_image(image)
+        fast.set_image(image)
+        if graphs is None:
+            graphs, kept = _unique_graphs(), fast._kept_encoder
+        want, got = eager.features, fast.features
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        tol = 1e-4 if precision == "fp32" else 0.03
+        assert (got - want).abs().max() <= tol * want.abs().max()
+        masks, scores, _ = fast.predict(**PROMPTS[0])
+        assert masks.shape[1:] == image.shape[:2]
+    assert _unique_graphs() == graphs, "a new image recompiled the encoder"
+    assert fast._kept_encoder is kept and kept[1].failed is None
+    assert eager._kept_encoder is None
+
+
+def test_compiled_encoder_rebuilt_on_new_weights(model):
+    """Weights changed in place (same tensors, so Dynamo's guards pass): the encoder is compiled anew, with
+    its own code object, not served from the graph frozen with the old values."""
+    p = SamPredictor(model, compile_encoder=True)
+    image = _images(1)[0]
+    p.set_image(image)
+    first, before = p._kept_encoder, p.features.clone()
+    key = tensors_key(model.image_encoder)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for weight in model.image_encoder.parameters():  # in place: same tensors, new values
+                weight.mul_(1.25)
+        assert tensors_key(model.image_encoder) != key
+        p.set_image(image)
+        assert p._kept_encoder is not first
+        eager = SamPredictor(model)
+        eager.set_image(image)
+        assert (eager.features - before).abs().max() > 0.1 * before.abs().max()
+        torch.testing.assert_close(p.features, eager.features, rtol=1e-4, atol=1e-4 * float(eager.features.abs().max()))
+    finally:
+        model.load_state_dict(state)
+
+
+def test_failed_encoder_compilation_encodes_eagerly(model, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no working C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
+    p, eager = SamPredictor(model, compile_encoder=True), SamPredictor(model)
+    image = _images(1)[0]
+    with pytest.warns(RuntimeWarning, match="torch.compile failed, encoding without it"):
+        p.set_image(image)
+    eager.set_image(image)
+    torch.testing.assert_close(p.features, eager.features, rtol=0, atol=0)

@@ -363,3 +363,6 @@ def test_compile_decoder_reaches_the_pytorch_decoder(model, folder, tmp_path):
     assert predictor_for(model, encoder_precision="bf16").encoder_precision == "bf16"
     with pytest.raises(ValueError, match="encoder_precision applies to the PyTorch encoder"):
         predictor_for(model, backend="onnx", export_dir=tmp_path / "c", encoder_precision="bf16")
+    assert predictor_for(model, compile_encoder=True).compile_encoder and not predictor_for(model).compile_encoder
+    with pytest.raises(ValueError, match="compile_encoder applies to the PyTorch encoder"):
+        predictor_for(model, backend="onnx", export_dir=tmp_path / "c", compile_encoder=True)

@@ -53,6 +53,7 @@ def predictor_for(
     decoder_precision: Literal["fp32", "bf16"] = "fp32",
     compile_decoder: bool = False,
     encoder_precision: Literal["fp32", "bf16"] = "fp32",
+    compile_encoder: bool = False,
 ) -> SamPredictor | OnnxPredictor:
     """A predictor for ``model_or_path`` on the chosen backend.
 
@@ -67,7 +68,7 @@ def predictor_for(
     decoder's precision (see :class:`~segany.inference.predictor.SamPredictor`), ``"fp32"`` or ``"bf16"``;
     ``compile_decoder``: run it through ``torch.compile`` (same class). ``encoder_precision`` (PyTorch
     backend only: the ONNX backend's encoder runs in onnxruntime, int8 with ``quantize="int8"``):
-    ``"fp32"`` or ``"bf16"``.
+    ``"fp32"`` or ``"bf16"``; ``compile_encoder`` (PyTorch backend only): run it through ``torch.compile``.
     """
     from segany.model import Sam
 
@@ -79,17 +80,23 @@ def predictor_for(
         raise ValueError("decoder_precision applies to segany's PyTorch decoder, not to decoder='onnx'")
     if encoder_precision != "fp32" and backend == "onnx":
         raise ValueError("encoder_precision applies to the PyTorch encoder; the onnx backend's is int8 with quantize='int8'")
+    if compile_encoder and backend == "onnx":
+        raise ValueError("compile_encoder applies to the PyTorch encoder; the onnx backend's runs in onnxruntime")
     if compile_decoder and backend == "onnx" and decoder == "onnx":
         raise ValueError("compile_decoder applies to segany's PyTorch decoder, not to decoder='onnx'")
     path = Path(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else None
     if backend == "torch":
         if path is not None and is_export_folder(path):
             raise CheckpointError(f"{path} is an ONNX export; use backend='onnx' or pass a checkpoint")
-        if isinstance(model_or_path, Sam):
-            return SamPredictor(model_or_path, decoder_precision=decoder_precision, compile_decoder=compile_decoder, encoder_precision=encoder_precision)
         from segany.build import load_model
 
-        return SamPredictor(load_model(model_or_path), decoder_precision=decoder_precision, compile_decoder=compile_decoder, encoder_precision=encoder_precision)
+        return SamPredictor(
+            model_or_path if isinstance(model_or_path, Sam) else load_model(model_or_path),
+            decoder_precision=decoder_precision,
+            compile_decoder=compile_decoder,
+            encoder_precision=encoder_precision,
+            compile_encoder=compile_encoder,
+        )
 
     if path is not None and is_export_folder(path):
         if decoder_precision != "fp32" or compile_decoder:

@@ -1,4 +1,5 @@
-"""Opt-in ``torch.compile`` for the click decoders: ``SamPredictor(model, compile_decoder=True)``.
+"""Opt-in ``torch.compile`` for the click decoders (``SamPredictor(model, compile_decoder=True)``) and the
+image encoder (``compile_encoder=True``).
 
 A click runs a few hundred small kernels: products of the ~7 prompt tokens, LayerNorms, softmaxes and
 dtype conversions over the image rows, each a separate pass over memory in eager PyTorch. Inductor fuses
@@ -13,9 +14,15 @@ of batch (one prompt, a batch of prompts), and a working C++ compiler. Shapes ar
 a box or a mask prompt do not recompile. If compilation fails, the decoder runs eagerly and a warning
 says why.
 
-Frozen weights are read at compilation: :class:`segany.inference.predictor.SamPredictor` rebuilds its
-compiled decoders when a decoder or prompt-encoder parameter has been replaced or changed in place
-(see :func:`weights_key`).
+The image encoder (:class:`EncoderCall`) is compiled whole, with static shapes (its input is always the
+padded square): Inductor fuses the LayerNorms, GELUs, relative-position terms and residual additions of
+every block into its products' neighbours, which leaves the ViT-B encoder's large products unchanged but
+takes a third off the small default model's encoder (figures in ``benchmarks/RESULTS.md``). Compiling
+takes 10-15 s (default model) to a minute or more (ViT-B) at the first image.
+
+Frozen weights are read at compilation: :class:`segany.inference.predictor.SamPredictor` rebuilds a
+compiled decoder or encoder when one of its parameters has been replaced or changed in place (see
+:func:`weights_key`, :func:`tensors_key`).
 """
 
 from __future__ import annotations
@@ -29,41 +36,61 @@ import torch
 
 from segany.model import Sam
 
-__all__ = ["COMPILE_OPTIONS", "CompiledCall", "compile_methods", "weights_key"]
+__all__ = ["COMPILE_OPTIONS", "CompiledCall", "EncoderCall", "compile_methods", "tensors_key", "weights_key"]
 
 # Freezing: weights become constants (pre-packed for the products), the larger share of the gain.
 # cpp_wrapper: the compiled graph's kernel calls from C++, not Python (~0.5 ms a click).
+# Set as Inductor's configuration while compiling: passed as torch.compile(options=...), freezing does
+# not take effect (torch 2.14: the default model's compiled encoder ran in 12.2 ms, against 9.3 ms).
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "cpp_wrapper": True}
 
 D = TypeVar("D")
 
 
 class CompiledCall:
-    """``method`` through ``torch.compile`` (dynamic shapes, no autograd), or eagerly once compilation
-    has failed."""
+    """``method`` through ``torch.compile`` (dynamic shapes unless ``dynamic=False``, no autograd), or
+    eagerly once compilation has failed; ``doing`` names the work in the warning ("decoding")."""
 
-    def __init__(self, method: Callable[..., Any]) -> None:
+    def __init__(self, method: Callable[..., Any], *, dynamic: bool = True, doing: str = "decoding") -> None:
         self.eager = method
-        # Compile the method's own code, not a no_grad decorator's wrapper: Dynamo keeps its compiled
-        # graphs per code object, and every decorated method shares the decorator's.
-        inner = getattr(getattr(method, "__func__", None), "__wrapped__", None)
-        target = types.MethodType(inner, method.__self__) if inner is not None else method  # type: ignore[attr-defined]
-        self.compiled = torch.compile(target, dynamic=True, options=COMPILE_OPTIONS)
+        self.doing = doing
+        # Compile the method's own code (not a no_grad decorator's wrapper), copied: Dynamo keeps its
+        # compiled graphs per code object, and weights changed in place pass its guards, so a graph
+        # frozen with the old values would be reused by the next CompiledCall of the same method.
+        func = getattr(method, "__func__", method)
+        func = getattr(func, "__wrapped__", func)
+        target: Callable[..., Any] = method
+        if isinstance(func, types.FunctionType):
+            target = _own_code(func)
+            if hasattr(method, "__self__"):
+                target = types.MethodType(target, method.__self__)  # type: ignore[attr-defined]
+        self.compiled = torch.compile(target, dynamic=dynamic)
         self.failed: str | None = None
 
     @torch.no_grad()  # inference only (frozen weights); also one grad mode, so one compiled graph
     def __call__(self, *args: Any) -> Any:
         if self.failed is None:
             try:
-                return self.compiled(*args)
+                # Compilation happens inside the call (the first, or a recompilation).
+                with torch._inductor.config.patch(COMPILE_OPTIONS):
+                    return self.compiled(*args)
             except Exception as error:  # compilers fail in many ways: no C++ compiler, an unsupported op, ...
                 # Bad input fails eagerly too, and that error is the one the caller should see.
                 result = self.eager(*args)
                 first_line = (str(error).strip().splitlines() or [""])[0][:200]
                 self.failed = f"{type(error).__name__}: {first_line}"
-                warnings.warn(f"torch.compile failed, decoding without it ({self.failed})", RuntimeWarning, stacklevel=3)
+                warnings.warn(f"torch.compile failed, {self.doing} without it ({self.failed})", RuntimeWarning, stacklevel=3)
                 return result
         return self.eager(*args)
+
+
+def _own_code(func: types.FunctionType) -> types.FunctionType:
+    """``func`` with a code object of its own (same body)."""
+    copy = types.FunctionType(
+        func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__, func.__closure__
+    )
+    copy.__kwdefaults__ = func.__kwdefaults__
+    return copy
 
 
 def compile_methods(decoder: D, *names: str) -> D:
@@ -73,11 +100,28 @@ def compile_methods(decoder: D, *names: str) -> D:
     return decoder
 
 
-def weights_key(model: Sam) -> tuple[tuple[int, int], ...]:
-    """Identity and in-place version of every prompt-encoder and mask-decoder tensor: changes when one is
+class EncoderCall:
+    """The image encoder on a preprocessed ``(B, 3, S, S)`` batch, under bfloat16 autocast if ``bf16``
+    (float32 embedding either way): one callable to compile, autocast included, or to run eagerly."""
+
+    def __init__(self, encoder: torch.nn.Module, bf16: bool = False) -> None:
+        self.encoder = encoder
+        self.bf16 = bf16
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            features = self.encoder(image)
+        return features.float()
+
+
+def tensors_key(*modules: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Identity and in-place version of every parameter and buffer of ``modules``: changes when one is
     replaced (``load_state_dict(assign=True)``, ``param.data = ...``) or modified in place by autograd-
     visible operations (optimizer steps, ``load_state_dict``). Writes through ``param.data`` are not seen."""
-    tensors = itertools.chain(
-        model.prompt_encoder.parameters(), model.prompt_encoder.buffers(), model.mask_decoder.parameters()
-    )
+    tensors = itertools.chain.from_iterable(itertools.chain(m.parameters(), m.buffers()) for m in modules)
     return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+def weights_key(model: Sam) -> tuple[tuple[int, int], ...]:
+    """:func:`tensors_key` of what a compiled decoder freezes: the prompt encoder and the mask decoder."""
+    return tensors_key(model.prompt_encoder, model.mask_decoder)
