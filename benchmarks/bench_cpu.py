@@ -3,7 +3,7 @@
 the opt-in bfloat16 decoder and encoder, each of them through torch.compile, onnxruntime float32 and
 int8), on one machine, in one run.
 
-    nice python benchmarks/bench_cpu.py                 # full run (~40 min on 2 busy cores)
+    nice python benchmarks/bench_cpu.py                 # full run (20-40 min on 2 cores)
     nice python benchmarks/bench_cpu.py --quick         # smoke run: tiny model only, 1 round
     nice python benchmarks/bench_cpu.py --write-results # also update "## CPU inference" in RESULTS.md
 

@@ -4,11 +4,11 @@ image encoder (``compile_encoder=True``).
 A click runs a few hundred small kernels: products of the ~7 prompt tokens, LayerNorms, softmaxes and
 dtype conversions over the image rows, each a separate pass over memory in eager PyTorch. Inductor fuses
 the elementwise work into its neighbours and, with frozen weights, runs the products on pre-packed
-weights. Only the decoders' ``transform`` (the two-way transformer and heads) is compiled: on a 2-core
-AVX-512 CPU it gets ~15% faster (bfloat16 decoder: 6.6-7.2 against 5.3-6.1 ms), a whole click 5-10%;
-compiled, the upscaling was no faster (figures in ``benchmarks/RESULTS.md``).
+weights. Only the decoders' ``transform`` (the two-way transformer and heads) is compiled; compiled, the
+upscaling was no faster. A whole ViT-B click gets 5-20% faster on a 2-core CPU (bfloat16 decoder with
+AMX: 13.7 against 10.8 ms; figures in ``benchmarks/RESULTS.md``).
 
-The price is a compilation of 10-17 s (ViT-B) at the first prompt of a predictor (frozen weights are
+The price is a compilation of 15-30 s (ViT-B) at the first prompt of a predictor (frozen weights are
 constants of the compiled code, so it is not cached on disk across processes), once more for a new kind
 of batch (one prompt, a batch of prompts), and a working C++ compiler. Shapes are dynamic: more points,
 a box or a mask prompt do not recompile. If compilation fails, the decoder runs eagerly and a warning
@@ -17,8 +17,8 @@ says why.
 The image encoder (:class:`EncoderCall`) is compiled whole, with static shapes (its input is always the
 padded square): Inductor fuses the LayerNorms, GELUs, relative-position terms and residual additions of
 every block into its products' neighbours, which leaves the ViT-B encoder's large products unchanged but
-takes a third off the small default model's encoder (figures in ``benchmarks/RESULTS.md``). Compiling
-takes 10-15 s (default model) to a minute or more (ViT-B) at the first image.
+takes a quarter off the small default model's encoder, and 20-40% off ViT-B's in bfloat16 (figures in
+``benchmarks/RESULTS.md``). Compiling takes ~15 s (default model) to 25-30 s (ViT-B) at the first image.
 
 Frozen weights are read at compilation: :class:`segany.inference.predictor.SamPredictor` rebuilds a
 compiled decoder or encoder when one of its parameters has been replaced or changed in place (see
@@ -27,7 +27,6 @@ compiled decoder or encoder when one of its parameters has been replaced or chan
 
 from __future__ import annotations
 
-import itertools
 import types
 import warnings
 from typing import Any, Callable, TypeVar
@@ -118,8 +117,9 @@ def tensors_key(*modules: torch.nn.Module) -> tuple[tuple[int, int], ...]:
     """Identity and in-place version of every parameter and buffer of ``modules``: changes when one is
     replaced (``load_state_dict(assign=True)``, ``param.data = ...``) or modified in place by autograd-
     visible operations (optimizer steps, ``load_state_dict``). Writes through ``param.data`` are not seen."""
-    tensors = itertools.chain.from_iterable(itertools.chain(m.parameters(), m.buffers()) for m in modules)
-    return tuple((t.data_ptr(), t._version) for t in tensors)
+    # Straight from each module's own tables: half the time of parameters() and buffers() (~0.1 ms).
+    tables = (table for m in modules for sub in m.modules() for table in (sub._parameters, sub._buffers))
+    return tuple((t.data_ptr(), t._version) for table in tables for t in table.values() if t is not None)
 
 
 def weights_key(model: Sam) -> tuple[tuple[int, int], ...]:

@@ -290,11 +290,12 @@ class SamPredictor(PredictorBase):
             embedding): ViT-B encodes ~1.6x faster on CPUs with AVX-512 BF16 (more with AMX), with
             embedding cosine similarity ~0.99999 against float32; slower on CPUs without them (a warning
             says so).
-        compile_encoder: run the image encoder through ``torch.compile`` (whole, static shapes, in the
-            chosen ``encoder_precision``): same embedding to float rounding, ~1.5x faster for the small
-            default model on a 2-core CPU, little change for ViT-B, whose time is in its large products.
-            The first image compiles (10-15 s for the default model, longer for ViT-B); the compiled
-            encoder is kept from image to image and rebuilt when its weights change.
+        compile_encoder: run the image encoder through ``torch.compile`` (whole, frozen weights, static
+            shapes, in the chosen ``encoder_precision``): same embedding to float rounding; on a 2-core
+            CPU the small default model's encoder ~1.3x faster, ViT-B ~10% in float32 (its time is in
+            large products) and 25-60% in bfloat16. The first image compiles (~15 s for the default
+            model, 25-30 s for ViT-B); the compiled encoder is kept from image to image and rebuilt when
+            its weights change.
     """
 
     def __init__(
