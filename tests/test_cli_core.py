@@ -146,47 +146,43 @@ def test_segment_bf16_decoder(tmp_path, checkpoint, image, capsys):
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
-def test_segment_compiled_decoder(tmp_path, checkpoint, image, capsys, recwarn):
-    """--compile-decoder gives the float32 decoder's mask and score (compiled, to float rounding)."""
+def _segment_twice(tmp_path, checkpoint, image, capsys, *options: str) -> tuple[float, float]:
+    """Segment one point without and with ``options``: the masks' IoU and the scores' difference."""
     prompt = ["--point", "200,150", "-c", str(checkpoint), "--json"]
-    assert main(["segment", str(image), *prompt, "-o", str(tmp_path / "eager.png")]) == 0
-    want = json.loads(capsys.readouterr().out)["masks"][0]["score"]
-    assert main(["segment", str(image), *prompt, "--compile-decoder", "-o", str(tmp_path / "compiled.png")]) == 0
-    got = json.loads(capsys.readouterr().out)["masks"][0]["score"]
-    a = np.asarray(Image.open(tmp_path / "eager.png")) > 0
-    b = np.asarray(Image.open(tmp_path / "compiled.png")) > 0
-    assert (a & b).sum() / max((a | b).sum(), 1) > 0.999 and abs(got - want) < 1e-4
-    assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # compiled, not the fallback
+    scores, masks = [], []
+    for i, extra in enumerate([(), options]):
+        out = tmp_path / f"mask{i}.png"
+        assert main(["segment", str(image), *prompt, *extra, "-o", str(out)]) == 0
+        scores.append(json.loads(capsys.readouterr().out)["masks"][0]["score"])
+        masks.append(np.asarray(Image.open(out)) > 0)
+    a, b = masks
+    return float((a & b).sum() / max((a | b).sum(), 1)), abs(scores[1] - scores[0])
 
 
-def test_segment_compiled_encoder(tmp_path, checkpoint, image, capsys, recwarn):
-    """--compile-encoder gives the eager encoder's mask and score (to float rounding); refused with one
-    line on the onnx backend, whose encoder is onnxruntime's."""
-    prompt = ["--point", "200,150", "-c", str(checkpoint), "--json"]
-    assert main(["segment", str(image), *prompt, "-o", str(tmp_path / "eager.png")]) == 0
-    want = json.loads(capsys.readouterr().out)["masks"][0]["score"]
-    assert main(["segment", str(image), *prompt, "--compile-encoder", "-o", str(tmp_path / "compiled.png")]) == 0
-    got = json.loads(capsys.readouterr().out)["masks"][0]["score"]
-    a = np.asarray(Image.open(tmp_path / "eager.png")) > 0
-    b = np.asarray(Image.open(tmp_path / "compiled.png")) > 0
-    assert (a & b).sum() / max((a | b).sum(), 1) > 0.999 and abs(got - want) < 1e-4
-    assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # compiled, not the fallback
-    rc = main(["segment", str(image), *prompt, "--compile-encoder", "--backend", "onnx", "-o", str(tmp_path / "x.png")])
+def _refused_on_onnx(tmp_path, checkpoint, image, capsys, option: str, *value: str) -> None:
+    args = ["--point", "200,150", "-c", str(checkpoint), option, *value, "--backend", "onnx", "-o", str(tmp_path / "x.png")]
+    rc = main(["segment", str(image), *args])
     err = capsys.readouterr().err
-    assert rc == 2 and "--compile-encoder applies to the torch backend" in err and "Traceback" not in err
+    assert rc == 2 and f"{option} applies to the torch backend" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("option", ["--compile-decoder", "--compile-encoder"])
+def test_segment_compiled(tmp_path, checkpoint, image, capsys, recwarn, option):
+    """--compile-decoder and --compile-encoder give the eager mask and score (to float rounding)."""
+    import torch._dynamo.utils
+
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    iou, score_diff = _segment_twice(tmp_path, checkpoint, image, capsys, option)
+    assert iou > 0.999 and score_diff < 1e-4
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # the option reached torch.compile
+    assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # compiled, not the fallback
+    if option == "--compile-encoder":  # the onnx backend's encoder is onnxruntime's: refused with one line
+        _refused_on_onnx(tmp_path, checkpoint, image, capsys, option)
 
 
 def test_segment_bf16_encoder(tmp_path, checkpoint, image, capsys):
     """--encoder-precision bf16 (torch backend) gives nearly the float32 mask; the onnx backend's encoder
     is onnxruntime's, so the option is refused there with one line."""
-    prompt = ["--point", "200,150", "-c", str(checkpoint), "--json"]
-    assert main(["segment", str(image), *prompt, "-o", str(tmp_path / "fp32.png")]) == 0
-    want = json.loads(capsys.readouterr().out)["masks"][0]["score"]
-    assert main(["segment", str(image), *prompt, "--encoder-precision", "bf16", "-o", str(tmp_path / "bf16.png")]) == 0
-    got = json.loads(capsys.readouterr().out)["masks"][0]["score"]
-    a = np.asarray(Image.open(tmp_path / "fp32.png")) > 0
-    b = np.asarray(Image.open(tmp_path / "bf16.png")) > 0
-    assert (a & b).sum() / max((a | b).sum(), 1) > 0.95 and abs(got - want) < 0.05
-    rc = main(["segment", str(image), *prompt, "--encoder-precision", "bf16", "--backend", "onnx", "-o", str(tmp_path / "x.png")])
-    err = capsys.readouterr().err
-    assert rc == 2 and "--encoder-precision applies to the torch backend" in err and "Traceback" not in err
+    iou, score_diff = _segment_twice(tmp_path, checkpoint, image, capsys, "--encoder-precision", "bf16")
+    assert iou > 0.95 and score_diff < 0.05
+    _refused_on_onnx(tmp_path, checkpoint, image, capsys, "--encoder-precision", "bf16")
