@@ -281,7 +281,7 @@ class SamPredictor(PredictorBase):
             CPUs with AVX-512 BF16 or AMX, at a small accuracy cost (mean mask IoU ~0.99 against
             ``"fp32"``, see benchmarks/RESULTS.md); much slower on CPUs without them (a warning says so).
         compile_decoder: run the decoder's transformer through ``torch.compile``
-            (:mod:`segany.inference.compiled`): same results to float rounding, clicks 5-10% faster, but
+            (:mod:`segany.inference.compiled`): same results to float rounding, clicks 5-20% faster, but
             the first prompt compiles for 10-40 s (and needs a C++ compiler; without one, a warning and
             eager decoding). Worth it for long interactive sessions, servers and many images. The
             compiled decoder is kept from image to image and rebuilt when the weights change.
@@ -295,7 +295,7 @@ class SamPredictor(PredictorBase):
             CPU the small default model's encoder ~1.3x faster, ViT-B ~10% in float32 (its time is in
             large products) and 25-60% in bfloat16. The first image compiles (~15 s for the default
             model, 25-30 s for ViT-B); the compiled encoder is kept from image to image and rebuilt when
-            its weights change.
+            its weights change. Its frozen weights are a second copy (ViT-B: ~0.6 GB more memory).
     """
 
     def __init__(
