@@ -31,6 +31,15 @@ def _embedding(model: Sam, seed: int) -> torch.Tensor:
     return torch.randn(1, model.prompt_encoder.embed_dim, gh, gw, generator=torch.Generator().manual_seed(seed))
 
 
+def _broken_compile(fn, **kwargs):
+    """``torch.compile`` on a machine where compiling fails (no C++ compiler, ...)."""
+
+    def run(*args):
+        raise RuntimeError("no working C++ compiler\ndetails")
+
+    return run
+
+
 def _unique_graphs() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
@@ -101,13 +110,7 @@ def test_failed_compilation_falls_back_to_eager(model, monkeypatch):
     """No C++ compiler, an unsupported operation...: one warning, then eager decoding with the same masks;
     a bad prompt still raises the eager error, not the compiler's."""
 
-    def broken_compile(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("no working C++ compiler\ndetails")
-
-        return run
-
-    monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
+    monkeypatch.setattr(compiled_module.torch, "compile", _broken_compile)
     p = SamPredictor(model, compile_decoder=True)
     eager = SamPredictor(model)
     for q in (p, eager):
@@ -199,13 +202,7 @@ def test_compiled_encoder_rebuilt_on_new_weights(model):
 
 
 def test_failed_encoder_compilation_encodes_eagerly(model, monkeypatch):
-    def broken_compile(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("no working C++ compiler")
-
-        return run
-
-    monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
+    monkeypatch.setattr(compiled_module.torch, "compile", _broken_compile)
     p, eager = SamPredictor(model, compile_encoder=True), SamPredictor(model)
     image = _images(1)[0]
     with pytest.warns(RuntimeWarning, match="torch.compile failed, encoding without it"):

@@ -355,7 +355,7 @@ class SamPredictor(PredictorBase):
         bf16 = self.encoder_precision == "bf16"
         if not self.compile_encoder:
             return EncoderCall(self.model.image_encoder, bf16)
-        key = (tensors_key(self.model.image_encoder), bf16, self.device)
+        key = (tensors_key(self.model.image_encoder), bf16)  # a move to another device changes the tensors
         if self._kept_encoder is None or self._kept_encoder[0] != key:
             call = EncoderCall(self.model.image_encoder, bf16)
             self._kept_encoder = (key, CompiledCall(call.__call__, dynamic=False, doing="encoding"))
