@@ -292,7 +292,7 @@ def main() -> int:
                                                    "items": items})
             extra = ["bf16-compiled", "bf16-encoder-compiled"] if compiled else []
             for impl in ["bf16", "bf16-encoder", *extra] if bf16 else []:
-                _log(f"accuracy {key}: {impl} decoder vs fp32 on {len(items)} images")
+                _log(f"accuracy {key}: {impl} vs fp32 on {len(items)} images")
                 results[f"accuracy_{impl}"] = results.get(f"accuracy_{impl}", {})
                 results[f"accuracy_{impl}"][key] = run_worker(
                     {"task": "accuracy", "impl": impl, "checkpoint": models[key]["checkpoint"], "items": items}
@@ -418,8 +418,8 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
         enc = results.get(f"encoder/{key}")
         if not enc:
             continue
-        fp32 = {"PyTorch": "torch", "PyTorch compiled": "torch-encoder-compiled", "onnxruntime": "onnx-fp32"}
-        fp32 = {name: enc[impl]["speedup"] for name, impl in fp32.items() if impl in enc}
+        fp32_impls = {"PyTorch": "torch", "PyTorch compiled": "torch-encoder-compiled", "onnxruntime": "onnx-fp32"}
+        fp32 = {name: enc[impl]["speedup"] for name, impl in fp32_impls.items() if impl in enc}
         best = max(fp32.values())
         out.append(f"- encoder float32 >= 1.3x, {spec['label']}: {'met' if best >= 1.3 else 'NOT met'} "
                    f"({', '.join(f'{name} {x:.2f}x' for name, x in fp32.items())})")
