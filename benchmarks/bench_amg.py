@@ -47,7 +47,7 @@ from segany.io.image import read_image  # noqa: E402
 from segany.model import PRESETS, build_sam  # noqa: E402
 
 HEADING = "## Automatic mask generation"
-DEFAULT_IMAGE = REPO / "tests" / "data" / "images" / "suim_d_r_47.jpg"
+DEFAULT_IMAGE = REPO / "tests" / "data" / "images" / "coffee.jpg"
 LOOSE = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 
 
@@ -171,7 +171,9 @@ def main() -> None:
     parser.add_argument("--models", default="smooth,tiny,vit_b", help="comma-separated: smooth, tiny, vit_b, ...")
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--long-side", type=int, default=0, help="resize the image first (0: as is)")
-    parser.add_argument("--points-per-side", default="", help="per model or model:knobs, e.g. vit_b:loose=16 (default: 32 for all)")
+    parser.add_argument(
+        "--points-per-side", default="", help="per model or model:knobs, e.g. vit_b:loose=16 (default: 32 for all)"
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both generators")
     parser.add_argument("--knobs", default="defaults,loose", help="comma-separated: defaults, loose")

@@ -118,7 +118,7 @@ def blob_pair(seed: int = 1, cache: bool = True) -> tuple[nn.Module, nn.Module]:
     return model, ref
 
 
-def small_image(name: str = "bsds_100007.jpg", long_side: int = 240) -> np.ndarray:
+def small_image(name: str = "chelsea.jpg", long_side: int = 240) -> np.ndarray:
     image = read_image(TEST_IMAGES / name)
     h, w = image.shape[:2]
     scale = long_side / max(h, w)
@@ -194,7 +194,7 @@ def test_same_masks_as_official_in_every_output_mode(output_mode: str) -> None:
 
 def test_same_masks_as_official_with_crops_and_clean_up() -> None:
     model, ref = blob_pair(seed=2)
-    image = small_image("suim_d_r_47.jpg")
+    image = small_image("coffee.jpg")
     knobs = dict(BLOB_KNOBS, points_per_side=10, crop_n_layers=1, min_mask_region_area=40, output_mode="coco_rle")
     ours, theirs = both(model, ref, image, **knobs)
     assert len({tuple(r["crop_box"]) for r in ours}) > 1  # masks from crops survived
@@ -203,7 +203,7 @@ def test_same_masks_as_official_with_crops_and_clean_up() -> None:
 
 def test_same_masks_as_official_with_two_crop_layers_and_downscaled_grids() -> None:
     model, ref = blob_pair(seed=3)
-    image = small_image("kvasir_cju0qkwl35piu0993l0dewei2.jpg", long_side=160)
+    image = small_image("rocket.jpg", long_side=160)
     knobs = dict(
         points_per_side=8, crop_n_layers=2, crop_n_points_downscale_factor=2, pred_iou_thresh=0.2,
         stability_score_thresh=0.1, min_mask_region_area=25, box_nms_thresh=0.5,
@@ -216,7 +216,7 @@ def test_same_masks_as_official_with_two_crop_layers_and_downscaled_grids() -> N
 def test_same_masks_as_official_with_the_random_model() -> None:
     model = random_tiny(1)
     ref = official_twin(model)
-    image = small_image("coco_grey_000000431848.jpg", long_side=160)
+    image = small_image("grey_camera.jpg", long_side=160)
     knobs = dict(points_per_side=4, pred_iou_thresh=-10.0, stability_score_thresh=0.05, output_mode="coco_rle")
     ours, theirs = both(model, ref, image, **knobs)
     assert ours
@@ -339,7 +339,9 @@ def test_accepts_a_predictor_that_decodes_low_resolution_logits() -> None:
 
         calls = 0
 
-        def predict_low_res(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True, skip_below=None):
+        def predict_low_res(
+            self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True, skip_below=None
+        ):
             LowResPredictor.calls += 1
             sparse, dense = self.model.prompt_encoder((point_coords, point_labels), None, None)
             pe = self.model.prompt_encoder.get_dense_pe()

@@ -1,4 +1,4 @@
-"""``segany eval``: reports written, exit codes for bad input, tiny runs on the shared data."""
+"""``segany eval``: reports written, exit codes for bad input, tiny runs on the committed and shared data."""
 
 from __future__ import annotations
 
@@ -105,7 +105,9 @@ def test_edges_report(tmp_path: Path, tiny_ckpt: Path) -> None:
     assert (out / "precision_recall.png").is_file() and "ODS" in (out / "report.md").read_text()
 
 
-def test_bad_input_exits_2(tmp_path: Path, synthetic: Path, tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_exits_2(
+    tmp_path: Path, synthetic: Path, tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "r"
     assert "not found" in _fails(capsys, "points", "--data", tmp_path / "nope", "-c", tiny_ckpt, "-o", out)
     _fails(capsys, "pointz", "--data", synthetic, "-o", out)
@@ -126,11 +128,11 @@ def test_bad_input_exits_2(tmp_path: Path, synthetic: Path, tiny_ckpt: Path, cap
     assert not out.exists()  # nothing written for a failed run
 
 
-# --------------------------------------------------------------------------- real data (skipped if absent)
+# --------------------------------------------------------------------------- committed and shared data
 
 
-def test_points_and_boxes_on_coco_mval(shared_data: Path, tmp_path: Path, tiny_ckpt: Path) -> None:
-    data = shared_data / "COCO_MVal"
+def test_points_and_boxes_on_committed_data(shapes_data: Path, tmp_path: Path, tiny_ckpt: Path) -> None:
+    data = shapes_data
     assert _eval("points", "--data", data, "-c", tiny_ckpt, "-o", tmp_path / "p", "--limit", "2",
                  "--max-clicks", "3") == 0
     res = json.loads((tmp_path / "p" / "results.json").read_text())
@@ -140,9 +142,8 @@ def test_points_and_boxes_on_coco_mval(shared_data: Path, tmp_path: Path, tiny_c
     assert res["dataset"]["num_images"] == 2 and -1.0 <= res["methods"]["tiny"]["metrics"]["AP"] <= 1.0
 
 
-def test_proposals_on_coco_mval(shared_data: Path, tmp_path: Path, tiny_ckpt: Path) -> None:
-    pytest.importorskip("segany.inference.automatic")
-    assert _eval("proposals", "--data", shared_data / "COCO_MVal", "-c", tiny_ckpt, "-o", tmp_path / "p",
+def test_proposals_on_committed_data(shapes_data: Path, tmp_path: Path, tiny_ckpt: Path) -> None:
+    assert _eval("proposals", "--data", shapes_data, "-c", tiny_ckpt, "-o", tmp_path / "p",
                  "--limit", "2", "--points-per-side", "4") == 0
     assert json.loads((tmp_path / "p" / "results.json").read_text())["dataset"]["num_images"] == 2
 

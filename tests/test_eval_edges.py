@@ -18,7 +18,6 @@ from segany.eval.edges import (
     thin,
 )
 
-BSDS = Path("/work/shared/data/BSDS500")
 N = 100  # 100 x 100 images: tolerance 0.0075 * 141.4 = 1.06 px
 
 
@@ -157,16 +156,17 @@ def test_thinning_keeps_thin_structures() -> None:
 # ----------------------------------------------------------------------------- BSDS ground truth
 
 
-@pytest.mark.skipif(not (BSDS / "gt").is_dir(), reason="BSDS500 data not available")
-def test_load_real_bsds_ground_truth() -> None:
+def test_load_real_bsds_ground_truth(shared_data: Path) -> None:
     from PIL import Image
 
+    bsds = shared_data / "BSDS500"
+
     for stem in ("100007", "2018"):
-        mat = BSDS / "gt" / f"{stem}.mat"
+        mat = bsds / "gt" / f"{stem}.mat"
         if not mat.exists():
             continue
         gts = load_bsds_boundaries(mat)
-        with Image.open(BSDS / "images" / f"{stem}.jpg") as im:
+        with Image.open(bsds / "images" / f"{stem}.jpg") as im:
             w, h = im.size
         assert 4 <= len(gts) <= 9
         for g in gts:

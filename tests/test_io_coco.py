@@ -18,7 +18,7 @@ from segany.io.coco import coco_instances_from_records, load_coco, write_coco
 
 
 def _gt_records(folder: Path) -> tuple[dict, list[tuple[dict, list[dict]]]]:
-    """Ground truth of a shared data set turned into generator-style records (binary masks)."""
+    """Ground truth of a COCO data set turned into generator-style records (binary masks)."""
     gt = json.loads((folder / "annotations.json").read_text())
     per_image: list[tuple[dict, list[dict]]] = []
     for image in gt["images"]:
@@ -54,9 +54,17 @@ def _segm_ap(gt_file: Path, detections: list[dict]) -> float:
     return float(ev.stats[0])
 
 
+def test_export_loads_in_pycocotools_and_scores(shapes_data: Path, tmp_path: Path) -> None:
+    _check_export_round_trip(shapes_data, tmp_path)
+
+
 @pytest.mark.parametrize("dataset", ["KvasirSEG_sample", "SUIM_sample"])
-def test_export_loads_in_pycocotools_and_scores(shared_data: Path, tmp_path: Path, dataset: str) -> None:
-    gt, per_image = _gt_records(shared_data / dataset)
+def test_export_round_trip_on_shared_data(shared_data: Path, tmp_path: Path, dataset: str) -> None:
+    _check_export_round_trip(shared_data / dataset, tmp_path)
+
+
+def _check_export_round_trip(folder: Path, tmp_path: Path) -> None:
+    gt, per_image = _gt_records(folder)
     exported = coco_instances_from_records(per_image)
     out = write_coco(tmp_path / "pred.json", exported)
 
@@ -76,7 +84,7 @@ def test_export_loads_in_pycocotools_and_scores(shared_data: Path, tmp_path: Pat
         assert [float(v) for v in by_key[(ann["image_id"], ann["area"])]] == ann["bbox"]
 
     # Perfect masks score AP 1; dropping half the masks must lower it.
-    gt_file = shared_data / dataset / "annotations.json"
+    gt_file = folder / "annotations.json"
     assert _segm_ap(gt_file, exported["annotations"]) == pytest.approx(1.0)
     half = exported["annotations"][::2]
     assert _segm_ap(gt_file, half) < 0.99

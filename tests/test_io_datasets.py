@@ -1,4 +1,4 @@
-"""Tests of the shared data set reader (segany.io.datasets) on every shared data set and on broken input."""
+"""Tests of the data set reader (segany.io.datasets) on the committed data set, the shared ones, and broken input."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from segany.io.datasets import SegmentationDataset
 
 SA1B_FIXTURE = Path(__file__).resolve().parent / "data" / "io" / "sa1b"
 
-# Image and mask counts from the shared data README.
+# Image and mask counts of the optional shared data sets (their README).
 COUNTS = {
     "BSDS500": (500, 56427),
     "COCO_MVal": (377, 400),
@@ -48,50 +48,80 @@ def test_shared_data_sets(shared_data: Path, name: str) -> None:
             assert inst.bbox[:2] == [float(xs.min()), float(ys.min())]
 
 
-def test_greyscale_jpeg_in_coco_mval(shared_data: Path) -> None:
-    ds = SegmentationDataset(shared_data / "COCO_MVal")
+def test_committed_data_set(shapes_data: Path) -> None:
+    ds = SegmentationDataset(shapes_data)
+    coco = json.loads((shapes_data / "annotations.json").read_text())
+    assert ds.layout == "coco" and len(ds) == len(coco["images"]) == 8
+    assert ds.num_instances() == len(coco["annotations"])
+    for sample in ds:
+        image = sample.load_image()  # RGB JPEG, greyscale JPEG and RGBA PNG alike
+        assert image.shape == (sample.height, sample.width, 3) and image.dtype == np.uint8
+        assert sample.ignore_mask() is None
+        for inst in sample.annotations:
+            mask = inst.mask()
+            assert int(mask.sum()) == inst.area
+            ys, xs = np.nonzero(mask)
+            assert inst.bbox == [
+                float(xs.min()),
+                float(ys.min()),
+                float(xs.max() - xs.min() + 1),
+                float(ys.max() - ys.min() + 1),
+            ]
+
+
+def test_greyscale_jpeg(shapes_data: Path) -> None:
+    ds = SegmentationDataset(shapes_data)
     grey = [s for s in ds if Image.open(s.path).mode == "L"]
-    assert grey, "the README promises a greyscale image"
+    assert len(grey) == 1
     image = grey[0].load_image()
     assert image.shape[2] == 3
     np.testing.assert_array_equal(image[..., 0], image[..., 2])
 
 
-def test_bsds_splits(shared_data: Path) -> None:
-    root = shared_data / "BSDS500"
-    train_val = SegmentationDataset(root, split="train+val")
-    test = SegmentationDataset(root, split="test")
-    assert (len(train_val), len(test)) == (300, 200)
+def test_splits(shapes_data: Path) -> None:
+    train_val = SegmentationDataset(shapes_data, split="train+val")
+    test = SegmentationDataset(shapes_data, split="test")
+    assert (len(train_val), len(test)) == (7, 1)
     # The images' own 'split' field agrees with splits.json.
     train_val_ids = {s.image_id: s.attributes["split"] for s in train_val}
     test_ids = {s.image_id: s.attributes["split"] for s in test}
     assert set(test_ids.values()) == {"test"} and set(train_val_ids.values()) == {"train", "val"}
     assert not train_val_ids.keys() & test_ids.keys()
-    assert len(train_val_ids.keys() | test_ids.keys()) == 500
+    assert len(train_val_ids.keys() | test_ids.keys()) == 8
     with pytest.raises(FormatError, match=r"no split 'holdout' \(it has test, train, val\)"):
-        SegmentationDataset(root, split="holdout")
+        SegmentationDataset(shapes_data, split="holdout")
 
 
-def test_split_needs_splits_file(shared_data: Path) -> None:
+def test_bsds_splits(shared_data: Path) -> None:
+    train_val = SegmentationDataset(shared_data / "BSDS500", split="train+val")
+    test = SegmentationDataset(shared_data / "BSDS500", split="test")
+    assert (len(train_val), len(test)) == (300, 200)
+    assert {s.attributes["split"] for s in test} == {"test"}
+
+
+def test_split_needs_splits_file(shapes_data: Path, tmp_path: Path) -> None:
+    shutil.copytree(shapes_data, tmp_path / "d", ignore=shutil.ignore_patterns("splits.json"))
     with pytest.raises(FormatError, match=r"splits\.json"):
-        SegmentationDataset(shared_data / "KvasirSEG_sample", split="train")
+        SegmentationDataset(tmp_path / "d", split="train")
 
 
-def test_limit_and_iter_instances(shared_data: Path) -> None:
-    ds = SegmentationDataset(shared_data / "DSB2018", limit=3)
+def test_limit_and_iter_instances(shapes_data: Path) -> None:
+    ds = SegmentationDataset(shapes_data, limit=3)
     assert len(ds) == 3
-    pairs = list(ds.iter_instances(limit=70))
-    assert len(pairs) == 70
-    expected = [(s.image_id, a.id) for s in ds for a in s.annotations][:70]
+    total = ds.num_instances()
+    assert total > 7
+    pairs = list(ds.iter_instances(limit=7))
+    assert len(pairs) == 7
+    expected = [(s.image_id, a.id) for s in ds for a in s.annotations][:7]
     assert [(s.image_id, a.id) for s, a in pairs] == expected
-    assert len(list(ds.iter_instances())) == ds.num_instances()
+    assert len(list(ds.iter_instances())) == total
     assert list(ds.iter_instances(limit=0)) == []
 
 
-def test_coco_json_file_layout(shared_data: Path, tmp_path: Path) -> None:
-    src = shared_data / "KvasirSEG_sample"
+def test_coco_json_file_layout(shapes_data: Path, tmp_path: Path) -> None:
+    src = shapes_data
     direct = SegmentationDataset(src / "annotations.json")  # images/ next to the file
-    assert len(direct) == 5 and direct[0].load_image().shape[2] == 3
+    assert len(direct) == 8 and direct[0].load_image().shape[2] == 3
     # Images given explicitly, the JSON elsewhere.
     shutil.copy(src / "annotations.json", tmp_path / "gt.json")
     given = SegmentationDataset(tmp_path / "gt.json", images_dir=src / "images")
@@ -99,8 +129,8 @@ def test_coco_json_file_layout(shared_data: Path, tmp_path: Path) -> None:
     # Images side by side with the JSON.
     flat = tmp_path / "flat"
     shutil.copytree(src / "images", flat)
-    shutil.copy(src / "annotations.json", flat / "kvasir.json")
-    side = SegmentationDataset(flat / "kvasir.json")
+    shutil.copy(src / "annotations.json", flat / "shapes.json")
+    side = SegmentationDataset(flat / "shapes.json")
     assert side.image_dir == flat and side[1].load_image().shape == direct[1].load_image().shape
 
 

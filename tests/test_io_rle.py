@@ -144,9 +144,16 @@ def test_uncompressed_rle_edge_cases() -> None:
         uncompressed_rle_to_coco({"size": [3, 4], "counts": [5, 6]})
 
 
+def test_committed_masks_round_trip(shapes_data: Path) -> None:
+    _check_round_trip(json.loads((shapes_data / "annotations.json").read_text()))
+
+
 @pytest.mark.parametrize("dataset", ["DSB2018", "BSDS500", "CVPPP_A1", "KvasirSEG_sample"])
 def test_real_masks_round_trip(shared_data: Path, dataset: str) -> None:
-    coco = json.loads((shared_data / dataset / "annotations.json").read_text())
+    _check_round_trip(json.loads((shared_data / dataset / "annotations.json").read_text()))
+
+
+def _check_round_trip(coco: dict) -> None:
     anns = coco["annotations"][:25]
     for ann in anns:
         rle = ann["segmentation"]

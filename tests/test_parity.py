@@ -59,7 +59,7 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
     from conftest import TEST_DATA
 
-    im = Image.open(TEST_DATA / "images" / "kvasir_cju0qkwl35piu0993l0dewei2.jpg").convert("RGB")
+    im = Image.open(TEST_DATA / "images" / "rocket.jpg").convert("RGB")
     return np.asarray(im.resize((w, h), Image.BILINEAR))
 
 

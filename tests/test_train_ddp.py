@@ -27,7 +27,7 @@ def _recipe(tmp_path: Path, data: Path) -> Path:
         "\n".join(
             [
                 "[model]", 'preset = "tiny"', "[data]",
-                f'datasets = ["{data / "SUIM_sample"}"]', "masks_per_image = 2",
+                f'datasets = ["{data}"]', "masks_per_image = 2",
                 f'cache_dir = "{tmp_path / "cache"}"',
                 "[optim]", "lr = 2e-3", "warmup_steps = 1", "[loop]",
                 "steps = 2", "global_batch = 2", "micro_batch = 1", "num_rounds = 3", "threads = 1",
@@ -43,8 +43,8 @@ def _rows(run: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def test_two_processes_match_one(tmp_path: Path, shared_data: Path) -> None:
-    recipe = _recipe(tmp_path, shared_data)
+def test_two_processes_match_one(tmp_path: Path, shapes_data: Path) -> None:
+    recipe = _recipe(tmp_path, shapes_data)
     # One process: global batch 2 as 2 accumulated micro-batches of 1 image.
     train(load_config(recipe), tmp_path / "single", progress=False)
     # Two processes: 1 image each; the model's and the optimiser's state live per rank.

@@ -22,7 +22,7 @@ def _recipe(tmp_path: Path, data: Path, **loop: object) -> Path:
     }
     lines = [
         "[model]", 'preset = "tiny"', "[data]",
-        f'datasets = ["{data / "SUIM_sample"}"]', "masks_per_image = 2", f'cache_dir = "{tmp_path / "cache"}"',
+        f'datasets = ["{data}"]', "masks_per_image = 2", f'cache_dir = "{tmp_path / "cache"}"',
         "[optim]", "lr = 2e-3", "warmup_steps = 1", "[loop]",
     ] + [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
     path = tmp_path / "recipe.toml"
@@ -35,8 +35,8 @@ def _losses(run: Path) -> list[float]:
         return [float(r["loss"]) for r in csv.DictReader(f)]
 
 
-def test_loss_decreases_when_overfitting_real_images(tmp_path: Path, shared_data: Path) -> None:
-    recipe = _recipe(tmp_path, shared_data, steps=24, num_rounds=1)
+def test_loss_decreases_when_overfitting_two_images(tmp_path: Path, shapes_data: Path) -> None:
+    recipe = _recipe(tmp_path, shapes_data, steps=24, num_rounds=1)
     # two images over and over: the same prompts' loss must fall well below its start
     cfg = load_config(recipe, ["data.limit_per_dataset=2", "loop.global_batch=2", "optim.weight_decay=0.0"])
     train(cfg, tmp_path / "run", progress=False)
@@ -46,8 +46,8 @@ def test_loss_decreases_when_overfitting_real_images(tmp_path: Path, shared_data
     assert last < 0.7 * first, losses
 
 
-def test_resume_is_exact(tmp_path: Path, shared_data: Path) -> None:
-    recipe = _recipe(tmp_path, shared_data, steps=4)
+def test_resume_is_exact(tmp_path: Path, shapes_data: Path) -> None:
+    recipe = _recipe(tmp_path, shapes_data, steps=4)
     # 2 steps, stop, then resume for the remaining 2: drop path on, so RNG states must round-trip
     cfg = load_config(recipe, ["loop.steps=2", "loop.checkpoint_every=2", "model.drop_path_rate=0.2"])
     train(cfg, tmp_path / "split", progress=False)
@@ -64,14 +64,14 @@ def test_resume_is_exact(tmp_path: Path, shared_data: Path) -> None:
     assert _losses(tmp_path / "whole_dp") == pytest.approx(_losses(tmp_path / "split"), rel=1e-6)
 
 
-def test_finetune_from_pth_and_export_loads_everywhere(tmp_path: Path, shared_data: Path) -> None:
-    from tests.sam_testing import official_model
+def test_finetune_from_pth_and_export_loads_everywhere(tmp_path: Path, shapes_data: Path) -> None:
+    from sam_testing import official_model
     import segany
 
     torch.manual_seed(3)
     init = build_sam(PRESETS["tiny"])
     save_checkpoint(init, tmp_path / "init.pth")
-    recipe = _recipe(tmp_path, shared_data, steps=2)
+    recipe = _recipe(tmp_path, shapes_data, steps=2)
     overrides = [
         f"model.init={tmp_path / 'init.pth'}", "model.drop_path_rate=0.1", "optim.layer_decay=0.8",
         "model.freeze_image_encoder=true",
@@ -86,7 +86,9 @@ def test_finetune_from_pth_and_export_loads_everywhere(tmp_path: Path, shared_da
     for k, v in init.state_dict().items():
         if k.startswith("image_encoder."):
             assert torch.equal(tuned.state_dict()[k], v), k
-    assert not torch.equal(tuned.state_dict()["mask_decoder.iou_token.weight"], init.state_dict()["mask_decoder.iou_token.weight"])
+    assert not torch.equal(
+        tuned.state_dict()["mask_decoder.iou_token.weight"], init.state_dict()["mask_decoder.iou_token.weight"]
+    )
     # the .pth export is a plain state dict in the official key layout
     state = torch.load(tmp_path / "ft" / "model.pth", weights_only=True)
     official = official_model(tuned.config)
@@ -95,10 +97,10 @@ def test_finetune_from_pth_and_export_loads_everywhere(tmp_path: Path, shared_da
                        state["mask_decoder.iou_token.weight"])
 
 
-def test_cli_train_runs(tmp_path: Path, shared_data: Path) -> None:
+def test_cli_train_runs(tmp_path: Path, shapes_data: Path) -> None:
     from segany.cli.main import main
 
-    recipe = _recipe(tmp_path, shared_data, steps=1)
+    recipe = _recipe(tmp_path, shapes_data, steps=1)
     out = tmp_path / "cli"
     assert main(["train", str(recipe), "loop.bf16=true", "--output", str(out), "--no-progress"]) == 0
     assert (out / "model.safetensors").is_file() and (out / "checkpoint.pt").is_file()

@@ -1,11 +1,11 @@
 """Regenerate the tiny SA-1B folder fixture in ``sa1b/`` (run by hand; not a test).
 
-It takes one real SUIM underwater image from the shared data, shrinks it to 160 px wide, shrinks its
-three largest annotated masks the same way (nearest neighbour), and writes them in the SA-1B per-image
+It takes the first picture of the committed synthetic data set (``tests/data/shapes``), shrinks it to 160 px
+wide, shrinks its three largest annotated masks the same way (nearest neighbour), and writes them in the SA-1B per-image
 format with pycocotools directly (not with segany's writer, which the tests check against this file).
 ``area`` and ``bbox`` are computed here with numpy so the tests compare against independent values.
 
-    /work/venv/bin/python tests/data/io/make_sa1b_fixture.py /work/shared/data/SUIM_sample
+    python tests/data/io/make_sa1b_fixture.py [COCO_FOLDER]   # default: tests/data/shapes
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pycocotools import mask as mask_utils
 HERE = Path(__file__).resolve().parent / "sa1b"
 
 
-def main(suim: Path) -> None:
-    coco = json.loads((suim / "annotations.json").read_text())
+def main(folder: Path) -> None:
+    coco = json.loads((folder / "annotations.json").read_text())
     image = coco["images"][0]
     anns = sorted((a for a in coco["annotations"] if a["image_id"] == image["id"]), key=lambda a: -a["area"])[:3]
-    photo = Image.open(suim / "images" / image["file_name"]).convert("RGB")
+    photo = Image.open(folder / "images" / image["file_name"]).convert("RGB")
     width = 160
     height = round(photo.height * width / photo.width)
     HERE.mkdir(exist_ok=True)
@@ -55,4 +55,4 @@ def main(suim: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[1] / "shapes")
