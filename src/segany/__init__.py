@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "segany.build",
     "sam_model_registry": "segany.build",
+    "build_sam": "segany.build",
     "build_sam_vit_h": "segany.build",
     "build_sam_vit_l": "segany.build",
     "build_sam_vit_b": "segany.build",
@@ -27,21 +28,48 @@ _LAZY = {
     "SamAutomaticMaskGenerator": "segany.inference.automatic",
     "Sam": "segany.model",
     "SamConfig": "segany.model",
-    "build_sam": "segany.model",
+    "build_sam_from_config": "segany.build",
     "PRESETS": "segany.model",
     "load_checkpoint": "segany.io.checkpoint",
     "save_checkpoint": "segany.io.checkpoint",
     "read_image": "segany.io.image",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__",
+    "load_model",
+    "sam_model_registry",
+    "build_sam",
+    "build_sam_vit_h",
+    "build_sam_vit_l",
+    "build_sam_vit_b",
+    "SamPredictor",
+    "ImageEmbedding",
+    "SamAutomaticMaskGenerator",
+    "Sam",
+    "SamConfig",
+    "build_sam_from_config",
+    "PRESETS",
+    "load_checkpoint",
+    "save_checkpoint",
+    "read_image",
+]  # spelled out for static tools; tests/test_dropin.py checks it against _LAZY
 
 if TYPE_CHECKING:
-    from segany.build import build_sam_vit_b, build_sam_vit_h, build_sam_vit_l, load_model, sam_model_registry
+    from segany.build import (
+        build_sam,
+        build_sam_from_config,
+        build_sam_vit_b,
+        build_sam_vit_h,
+        build_sam_vit_l,
+        load_model,
+        sam_model_registry,
+    )
     from segany.inference.predictor import ImageEmbedding, SamPredictor
     from segany.io.checkpoint import load_checkpoint, save_checkpoint
     from segany.io.image import read_image
-    from segany.model import PRESETS, Sam, SamConfig, build_sam
+    from segany.inference.automatic import SamAutomaticMaskGenerator
+    from segany.model import PRESETS, Sam, SamConfig
 
 
 def __getattr__(name: str) -> Any:

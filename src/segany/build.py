@@ -1,6 +1,8 @@
 """Building models: presets, checkpoint files and the packaged default model.
 
-``sam_model_registry`` mirrors the official one (``sam_model_registry["vit_b"](checkpoint=path)``).
+``sam_model_registry``, ``build_sam`` and ``build_sam_vit_h/l/b`` mirror the official ones
+(``sam_model_registry["vit_b"](checkpoint=path)``, ``build_sam`` being ViT-H): same signature, and the model
+comes back in eval mode. ``build_sam_from_config`` builds a random model of any :class:`SamConfig`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import torch
 
 from segany.errors import CheckpointError
 from segany.io.checkpoint import load_checkpoint
-from segany.model import PRESETS, Sam, build_sam
+from segany.model import PRESETS, Sam
+from segany.model import build_sam as build_sam_from_config
 
 DEFAULT_WEIGHTS = "segany_default.safetensors"
 
@@ -48,9 +51,13 @@ def load_model(
             )
         model = load_checkpoint(path)
     elif isinstance(path_or_preset, str) and path_or_preset in PRESETS:
-        model = build_sam(PRESETS[path_or_preset])
+        model = build_sam_from_config(PRESETS[path_or_preset])
     else:
-        if isinstance(path_or_preset, str) and not Path(path_or_preset).exists() and "." not in Path(path_or_preset).name:
+        if (
+            isinstance(path_or_preset, str)
+            and not Path(path_or_preset).exists()
+            and "." not in Path(path_or_preset).name
+        ):
             names = ", ".join(sorted(PRESETS))
             raise CheckpointError(f"{path_or_preset}: neither a file nor a preset ({names})")
         model = load_checkpoint(path_or_preset)
@@ -61,14 +68,14 @@ def load_model(
 def _registry_entry(name: str) -> Callable[..., Sam]:
     def build(checkpoint: str | os.PathLike[str] | None = None) -> Sam:
         if checkpoint is None:
-            return build_sam(PRESETS[name])
+            return build_sam_from_config(PRESETS[name]).eval()
         model = load_checkpoint(checkpoint)
         if model.config.replace(name=name) != PRESETS[name]:
             raise CheckpointError(f"{checkpoint}: is a {model.config.name} model, not {name}")
-        return model
+        return model.eval()
 
-    build.__name__ = f"build_sam_{name}"
-    build.__doc__ = f"A {name} model, random or loaded from ``checkpoint``."
+    build.__name__ = build.__qualname__ = f"build_sam_{name}"
+    build.__doc__ = f"A {name} model in eval mode, random or loaded from ``checkpoint``."
     return build
 
 
@@ -76,9 +83,11 @@ build_sam_vit_h = _registry_entry("vit_h")
 build_sam_vit_l = _registry_entry("vit_l")
 build_sam_vit_b = _registry_entry("vit_b")
 build_sam_tiny = _registry_entry("tiny")
+build_sam = build_sam_vit_h  # as in the official package
+
 
 sam_model_registry: dict[str, Callable[..., Sam]] = {
-    "default": build_sam_vit_h,
+    "default": build_sam,
     "vit_h": build_sam_vit_h,
     "vit_l": build_sam_vit_l,
     "vit_b": build_sam_vit_b,

@@ -1,7 +1,9 @@
 """Errors a user can act on.
 
 Anything raised as a :class:`SeganyError` is a problem with the user's input (a file, a prompt, a
-setting), not a bug: the CLI prints its message on one line and exits with status 2.
+setting), not a bug: the CLI prints its message on one line and exits with status 2. The errors about
+bad values also derive from :class:`ValueError`, so code written for the official package that catches
+``ValueError`` still catches them.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ class SeganyError(Exception):
     """Base class for errors caused by bad input rather than by a bug."""
 
 
-class CheckpointError(SeganyError):
+class CheckpointError(SeganyError, ValueError):
     """A checkpoint file is missing, unreadable, unsafe, truncated or not a SAM model."""
 
 
-class ImageError(SeganyError):
+class ImageError(SeganyError, ValueError):
     """An image is missing, unreadable or of an unsupported kind."""
 
 
-class PromptError(SeganyError):
+class PromptError(SeganyError, ValueError):
     """A prompt (point, box, mask) is malformed or outside the image."""

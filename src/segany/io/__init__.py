@@ -9,7 +9,7 @@ from __future__ import annotations
 from segany.errors import SeganyError
 
 
-class FormatError(SeganyError):
+class FormatError(SeganyError, ValueError):
     """A data file (COCO JSON, SA-1B JSON, RLE, dataset folder) is missing, malformed or inconsistent."""
 
 

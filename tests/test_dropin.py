@@ -1,0 +1,164 @@
+"""The drop-in promise: every public name of the official ``segment_anything`` package is importable from
+``segany`` with the official signature (parameter names, order and defaults) and behaves as the official one
+does for the caller: models in eval mode, ``checkpoint=`` keyword, errors that ``except ValueError`` catches."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+import segment_anything
+import torch
+from sam_testing import random_tiny
+
+import segany
+from segany.errors import CheckpointError, ImageError, PromptError, SeganyError
+from segany.io import FormatError
+from segany.io.checkpoint import save_checkpoint
+
+OFFICIAL_NAMES = sorted(
+    n for n in vars(segment_anything) if not n.startswith("_") and not inspect.ismodule(getattr(segment_anything, n))
+)
+
+
+def _params(fn: object) -> list[inspect.Parameter]:
+    return [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]  # type: ignore[arg-type]
+
+
+def assert_accepts_official_calls(ours: object, theirs: object) -> None:
+    """Same parameter names in the same order with the same defaults; any extra parameter has a default."""
+    mine, official = _params(ours), _params(theirs)
+    positional = [p for p in mine if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    assert [p.name for p in positional[: len(official)]] == [p.name for p in official], (ours, mine, official)
+    by_name = {p.name: p for p in mine}
+    for p in official:
+        assert by_name[p.name].default == p.default, (ours, p.name)
+    for p in mine:
+        if p.name not in {q.name for q in official}:
+            assert p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD), (ours, p.name)
+
+
+def test_official_names_are_all_here() -> None:
+    assert set(OFFICIAL_NAMES) == {
+        "SamAutomaticMaskGenerator", "SamPredictor", "build_sam", "build_sam_vit_b", "build_sam_vit_h",
+        "build_sam_vit_l", "sam_model_registry",
+    }
+    for name in OFFICIAL_NAMES:
+        assert name in segany.__all__
+        assert getattr(segany, name) is not None
+    # segany.__all__ is spelled out for static tools; it must list exactly the lazily exported names.
+    assert set(segany.__all__) == {"__version__", *segany._LAZY}
+
+
+# Official names segany does not offer yet, each with where the fix belongs; the xfail is strict, so the entry
+# must go once the name exists.
+KNOWN_GAPS = {
+    ("SamAutomaticMaskGenerator", "postprocess_small_regions"): "static method missing in segany.inference.automatic",
+}
+
+
+def _members() -> list[tuple[str, str | None]]:
+    pairs: list[tuple[str, str | None]] = []
+    for name in OFFICIAL_NAMES:
+        theirs = getattr(segment_anything, name)
+        if name == "sam_model_registry":
+            continue
+        pairs.append((name, None))
+        if inspect.isclass(theirs):
+            pairs += [(name, m) for m, v in vars(theirs).items() if not m.startswith("_") and
+                      (callable(v) or isinstance(v, (property, staticmethod)))]
+    return pairs
+
+
+@pytest.mark.parametrize(
+    ("name", "member"),
+    [
+        pytest.param(n, m, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[(n, m)]))
+        if (n, m) in KNOWN_GAPS else (n, m)
+        for n, m in _members()
+    ],
+)
+def test_official_signatures(name: str, member: str | None) -> None:
+    ours, theirs = getattr(segany, name), getattr(segment_anything, name)
+    if member is None:
+        assert_accepts_official_calls(ours.__init__ if inspect.isclass(theirs) else ours,
+                                      theirs.__init__ if inspect.isclass(theirs) else theirs)
+        return
+    official = inspect.getattr_static(theirs, member)
+    mine = inspect.getattr_static(ours, member)
+    if isinstance(official, property):
+        assert isinstance(mine, property)
+    else:
+        assert isinstance(mine, staticmethod) == isinstance(official, staticmethod)
+        assert_accepts_official_calls(getattr(ours, member), getattr(theirs, member))
+
+
+def test_registry_keys_and_builders() -> None:
+    ours, theirs = segany.sam_model_registry, segment_anything.sam_model_registry
+    assert set(theirs) <= set(ours)
+    for key in theirs:
+        assert_accepts_official_calls(ours[key], theirs[key])
+    # As in the official package, build_sam is ViT-H and "default" means it.
+    assert segany.build_sam is segany.build_sam_vit_h is ours["default"] is ours["vit_h"]
+    assert ours["vit_l"] is segany.build_sam_vit_l and ours["vit_b"] is segany.build_sam_vit_b
+
+
+def test_builders_return_eval_models_and_take_checkpoint_keyword(tmp_path: Path) -> None:
+    model = segany.sam_model_registry["vit_b"]()
+    assert not model.training and model.config.name == "vit_b"
+    assert all(not m.training for m in model.modules())
+    del model
+    tiny = random_tiny(seed=5).train()
+    path = save_checkpoint(tiny, tmp_path / "tiny.pth")
+    loaded = segany.sam_model_registry["tiny"](checkpoint=path)
+    assert not loaded.training
+    for k, v in tiny.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    # A checkpoint of another size is refused, and callers catching ValueError catch it.
+    for build in (segany.build_sam, segany.build_sam_vit_l, segany.build_sam_vit_b):
+        with pytest.raises(ValueError, match="is a tiny model"):
+            build(checkpoint=path)
+
+
+def test_errors_have_builtin_bases(tmp_path: Path) -> None:
+    for cls in (CheckpointError, ImageError, PromptError, FormatError):
+        assert issubclass(cls, SeganyError) and issubclass(cls, ValueError)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError):
+        segany.load_model(junk)
+    with pytest.raises(ValueError):
+        segany.read_image(junk)
+
+
+def test_predictor_behaves_as_official_for_callers() -> None:
+    predictor = segany.SamPredictor(random_tiny(seed=6))
+    with pytest.raises(RuntimeError):  # the official error before set_image
+        predictor.predict(point_coords=np.array([[5.0, 5.0]]), point_labels=np.array([1]))
+    image = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    with pytest.raises(ValueError):  # the official package asserts; ours raises ImageError, a ValueError
+        predictor.set_image(image, image_format="HSV")
+    predictor.set_image(image)
+    assert predictor.is_image_set and predictor.original_size == (40, 60)
+    masks, scores, low_res = predictor.predict(point_coords=np.array([[30.0, 20.0]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 40, 60) and masks.dtype == bool and scores.shape == (3,)
+    assert low_res.shape == (3, 256 // 4, 256 // 4)
+    with pytest.raises(ValueError):  # point_coords without labels: official AssertionError, ours PromptError
+        predictor.predict(point_coords=np.array([[30.0, 20.0]]))
+    predictor.reset_image()
+    assert not predictor.is_image_set
+
+
+def test_generator_takes_every_official_keyword() -> None:
+    official = inspect.signature(segment_anything.SamAutomaticMaskGenerator.__init__).parameters
+    values = {name: p.default for name, p in official.items() if name not in ("self", "model")}
+    values.update(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    generator = segany.SamAutomaticMaskGenerator(model=random_tiny(seed=7), **values)
+    image = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    records = generator.generate(image)
+    assert records, "thresholds off: some mask must come out"
+    keys = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
+    assert all(set(r) == keys for r in records)
+    assert records[0]["segmentation"].shape == (48, 64)
