@@ -1,8 +1,8 @@
 """Speed of segany's automatic mask generator against the official one: same weights, image and knobs.
 
-    nice /work/venv/bin/python benchmarks/bench_amg.py                 # smooth, tiny, vit_b: print a table
-    nice /work/venv/bin/python benchmarks/bench_amg.py --write         # and update benchmarks/RESULTS.md
-    nice /work/venv/bin/python benchmarks/bench_amg.py --models tiny --repeats 3
+    nice python benchmarks/bench_amg.py                 # smooth, tiny, vit_b: print a table
+    nice python benchmarks/bench_amg.py --write         # and update benchmarks/RESULTS.md
+    nice python benchmarks/bench_amg.py --models tiny --repeats 3
 
 Weights are random (no trained checkpoint is available offline), so the official default thresholds
 drop (nearly) every candidate at the predicted-IoU or stability filter. Each model is therefore timed

@@ -57,7 +57,7 @@ def main() -> None:
 
     model = randomize_(build_sam(PRESETS["vit_b"]), seed=0).eval()
     ref = official_twin(model)
-    image = read_image(ROOT / "tests/data/images/kvasir_cju0qkwl35piu0993l0dewei2.jpg")
+    image = read_image(ROOT / "tests/data/images/rocket.jpg")
     point = dict(point_coords=np.array([[300.0, 250.0]]), point_labels=np.array([1]))
     ours, theirs = SamPredictor(model), OfficialPredictor(ref)
     # The opt-in bfloat16 decoder, on the same embedding (its encoder is segany's float32 one).
@@ -106,24 +106,36 @@ def main() -> None:
     def bf16_cells(times: dict[str, list[float]]) -> str:
         if not times["bf16"]:
             return "- | - | - | -"
-        return " | ".join(f"{statistics.median(times[k]) * 1e3:.1f} ms | {ratio(times, k):.2f}x" for k in ("bf16", "bf16c"))
+        return " | ".join(
+            f"{statistics.median(times[k]) * 1e3:.1f} ms | {ratio(times, k):.2f}x" for k in ("bf16", "bf16c")
+        )
 
     r_enc, r_click, r_big = ratio(enc, "segany"), ratio(click, "segany"), ratio(click_big, "segany")
-    enc16_cells = f"{statistics.median(enc['bf16']):.2f} (bf16 encoder) | {ratio(enc, 'bf16'):.2f}x" if enc["bf16"] else "- | -"
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
+    enc16_cells = (
+        f"{statistics.median(enc['bf16']):.2f} (bf16 encoder) | {ratio(enc, 'bf16'):.2f}x" if enc["bf16"] else "- | -"
+    )
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+        platform.processor(),
+    )
     lines = [
         "## Core: vit_b encoder and one click",
         "",
         f"Machine: {cpu}, 2 threads, torch {torch.__version__}, {datetime.date.today()}; load average "
         f"{os.getloadavg()[0]:.1f} at the end (this benchmark alone gives ~2).",
-        f"Image {image.shape[1]}x{image.shape[0]}, random vit_b weights identical in both; {args.rounds} interleaved rounds,",
-        f"median ratio. Max embedding difference {diff:.1e}. Command: `nice python benchmarks/bench_core.py --rounds {args.rounds} --write`.",
+        f"Image {image.shape[1]}x{image.shape[0]}, random vit_b weights identical in both; "
+        f"{args.rounds} interleaved rounds,",
+        f"median ratio. Max embedding difference {diff:.1e}. "
+        f"Command: `nice python benchmarks/bench_core.py --rounds {args.rounds} --write`.",
         "",
         "| step | official (s) | segany (s) | speed-up | segany, bf16 decoder | speed-up | bf16, compiled | speed-up |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| image encoder (set_image) | {statistics.median(enc['official']):.2f} | {statistics.median(enc['segany']):.2f} | {r_enc:.2f}x | {enc16_cells} | - | - |",
-        f"| one click (predict, 3 masks, to image size) | {statistics.median(click['official']) * 1e3:.1f} ms | {statistics.median(click['segany']) * 1e3:.1f} ms | {r_click:.2f}x | {bf16_cells(click)} |",
-        f"| one click, masks at 2250x1500 (SA-1B size) | {statistics.median(click_big['official']) * 1e3:.1f} ms | {statistics.median(click_big['segany']) * 1e3:.1f} ms | {r_big:.2f}x | {bf16_cells(click_big)} |",
+        f"| image encoder (set_image) | {statistics.median(enc['official']):.2f} | "
+        f"{statistics.median(enc['segany']):.2f} | {r_enc:.2f}x | {enc16_cells} | - | - |",
+        f"| one click (predict, 3 masks, to image size) | {statistics.median(click['official']) * 1e3:.1f} ms | "
+        f"{statistics.median(click['segany']) * 1e3:.1f} ms | {r_click:.2f}x | {bf16_cells(click)} |",
+        f"| one click, masks at 2250x1500 (SA-1B size) | {statistics.median(click_big['official']) * 1e3:.1f} ms | "
+        f"{statistics.median(click_big['segany']) * 1e3:.1f} ms | {r_big:.2f}x | {bf16_cells(click_big)} |",
         "",
     ]
     text = "\n".join(lines)

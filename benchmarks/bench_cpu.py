@@ -22,7 +22,7 @@ round, then the median over rounds: on a shared machine the load drifts, and thi
 
 The int8 accuracy cost is the mean IoU between the masks of the int8 pipeline (int8 encoder and
 decoder graphs) and the float32 one, for point and box prompts taken from real annotations (training
-sets in /work/shared/data, never the held-out sets). int8 graphs use the weight type that suits this
+sets in $SEGANY_SHARED_DATA or ../shared/data, never the held-out sets). int8 graphs use the weight type that suits this
 CPU (signed where it has VNNI/AMX; see segany.export.quantize). The bfloat16 decoder
 (``SamPredictor(model, decoder_precision="bf16")``, timed only on CPUs with AVX-512 BF16 or AMX) is
 checked the same way: its masks against the float32 decoder's on the same float32 embeddings, eager and
@@ -52,8 +52,6 @@ from typing import Any
 from bench_cpu_workers import REPO, THREADS, warm_memory  # noqa: E402  (this script's folder is on sys.path)
 
 DATA = Path(os.environ.get("SEGANY_SHARED_DATA", REPO.parent / "shared" / "data"))
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
 TRAINING_SETS = ("COCO_MVal", "BSDS500", "ISBI2012_EM", "SUIM_sample", "KvasirSEG_sample")
 
 
@@ -167,7 +165,7 @@ def interleaved(task: str, impls: list[str], spec: dict[str, Any], rounds: int) 
             if "masks" in res:
                 out[impl]["masks"] = res["masks"]
     base = out.get("official")
-    for impl, row in out.items():
+    for row in out.values():
         row["median_s"] = statistics.median(row["per_round"])
         if base is not None:
             ratios = [b / t for b, t in zip(base["per_round"], row["per_round"])]
@@ -188,7 +186,9 @@ def machine_info() -> dict[str, Any]:
                 break
         flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
         simd = " ".join(
-            f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16") if f" {f}" in flags
+            f
+            for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16")
+            if f" {f}" in flags
         )
     except OSError:
         simd = ""
@@ -268,7 +268,13 @@ def main() -> int:
     for key, spec in models.items():
         if "checkpoint" not in spec:
             continue
-        click_spec = {**spec, "image": image, "clicks": 3 if args.quick else args.clicks, "warmup": 2, "label": f"click {key}"}
+        click_spec = {
+            **spec,
+            "image": image,
+            "clicks": 3 if args.quick else args.clicks,
+            "warmup": 2,
+            "label": f"click {key}",
+        }
         impls = ["official", "torch", *bf16, *compiled, "onnx-fp32", "onnx-int8"]
         results[f"click/{key}"] = interleaved("click", impls, click_spec, rounds)
 
@@ -288,8 +294,9 @@ def main() -> int:
         items = accuracy_items(n)
         if items:
             _log(f"accuracy {key}: int8 vs fp32 on {len(items)} images")
-            results["accuracy"][key] = run_worker({"task": "accuracy", "impl": "int8", "onnx_dir": models[key]["onnx_dir"],
-                                                   "items": items})
+            results["accuracy"][key] = run_worker(
+                {"task": "accuracy", "impl": "int8", "onnx_dir": models[key]["onnx_dir"], "items": items}
+            )
             extra = ["bf16-compiled", "bf16-encoder-compiled"] if compiled else []
             for impl in ["bf16", "bf16-encoder", *extra] if bf16 else []:
                 _log(f"accuracy {key}: {impl} vs fp32 on {len(items)} images")
@@ -332,7 +339,9 @@ def _rows(title: str, res: dict[str, Any], unit: float = 1.0, suffix: str = "s")
         t = row["median_s"] * unit
         ratio = f"{row['speedup']:.2f}x" if "speedup" in row else "-"
         extra = f" ({row['masks']} masks)" if "masks" in row else ""
-        rows.append(f"| {title} | {IMPL_NAMES.get(impl, impl)}{extra} | {t:.3g} {suffix} | {ratio} | {row['peak_rss_mb']:.0f} |")
+        rows.append(
+            f"| {title} | {IMPL_NAMES.get(impl, impl)}{extra} | {t:.3g} {suffix} | {ratio} | {row['peak_rss_mb']:.0f} |"
+        )
     return rows
 
 
@@ -357,14 +366,17 @@ def format_results(results: dict[str, Any]) -> str:
             lines += _rows(f"encoder, {spec['label']}, {spec['image_size']} px", results[f"encoder/{key}"])
     for key, spec in results["models"].items():
         if f"click/{key}" in results:
-            lines += _rows(f"click, {spec['label']} (decoder + masks at image size)", results[f"click/{key}"], 1000.0, "ms")
+            lines += _rows(
+                f"click, {spec['label']} (decoder + masks at image size)", results[f"click/{key}"], 1000.0, "ms"
+            )
     if results.get("amg"):
         lines += _rows(f"automatic generator, {results['models']['default']['label']}", results["amg"])
     lines += [
         "",
         "`SamPredictor` clicks run `segany.inference.lowrank_decoder` on SAM's 64x64 grid (per-image products of "
         "the embedding; image rows after the first layer kept as LayerNorm(embedding + a mix of prompt vectors), "
-        "never formed), the fast decoder on small grids, and `segany.ops.postprocess.upscale_masks`; the onnxruntime predictor runs session 2's fast decoder "
+        "never formed), the fast decoder on small grids, and `segany.ops.postprocess.upscale_masks`; "
+        "the onnxruntime predictor runs the fast decoder "
         "exported (`image_cache.onnx`, `decoder_lowres.onnx`; the low-rank decoder exported ran slower in "
         "onnxruntime than in PyTorch, so it is not exported). The bf16 decoder "
         "(`segany.inference.bf16_decoder`, opt-in) keeps the image rows in bfloat16 and multiplies them in "
@@ -390,8 +402,12 @@ def format_results(results: dict[str, Any]) -> str:
             f"{acc['min_iou']:.2f}) over {acc['masks']} masks from point and box prompts on {acc['images']} "
             f"real training-set images; embedding cosine similarity {acc['embedding_cosine']:.4f}."
         )
-    for impl, name in (("bf16", "bf16 decoder"), ("bf16-compiled", "compiled bf16 decoder"), ("bf16-encoder", "bf16 encoder"),
-                       ("bf16-encoder-compiled", "compiled bf16 encoder")):
+    for impl, name in (
+        ("bf16", "bf16 decoder"),
+        ("bf16-compiled", "compiled bf16 decoder"),
+        ("bf16-encoder", "bf16 encoder"),
+        ("bf16-encoder-compiled", "compiled bf16 encoder"),
+    ):
         for key, acc in results.get(f"accuracy_{impl}", {}).items():
             same = "same float32 embeddings" if "encoder" not in impl else (
                 f"float32 decoder; embedding cosine similarity {acc['embedding_cosine']:.5f}")
@@ -401,11 +417,16 @@ def format_results(results: dict[str, Any]) -> str:
                 f">= 0.9, min {acc['min_iou']:.2f}) over {acc['masks']} masks from point and box prompts on "
                 f"{acc['images']} real training-set images ({same})."
             )
-    for task, what in (("encoder", "First image with compile_encoder=True"), ("click", "First click with compile_decoder=True")):
+    for task, what in (
+        ("encoder", "First image with compile_encoder=True"),
+        ("click", "First click with compile_decoder=True"),
+    ):
         for key, spec in results["models"].items():
             firsts = {i: r["first_s"] for i, r in results.get(f"{task}/{key}", {}).items() if i.endswith("-compiled")}
             if firsts:
-                parts = ", ".join(f"{IMPL_NAMES[i].replace('segany ', '')} {statistics.median(v):.1f} s" for i, v in firsts.items())
+                parts = ", ".join(
+                    f"{IMPL_NAMES[i].replace('segany ', '')} {statistics.median(v):.1f} s" for i, v in firsts.items()
+                )
                 lines.append(f"{what} (compilation included), {spec['label']}: {parts}.")
     lines += ["", *goal_lines(results)]
     return "\n".join(lines) + "\n"
@@ -423,7 +444,10 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
         best = max(fp32.values())
         out.append(f"- encoder float32 >= 1.3x, {spec['label']}: {'met' if best >= 1.3 else 'NOT met'} "
                    f"({', '.join(f'{name} {x:.2f}x' for name, x in fp32.items())})")
-        for impl, what in (("torch-bf16-encoder", "bf16 PyTorch encoder"), ("torch-bf16-encoder-compiled", "bf16 PyTorch encoder, compiled")):
+        for impl, what in (
+            ("torch-bf16-encoder", "bf16 PyTorch encoder"),
+            ("torch-bf16-encoder-compiled", "bf16 PyTorch encoder, compiled"),
+        ):
             if impl in enc:
                 acc16 = results.get(f"accuracy_{impl.removeprefix('torch-')}", {}).get(key)
                 iou16 = f", mean mask IoU {acc16['mean_iou']:.3f}" if acc16 else ""

@@ -104,7 +104,9 @@ def _set_embedding(predictor, embedding, original_size) -> None:
     predictor.reset_image()
     predictor.features = embedding
     predictor.original_size = tuple(original_size)
-    predictor.input_size = tuple(predictor.transform.get_preprocess_shape(*original_size, predictor.model.image_encoder.img_size))
+    predictor.input_size = tuple(
+        predictor.transform.get_preprocess_shape(*original_size, predictor.model.image_encoder.img_size)
+    )
     predictor.is_image_set = True
 
 
@@ -146,7 +148,9 @@ def worker_click(spec: dict[str, Any]) -> dict[str, Any]:
     with torch.inference_mode():
         for i, pt in enumerate(points):
             start = time.perf_counter()
-            masks, scores, _ = predictor.predict(point_coords=pt[None], point_labels=np.array([1]), multimask_output=True)
+            masks, scores, _ = predictor.predict(
+                point_coords=pt[None], point_labels=np.array([1]), multimask_output=True
+            )
             elapsed = time.perf_counter() - start
             assert masks.shape == (3, h, w) and masks.dtype == bool
             if i == 0:
@@ -277,8 +281,13 @@ def worker_gemm(spec: dict[str, Any]) -> dict[str, Any]:
             "gflops_fp32": 2 * 4096 * 768 * 3072 / times["fp32"] / 1e9, "peak_rss_mb": _peak_rss_mb()}
 
 
-WORKERS = {"gemm": worker_gemm, "encoder": worker_encoder, "click": worker_click, "amg": worker_amg, "accuracy": worker_accuracy}
-
+WORKERS = {
+    "gemm": worker_gemm,
+    "encoder": worker_encoder,
+    "click": worker_click,
+    "amg": worker_amg,
+    "accuracy": worker_accuracy,
+}
 
 
 if __name__ == "__main__":

@@ -65,7 +65,12 @@ def main() -> None:
     ap.add_argument("--data", nargs="+", default=DEFAULT_DATA)
     ap.add_argument("--max-per-image", type=int, default=None, help="objects per image for the model (default all)")
     ap.add_argument("--baselines", nargs="*", default=["otsu"], choices=["otsu", "grabcut"])
-    ap.add_argument("--baseline-max-per-image", type=int, default=None, help="at most this many of the model's objects per image for baselines")
+    ap.add_argument(
+        "--baseline-max-per-image",
+        type=int,
+        default=None,
+        help="at most this many of the model's objects per image for baselines",
+    )
     ap.add_argument("--grabcut-max-per-image", type=int, default=1, help="GrabCut is slow: objects per image")
     ap.add_argument("--grabcut-images", type=int, default=20, help="GrabCut is slow: first N images only")
     ap.add_argument("--limit-images", type=int, default=None, help="first N images of each data set")
@@ -121,7 +126,9 @@ def main() -> None:
                     grabcut.set_image(image)
                 otsu = OtsuComponents(image)
                 # The model's objects, optionally subsampled further.
-                sub = pick_objects(len(keep), args.baseline_max_per_image, np.random.default_rng([args.seed, sample.image_id]))
+                sub = pick_objects(
+                    len(keep), args.baseline_max_per_image, np.random.default_rng([args.seed, sample.image_id])
+                )
                 for i in (keep[j] for j in sub):
                     x, y = clicks[i]
                     if "otsu" in base:

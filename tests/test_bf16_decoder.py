@@ -50,7 +50,10 @@ PROMPTS = [
     ("one click", lambda g, s: ((torch.rand(1, 1, 2, generator=g) * s, torch.tensor([[1]])), None)),
     (
         "three prompts of four points",
-        lambda g, s: ((torch.rand(3, 4, 2, generator=g) * s, torch.tensor([[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1]])), None),
+        lambda g, s: (
+            (torch.rand(3, 4, 2, generator=g) * s, torch.tensor([[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1]])),
+            None,
+        ),
     ),
     ("boxes", lambda g, s: (None, torch.tensor([[4.0, 5.0, 90.0, 120.0], [0.0, 0.0, 10.0, 10.0]]))),
 ]
@@ -64,7 +67,9 @@ def test_close_to_the_model_decoder(model, name, make):
     cache = decoder.cache(DecoderImageCache(model).cache(embedding))
     with torch.no_grad():
         sparse, dense = model.prompt_encoder(points, boxes, None)
-        want_low, want_iou = model.mask_decoder.predict_masks(embedding, model.prompt_encoder.get_dense_pe(), sparse, dense)
+        want_low, want_iou = model.mask_decoder.predict_masks(
+            embedding, model.prompt_encoder.get_dense_pe(), sparse, dense
+        )
         got_low, got_iou = _decode(decoder, cache, sparse)
     _assert_close_to_float32(got_low, want_low)
     assert got_iou.dtype == torch.float32

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 
 import pytest
 import torch
@@ -11,7 +9,7 @@ import torch
 from sam_testing import official_twin, random_tiny
 from segany import load_model
 from segany.errors import CheckpointError
-from segany.io.checkpoint import infer_config, load_checkpoint, read_state_dict, save_checkpoint
+from segany.io.checkpoint import infer_config, load_checkpoint, save_checkpoint
 from segany.model import PRESETS, build_sam
 
 

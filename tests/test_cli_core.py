@@ -22,7 +22,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image(test_images):
-    return next(p for p in test_images if p.name == "suim_d_r_47.jpg")  # 480x448
+    return next(p for p in test_images if p.name == "rocket.jpg")  # 640x427
 
 
 def test_segment_writes_mask_and_overlay(tmp_path, checkpoint, image, capsys):
@@ -32,10 +32,10 @@ def test_segment_writes_mask_and_overlay(tmp_path, checkpoint, image, capsys):
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     mask = np.asarray(Image.open(out))
-    assert mask.shape == (448, 480) and set(np.unique(mask)) <= {0, 255}
+    assert mask.shape == (427, 640) and set(np.unique(mask)) <= {0, 255}
     assert result["masks"][0]["area"] == int((mask == 255).sum())
     pic = np.asarray(Image.open(overlay))
-    assert pic.shape == (448, 480, 3)
+    assert pic.shape == (427, 640, 3)
 
 
 def test_segment_multimask_writes_three_best_first(tmp_path, checkpoint, image, capsys):
@@ -67,7 +67,9 @@ def test_segment_bad_prompts(tmp_path, checkpoint, image, capsys, extra, message
 
 
 def test_segment_bad_files(tmp_path, checkpoint, image, capsys):
-    rc = main(["segment", str(tmp_path / "missing.jpg"), "-p", "1,1", "-c", str(checkpoint), "-o", str(tmp_path / "m.png")])
+    rc = main(
+        ["segment", str(tmp_path / "missing.jpg"), "-p", "1,1", "-c", str(checkpoint), "-o", str(tmp_path / "m.png")]
+    )
     assert rc == 2 and "no such file" in capsys.readouterr().err
     junk = tmp_path / "junk.jpg"
     junk.write_text("junk")
@@ -110,7 +112,7 @@ def test_segment_onnx_backend_matches_torch(tmp_path, checkpoint, image, capsys,
     prompt = ["--point", "200,150", "--point", "50,60,0", "-c", str(checkpoint), "--json"]
     assert main(["segment", str(image), *prompt, "-o", str(tmp_path / "torch.png")]) == 0
     torch_result = json.loads(capsys.readouterr().out)
-    for run in range(2):  # the second run reuses the cached export
+    for _ in range(2):  # the second run reuses the cached export
         assert main(["segment", str(image), *prompt, "--backend", "onnx", "-o", str(tmp_path / "onnx.png")]) == 0
         onnx_result = json.loads(capsys.readouterr().out)
         assert len(list((tmp_path / "cache" / "segany" / "onnx").iterdir())) == 1
@@ -160,7 +162,18 @@ def _segment_twice(tmp_path, checkpoint, image, capsys, *options: str) -> tuple[
 
 
 def _refused_on_onnx(tmp_path, checkpoint, image, capsys, option: str, *value: str) -> None:
-    args = ["--point", "200,150", "-c", str(checkpoint), option, *value, "--backend", "onnx", "-o", str(tmp_path / "x.png")]
+    args = [
+        "--point",
+        "200,150",
+        "-c",
+        str(checkpoint),
+        option,
+        *value,
+        "--backend",
+        "onnx",
+        "-o",
+        str(tmp_path / "x.png"),
+    ]
     rc = main(["segment", str(image), *args])
     err = capsys.readouterr().err
     assert rc == 2 and f"{option} applies to the torch backend" in err and "Traceback" not in err
@@ -186,3 +199,22 @@ def test_segment_bf16_encoder(tmp_path, checkpoint, image, capsys):
     iou, score_diff = _segment_twice(tmp_path, checkpoint, image, capsys, "--encoder-precision", "bf16")
     assert iou > 0.95 and score_diff < 0.05
     _refused_on_onnx(tmp_path, checkpoint, image, capsys, "--encoder-precision", "bf16")
+
+
+def test_python_dash_m_segany(tmp_path):
+    import os
+    from pathlib import Path
+
+    import segany
+
+    src = str(Path(segany.__file__).resolve().parents[1])  # this checkout's segany, not another install
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "segany", *args], capture_output=True, text=True, env=env)
+
+    done = run("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"segany {segany.__version__}"
+    done = run("info", str(tmp_path / "missing.pth"))
+    assert done.returncode == 2 and done.stderr.startswith("segany info: error:") and "Traceback" not in done.stderr
+    assert run().returncode == 2

@@ -148,7 +148,10 @@ def test_compiled_lowrank_clicks_match_eager(model, monkeypatch):
 
 def _images(count: int) -> list[np.ndarray]:
     rng = np.random.default_rng(7)
-    return [rng.integers(0, 256, (int(rng.integers(40, 120)), int(rng.integers(40, 120)), 3), dtype=np.uint8) for _ in range(count)]
+    return [
+        rng.integers(0, 256, (int(rng.integers(40, 120)), int(rng.integers(40, 120)), 3), dtype=np.uint8)
+        for _ in range(count)
+    ]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -167,7 +167,7 @@ def test_no_feedback_and_early_stop(tmp_path: Path) -> None:
     almost = GT & ~square(10, 11, 20, 41)  # one row missing: IoU 0.952 >= 0.9
     fake = ScriptedPredictor([([almost] * 3, [0.3, 0.2, 0.1])])
     st = PointsSettings(max_clicks=20, feed_logits=False)
-    res = evaluate_points(ds, PromptSegmenter(fake), st, progress=False)
+    evaluate_points(ds, PromptSegmenter(fake), st, progress=False)
     # Threshold reached at click 1, but mIoU@9 needs 9 clicks; no more afterwards.
     assert len(fake.calls) == 9
     assert all(c["mask_input"] is None for c in fake.calls)

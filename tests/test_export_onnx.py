@@ -42,7 +42,9 @@ def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _decoder_inputs(model, n_points: int, has_mask: bool, orig: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
+def _decoder_inputs(
+    model, n_points: int, has_mask: bool, orig: tuple[int, int], seed: int = 0
+) -> dict[str, np.ndarray]:
     g = torch.Generator().manual_seed(seed)
     c = model.prompt_encoder.embed_dim
     gh, gw = model.prompt_encoder.image_embedding_size
@@ -75,7 +77,15 @@ def _official_outputs(model, feeds, **options):
 def test_export_writes_every_graph_and_a_manifest(exported, model):
     folder, result = exported
     manifest = json.loads((folder / "segany_onnx.json").read_text())
-    for role in ("encoder", "decoder", "image_cache", "decoder_lowres", "encoder.int8", "image_cache.int8", "decoder_lowres.int8"):
+    for role in (
+        "encoder",
+        "decoder",
+        "image_cache",
+        "decoder_lowres",
+        "encoder.int8",
+        "image_cache.int8",
+        "decoder_lowres.int8",
+    ):
         assert (folder / manifest["files"][role]).is_file(), role
         onnx.checker.check_model(str(folder / manifest["files"][role]))
     assert manifest["image_size"] == model.image_encoder.img_size
@@ -150,7 +160,9 @@ def test_embed_points_follows_the_prompt_encoder(model):
 # -- agreement with the official export ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_points,has_mask,orig", [(3, False, (300, 450)), (5, True, (500, 200)), (1, False, (256, 256))])
+@pytest.mark.parametrize(
+    "n_points,has_mask,orig", [(3, False, (300, 450)), (5, True, (500, 200)), (1, False, (256, 256))]
+)
 def test_decoder_graph_matches_official_samonnxmodel(exported, model, n_points, has_mask, orig):
     folder, _ = exported
     feeds = _decoder_inputs(model, n_points, has_mask, orig, seed=n_points)
@@ -163,7 +175,9 @@ def test_decoder_graph_matches_official_samonnxmodel(exported, model, n_points, 
 
 
 def test_decoder_options_match_official(model, tmp_path):
-    export_onnx(model, tmp_path, encoder=False, return_single_mask=True, use_stability_score=True, return_extra_metrics=True)
+    export_onnx(
+        model, tmp_path, encoder=False, return_single_mask=True, use_stability_score=True, return_extra_metrics=True
+    )
     session = _session(tmp_path / "decoder.onnx")
     assert [o.name for o in session.get_outputs()] == [
         "masks", "iou_predictions", "stability_scores", "areas", "low_res_masks"
@@ -201,7 +215,9 @@ def test_lowres_decoder_is_batched(exported, model):
                                   point_labels=labels.float().numpy()))
     with torch.no_grad():
         sparse, dense = model.prompt_encoder((coords[:, :1], labels[:, :1]), None, None)
-        want_low, want_iou = model.mask_decoder.predict_masks(embedding, model.prompt_encoder.get_dense_pe(), sparse, dense)
+        want_low, want_iou = model.mask_decoder.predict_masks(
+            embedding, model.prompt_encoder.get_dense_pe(), sparse, dense
+        )
     np.testing.assert_allclose(low, want_low.numpy(), atol=TOL, rtol=0)
     np.testing.assert_allclose(iou, want_iou.numpy(), atol=TOL, rtol=0)
 

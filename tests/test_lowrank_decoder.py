@@ -40,7 +40,10 @@ def test_equals_the_model_decoder(model, offset, scale):
         ((torch.rand(1, 1, 2, generator=g) * s, torch.tensor([[1]])), None),  # one click (+ padding point)
         ((torch.rand(3, 4, 2, generator=g) * s, torch.tensor([[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1]])), None),
         (None, torch.tensor([[4.0, 5.0, 90.0, 120.0], [0.0, 0.0, 10.0, 10.0]])),  # boxes only
-        ((torch.rand(2, 2, 2, generator=g) * s, torch.tensor([[1, 0], [0, 0]])), torch.tensor([[4.0, 5.0, 90.0, 120.0]] * 2)),
+        (
+            (torch.rand(2, 2, 2, generator=g) * s, torch.tensor([[1, 0], [0, 0]])),
+            torch.tensor([[4.0, 5.0, 90.0, 120.0]] * 2),
+        ),
     ]
     with torch.no_grad():
         for points, boxes in prompts:

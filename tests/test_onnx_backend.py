@@ -243,7 +243,9 @@ def test_upscale_logits_matches_reference(size):
     assert torch.equal((got > 0)[want.abs() > 1e-4], (want > 0)[want.abs() > 1e-4])
 
 
-@pytest.mark.parametrize("size,lead", [((480, 640), (1, 3)), ((1500, 2250), (1, 3)), ((333, 97), (2, 1)), ((700, 700), ())])
+@pytest.mark.parametrize(
+    "size,lead", [((480, 640), (1, 3)), ((1500, 2250), (1, 3)), ((333, 97), (2, 1)), ((700, 700), ())]
+)
 def test_upscale_masks_thresholds_without_full_size_logits(size, lead):
     """Blockwise resampling + thresholding gives exactly ``upscale_logits(...) > t`` (blocks of output
     lines cross mask boundaries when the line count is not a multiple of the block)."""

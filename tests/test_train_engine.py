@@ -112,7 +112,9 @@ def test_fast_decoder_gives_the_same_loss_and_gradients() -> None:
         model = _tiny().eval()  # no drop path: deterministic
         out = engine.interactive_step(model, batch, LoopSection(num_rounds=3, seed=2, fast_decoder=fast))
         out.loss.backward()
-        results.append((out.loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        results.append(
+            (out.loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        )
     (fast_loss, fast_grads), (ref_loss, ref_grads) = results
     assert fast_loss == pytest.approx(ref_loss, rel=1e-5)
     for name, grad in ref_grads.items():

@@ -11,7 +11,7 @@
 # baseline numbers shown next to them (--compare) are on the same data.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DATA=${SEGANY_DATA:-/work/shared/data}
+DATA=${SEGANY_DATA:-../shared/data}  # relative to the repository root
 OUT=benchmarks/eval
 EVAL=(nice -n 10 segany eval)
 COMMON=(--threads 1 --quiet)

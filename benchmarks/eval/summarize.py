@@ -50,16 +50,24 @@ def tables(folder: Path) -> str:
             top, oracle = r["result"]["metrics"]["top"], r["result"]["metrics"]["oracle"]
             cells = [top["num_objects"], top["miou@1"], oracle["miou@1"], top["miou@3"], top["miou@5"], top["miou@9"]]
             cells += [_fmt(top["noc@85"], 1), _fmt(top["noc@90"], 1)]
-            out.append(f"| {r['dataset']} | {NAMES.get(r['method'], r['method'])} | " + " | ".join(map(_fmt, cells)) + " |")
+            out.append(
+                f"| {r['dataset']} | {NAMES.get(r['method'], r['method'])} | " + " | ".join(map(_fmt, cells)) + " |"
+            )
         out.append("")
     boxes = rows("boxes")
     if boxes:
-        out += ["Boxes (ground-truth boxes, COCO mask AP via pycocotools):", "",
-                "| data | method | objects | AP | AP50 | AP75 | mIoU |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        out += [
+            "Boxes (ground-truth boxes, COCO mask AP via pycocotools):",
+            "",
+            "| data | method | objects | AP | AP50 | AP75 | mIoU |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in boxes:
             m = r["result"]["metrics"]
             cells = [m["num_objects"], m["AP"], m["AP50"], m["AP75"], m["mIoU"]]
-            out.append(f"| {r['dataset']} | {NAMES.get(r['method'], r['method'])} | " + " | ".join(map(_fmt, cells)) + " |")
+            out.append(
+                f"| {r['dataset']} | {NAMES.get(r['method'], r['method'])} | " + " | ".join(map(_fmt, cells)) + " |"
+            )
         out.append("")
     edges = rows("edges")
     if edges:
@@ -78,7 +86,9 @@ def tables(folder: Path) -> str:
         for r in proposals:
             m = r["result"]["metrics"]
             cells = [m["num_objects"], m["AR@100"], m["AR@1000"], m["ABO@100"], _fmt(m["proposals_per_image"], 1)]
-            out.append(f"| {r['dataset']} | {NAMES.get(r['method'], r['method'])} | " + " | ".join(map(_fmt, cells)) + " |")
+            out.append(
+                f"| {r['dataset']} | {NAMES.get(r['method'], r['method'])} | " + " | ".join(map(_fmt, cells)) + " |"
+            )
         out.append("")
     return "\n".join(out)
 

@@ -58,24 +58,26 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--decoder-precision", choices=("fp32", "bf16"), default="fp32",
-        help="segany's PyTorch decoder: fp32 (default; the official model's masks) or bf16 (1.4-1.5x "
-        "faster clicks on CPUs with AVX-512 BF16 or AMX, masks ~99%% the same; slower on other CPUs)",
+        help="segany's PyTorch decoder: fp32 (default; the official model's masks) or bf16 (faster clicks "
+        "on CPUs with AVX-512 BF16 or AMX, masks very close to fp32's; slower on other CPUs). Figures: "
+        "benchmarks/RESULTS.md",
     )
     parser.add_argument(
         "--encoder-precision", choices=("fp32", "bf16"), default="fp32",
-        help="torch backend's image encoder: fp32 (default) or bf16 (ViT-B ~1.6x faster on CPUs with AVX-512 "
-        "BF16 or AMX, embedding ~99.999%% the same; slower on other CPUs)",
+        help="torch backend's image encoder: fp32 (default) or bf16 (faster on CPUs with AVX-512 BF16 or AMX, "
+        "embedding very close to fp32's; slower on other CPUs). Figures: benchmarks/RESULTS.md",
     )
     parser.add_argument(
         "--compile-decoder", action="store_true",
-        help="compile segany's PyTorch decoder with torch.compile: clicks ~5-20%% faster after a one-off "
-        "compilation of 10-40 s at the first prompt (needs a C++ compiler); pays off over many prompts or images",
+        help="compile segany's PyTorch decoder with torch.compile: same masks, after a one-off compilation "
+        "at the first prompt (needs a C++ compiler); worth it with --decoder-precision bf16 over many prompts, "
+        "on the CPUs where benchmarks/RESULTS.md shows a gain",
     )
     parser.add_argument(
         "--compile-encoder", action="store_true",
-        help="torch backend: compile the image encoder with torch.compile (the small default model ~1.3x faster, "
-        "ViT-B 10-60%%) after a one-off compilation of 15-30 s at the first image (needs a C++ compiler); pays off "
-        "over many images",
+        help="torch backend: compile the image encoder with torch.compile: faster encoding after a one-off "
+        "compilation at the first image (needs a C++ compiler); pays off over many images. Figures: "
+        "benchmarks/RESULTS.md",
     )
 
 

@@ -42,15 +42,24 @@ _OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--data",), dict(required=True, metavar="DIR", help="data set folder (images/ + annotations.json)")),
     (("-o", "--output"), dict(required=True, metavar="REPORT_DIR", help="report folder (created if missing)")),
     (("-c", "--checkpoint"), dict(metavar="PATH", help="model weights; default: the packaged default model")),
-    (("--baseline",), dict(choices=sorted(BASELINES), help="classical baseline: grabcut (points, boxes), canny (edges)")),
+    (
+        ("--baseline",),
+        dict(choices=sorted(BASELINES), help="classical baseline: grabcut (points, boxes), canny (edges)"),
+    ),
     (("--device",), dict(default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")),
     (("--name",), dict(metavar="NAME", help="the model's name in the report (default: from the checkpoint)")),
     (("--split",), dict(metavar="SPLIT", help="split of splits.json to use (default: test for edges, else all)")),
     (("--limit",), dict(type=int, metavar="N", help="evaluate the first N objects (points) or images (others)")),
     (("--max-per-image",), dict(type=int, metavar="K", help="points: at most K random objects per image")),
     (("--seed",), dict(type=int, default=0, help="seed for object sampling and random clicks (default: 0)")),
-    (("--click-mode",), dict(choices=["center", "random"], default="center",
-                             help="points: click at the error region's centre (default) or uniformly in it")),
+    (
+        ("--click-mode",),
+        dict(
+            choices=["center", "random"],
+            default="center",
+            help="points: click at the error region's centre (default) or uniformly in it",
+        ),
+    ),
     (("--max-clicks",), dict(type=int, default=20, help="points: clicks per object at most (default: 20)")),
     (("--no-feedback",), dict(action="store_true", help="points: do not feed the previous logits back")),
     (("--full-run",), dict(action="store_true", help="points: always make --max-clicks clicks (no early stop)")),
@@ -60,8 +69,15 @@ _OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--nms",), dict(type=float, default=0.9, help="proposals: box NMS threshold (default: 0.9)")),
     (("--max-proposals",), dict(type=int, default=1000, help="proposals: kept per image (default: 1000)")),
     (("--nthresh",), dict(type=int, default=99, help="edges: benchmark thresholds (default: 99)")),
-    (("--compare",), dict(action="append", default=[], metavar="REPORT",
-                          help="an earlier report (folder or results.json) to show alongside; repeatable")),
+    (
+        ("--compare",),
+        dict(
+            action="append",
+            default=[],
+            metavar="REPORT",
+            help="an earlier report (folder or results.json) to show alongside; repeatable",
+        ),
+    ),
     (("--cases",), dict(type=int, default=3, help="best and worst cases pictured per method (default: 3)")),
     (("--threads",), dict(type=int, metavar="N", help="CPU threads for torch and OpenCV (default: their own)")),
     (("--quiet",), dict(action="store_true", help="no progress bar")),
@@ -180,7 +196,9 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline:
         methods.append((args.baseline, args.baseline, {"baseline": args.baseline}))
 
-    runner = {"points": _run_points, "boxes": _run_boxes, "proposals": _run_proposals, "edges": _run_edges}[args.protocol]
+    runner = {"points": _run_points, "boxes": _run_boxes, "proposals": _run_proposals, "edges": _run_edges}[
+        args.protocol
+    ]
     writer = ReportWriter(Path(args.output), f"segany eval {args.protocol}: {Path(args.data).name}")
     _check_compare(args, compare, writer)
     results, settings, extra = runner(args, ds, methods, writer, compare)

@@ -80,7 +80,11 @@ def run(args: argparse.Namespace) -> int:
     for path, mask, score in zip(paths, masks, scores):
         atomic_write_bytes(path, _png_bytes(mask))
         ys, xs = np.nonzero(mask)
-        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)] if len(xs) else None
+        bbox = (
+            [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+            if len(xs)
+            else None
+        )
         results.append({"mask": str(path), "score": round(float(score), 4), "area": int(mask.sum()), "bbox": bbox})
     if args.overlay:
         from segany.io.overlay import overlay_masks

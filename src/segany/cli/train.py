@@ -9,7 +9,7 @@ HELP = "train or fine-tune a SAM model from a recipe (one process or torchrun)"
 EXAMPLES = """examples:
   segany train recipes/tiny_smoke.toml --output runs/tiny_smoke
   segany train recipes/tiny_smoke.toml loop.steps=40 --output runs/tiny_smoke --resume
-  torchrun --standalone --nproc_per_node 2 -m segany.cli.main train recipes/tiny_smoke.toml --output runs/tiny_ddp
+  torchrun --standalone --nproc_per_node 2 -m segany train recipes/tiny_smoke.toml --output runs/tiny_ddp
   segany train recipes/finetune_vit_b.toml model.init=sam_vit_b_01ec64.pth --output runs/ft
 overrides are SECTION.KEY=VALUE with TOML values (optim.lr=1e-4, loop.bf16=true, data.masks_per_image=16)."""
 
@@ -20,7 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "overrides", nargs="*", metavar="SECTION.KEY=VALUE",
         help="settings that replace the recipe's (right after CONFIG, before any option; or use --set)",
     )
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="one more override (repeatable, anywhere)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="one more override (repeatable, anywhere)",
+    )
     parser.add_argument("--output", "-o", default=None, help="run folder (default: runs/<recipe name>)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")

@@ -29,7 +29,16 @@ import numpy as np
 from segany.errors import SeganyError
 from segany.eval.metrics import coco_segm_ap, mask_iou
 from segany.eval.prompting import as_segmenter
-from segany.eval.report import Panel, ReportWriter, case_picture, method_entries, metric_rows, context_box, pick_extremes, plot_histograms
+from segany.eval.report import (
+    Panel,
+    ReportWriter,
+    case_picture,
+    method_entries,
+    metric_rows,
+    context_box,
+    pick_extremes,
+    plot_histograms,
+)
 from segany.io.datasets import Sample, SegmentationDataset
 from segany.io.files import read_json
 from segany.io.rle import decode_rle, encode_masks
@@ -112,7 +121,9 @@ def load_detections(path: str | Path, max_dets: int = 100) -> dict[int, list[dic
                  "category_id": int(d.get("category_id", 1))}
             )
         except (KeyError, TypeError, ValueError):
-            raise DetectionsError(f"{path}: detection {i} needs 'image_id' and a 4-number 'bbox' (x, y, w, h)") from None
+            raise DetectionsError(
+                f"{path}: detection {i} needs 'image_id' and a 4-number 'bbox' (x, y, w, h)"
+            ) from None
     return {k: sorted(v, key=lambda d: -d["score"])[:max_dets] for k, v in by_image.items()}
 
 

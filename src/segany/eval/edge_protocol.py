@@ -208,7 +208,9 @@ def write_edges_report(
     )
     curves = {name + tag: (js["curves"]["recall"], js["curves"]["precision"], js["metrics"]["ODS"])
               for name, js, tag in entries if "curves" in js}
-    writer.plot("precision_recall.png", plot_pr_curves(curves, "BSDS500 boundaries"), "Precision-recall (dataset level)")
+    writer.plot(
+        "precision_recall.png", plot_pr_curves(curves, "BSDS500 boundaries"), "Precision-recall (dataset level)"
+    )
     pictures = []
     for res in results:
         best, worst = pick_extremes(res.images, lambda im: im.best_f, num_cases)
@@ -223,5 +225,7 @@ def write_edges_report(
                     Panel(f"ground truth ({len(gts)} annotators)", heatmap=gt_mean),
                 ])
                 stem = Path(im.file_name).stem
-                pictures.append((f"{res.method}_{kind}_{stem}", pic, f"{res.method}, {kind}: {im.file_name}, F {im.best_f:.3f}"))
+                pictures.append(
+                    (f"{res.method}_{kind}_{stem}", pic, f"{res.method}, {kind}: {im.file_name}, F {im.best_f:.3f}")
+                )
     writer.cases(f"Best and worst images by their own best F ({num_cases} each)", pictures)

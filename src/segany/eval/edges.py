@@ -11,7 +11,7 @@ structured-edge toolbox):
   maximised exactly (a unit-capacity max flow). The official code solves a min-cost assignment
   whose outlier cost is so large that it also maximises the number of matches; only which pairs
   match (not how many) can differ, which can shift precision slightly with several annotators.
-* Cost: about 5-10 s per 481x321 image with 99 thresholds on one CPU core; images are
+* Cost: seconds per BSDS-sized image with 99 thresholds on one CPU core; images are
   independent, so a runner can spread them over processes.
 * Counts per threshold: recall = matched GT pixels / GT pixels, both summed over annotators;
   precision = predicted pixels matched to any annotator / predicted pixels.

@@ -34,7 +34,15 @@ import numpy as np
 
 from segany.eval.metrics import DEFAULT_MIOU_CLICKS, InteractiveScores, mask_iou
 from segany.eval.prompting import Segmenter, as_segmenter, stack_or_none
-from segany.eval.report import Panel, ReportWriter, case_picture, context_box, pick_extremes, plot_curves, method_entries
+from segany.eval.report import (
+    Panel,
+    ReportWriter,
+    case_picture,
+    context_box,
+    pick_extremes,
+    plot_curves,
+    method_entries,
+)
 from segany.io.datasets import Instance, Sample, SegmentationDataset
 from segany.io.rle import decode_rle, encode_mask
 from segany.ops.clicks import Click, center_point, next_click
@@ -360,7 +368,10 @@ def write_points_report(
                          *[m.get(f"noc@{t}", float("nan")) for t in thr], *[m.get(f"nof@{t}", 0) for t in thr]])
             same = js["curves"]["oracle"] == js["curves"]["top"]
             if track == "top" or not same:
-                curves[f"{name}{tag}" + (" oracle" if track == "oracle" else "")] = (js["curves"]["clicks"], js["curves"][track])
+                curves[f"{name}{tag}" + (" oracle" if track == "oracle" else "")] = (
+                    js["curves"]["clicks"],
+                    js["curves"][track],
+                )
     writer.table(
         "Results", headers, rows,
         note=(f"mIoU@k: mean IoU after k clicks; NoC@T: mean clicks to reach IoU T% (at most {st.max_clicks}); "

@@ -98,10 +98,14 @@ class PredictorSegmenter:
             e = min(n, s + step)
             coords_t = labels_t = boxes_t = mask_t = None
             if points is not None:
-                coords_t = p.transform.apply_coords_torch(torch.as_tensor(points[s:e], dtype=torch.float, device=dev), size)
+                coords_t = p.transform.apply_coords_torch(
+                    torch.as_tensor(points[s:e], dtype=torch.float, device=dev), size
+                )
                 labels_t = torch.as_tensor(np.asarray(labels)[s:e], dtype=torch.int, device=dev)
             if boxes is not None:
-                boxes_t = p.transform.apply_boxes_torch(torch.as_tensor(boxes[s:e], dtype=torch.float, device=dev), size)
+                boxes_t = p.transform.apply_boxes_torch(
+                    torch.as_tensor(boxes[s:e], dtype=torch.float, device=dev), size
+                )
             if mask_inputs is not None:
                 mask_t = torch.as_tensor(mask_inputs[s:e], dtype=torch.float, device=dev)
             m, sc, lo = p.predict_torch(coords_t, labels_t, boxes_t, mask_t, multimask_output=multimask)

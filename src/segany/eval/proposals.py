@@ -21,7 +21,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from segany.eval.metrics import coco_proposal_ar
-from segany.eval.report import Panel, ReportWriter, case_picture, method_entries, metric_rows, pick_extremes, plot_curves
+from segany.eval.report import (
+    Panel,
+    ReportWriter,
+    case_picture,
+    method_entries,
+    metric_rows,
+    pick_extremes,
+    plot_curves,
+)
 from segany.io.datasets import Sample, SegmentationDataset
 from segany.io.rle import decode_rle, encode_mask, to_coco_rle
 
@@ -197,5 +205,7 @@ def write_proposals_report(
                     Panel(f"top {len(props)} proposals, ABO@100 {im.abo:.3f}", masks=props),
                 ])
                 stem = im.file_name.rsplit(".", 1)[0].replace("/", "_")
-                pictures.append((f"{res.method}_{kind}_{stem}", pic, f"{res.method}, {kind}: {im.file_name}, ABO@100 {im.abo:.3f}"))
+                pictures.append(
+                    (f"{res.method}_{kind}_{stem}", pic, f"{res.method}, {kind}: {im.file_name}, ABO@100 {im.abo:.3f}")
+                )
     writer.cases(f"Best and worst images by ABO@100 ({num_cases} each)", pictures)

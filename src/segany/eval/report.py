@@ -287,7 +287,9 @@ def _draw_panel(image: np.ndarray, panel: Panel, max_side: int) -> np.ndarray:
         cv2.circle(out, c, 5, (0, 0, 0), -1)
         cv2.circle(out, c, 4, (40, 220, 40) if pos else (230, 40, 40), -1)
         if len(panel.clicks) > 1:
-            cv2.putText(out, str(i + 1), (c[0] + 6, c[1] - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.putText(
+                out, str(i + 1), (c[0] + 6, c[1] - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA
+            )
     bar = np.full((18, out.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, panel.title[:70], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([bar, out], axis=0)

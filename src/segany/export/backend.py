@@ -79,7 +79,9 @@ def predictor_for(
     if decoder_precision != "fp32" and backend == "onnx" and decoder == "onnx":
         raise ValueError("decoder_precision applies to segany's PyTorch decoder, not to decoder='onnx'")
     if encoder_precision != "fp32" and backend == "onnx":
-        raise ValueError("encoder_precision applies to the PyTorch encoder; the onnx backend's is int8 with quantize='int8'")
+        raise ValueError(
+            "encoder_precision applies to the PyTorch encoder; the onnx backend's is int8 with quantize='int8'"
+        )
     if compile_encoder and backend == "onnx":
         raise ValueError("compile_encoder applies to the PyTorch encoder; the onnx backend's runs in onnxruntime")
     if compile_decoder and backend == "onnx" and decoder == "onnx":

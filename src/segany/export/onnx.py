@@ -309,7 +309,9 @@ def _export_all(
                 os.replace(produced, out / produced.name)
             result.files[name] = out / path.name
 
-    manifest = _manifest(model, result, opset, quantize, int8_weights, return_single_mask, use_stability_score, return_extra_metrics)
+    manifest = _manifest(
+        model, result, opset, quantize, int8_weights, return_single_mask, use_stability_score, return_extra_metrics
+    )
     from segany.io.files import atomic_write_text
 
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")

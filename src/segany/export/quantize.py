@@ -8,7 +8,8 @@ activation x activation products gain little while costing accuracy.
 
 Weight signedness depends on the CPU that will run the graphs (``weights="auto"``: this one). With an
 int8 dot-product instruction (x86 VNNI or AMX) onnxruntime multiplies uint8 activations by int8 weights
-exactly and fast (a ViT-B MLP product ~3.7x faster than float32, against ~1.5x with uint8 weights).
+exactly and fast (several times faster than float32, and faster than with uint8 weights; see
+benchmarks/RESULTS.md).
 Without one, its uint8 x int8 kernel can saturate 16-bit intermediate sums (errors of ~10% on a ViT-B
 layer with per-channel scales), so weights are unsigned (uint8 x uint8 does not saturate).
 """

@@ -10,6 +10,7 @@ import re
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            state = load_file(str(p))
+            state: Any = load_file(str(p))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{p}: not a readable safetensors file ({exc})") from None
     else:
@@ -108,7 +109,7 @@ def infer_config(state: dict[str, torch.Tensor], name: str = "custom") -> SamCon
         raise CheckpointError("cannot infer the architecture: no image_encoder.blocks.* keys")
     depth = block_ids[-1] + 1
     table_len = [int(_need(state, f"image_encoder.blocks.{i}.attn.rel_pos_h").shape[0]) for i in range(depth)]
-    head_dim = int(state[f"image_encoder.blocks.0.attn.rel_pos_h"].shape[1])
+    head_dim = int(state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1])
     if pos is not None:
         grid = int(pos.shape[1])
     else:
@@ -122,7 +123,9 @@ def infer_config(state: dict[str, torch.Tensor], name: str = "custom") -> SamCon
     mask_in = _dim(state, "prompt_encoder.mask_downscaling.3.weight", 0, d.mask_in_chans)
     dec_layers = {int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))}
     dec_mlp = _dim(state, "mask_decoder.transformer.layers.0.mlp.lin1.weight", 0, d.decoder_mlp_dim)
-    iou_layers = {int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.", k))}
+    iou_layers = {
+        int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.", k))
+    }
     iou_hidden = _dim(state, "mask_decoder.iou_prediction_head.layers.0.weight", 0, d.iou_head_hidden_dim)
     num_tokens = _dim(state, "mask_decoder.mask_tokens.weight", 0, d.num_multimask_outputs + 1)
     config = SamConfig(

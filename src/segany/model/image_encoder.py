@@ -114,7 +114,7 @@ class Attention(nn.Module):
         pad_w = (window - w % window) % window
         if pad_h or pad_w:
             c = qkv.shape[-1]
-            filler = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(c)
+            filler: torch.Tensor = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(c)
             filler = filler.to(qkv.dtype)
             qkv = torch.cat([qkv, filler.expand(b, h, pad_w, c)], dim=2)
             qkv = torch.cat([qkv, filler.expand(b, pad_h, w + pad_w, c)], dim=1)
@@ -265,7 +265,7 @@ class ImageEncoderViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
         if self.pos_embed is not None:
-            pos = self.pos_embed
+            pos: torch.Tensor = self.pos_embed
             if pos.shape[1:3] != x.shape[1:3]:
                 # Inputs at another resolution: resample the absolute embedding to the token grid.
                 pos = F.interpolate(

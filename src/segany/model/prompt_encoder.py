@@ -9,6 +9,7 @@ embedding's ``(B, C, h, w)``; without one, a learned "no mask" vector fills that
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ from segany.model.common import LayerNorm2d
 
 class PositionEmbeddingRandom(nn.Module):
     """Positional encoding with random Gaussian Fourier features (Tancik et al. 2020)."""
+
+    positional_encoding_gaussian_matrix: torch.Tensor  # buffer (2, num_pos_feats)
 
     def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
         super().__init__()
@@ -81,6 +84,10 @@ class PromptEncoder(nn.Module):
         """Positional encoding of the image embedding grid: ``(1, C, h, w)``."""
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
+    def _point_kind(self, index: int) -> torch.Tensor:
+        """The learned embedding of point kind ``index`` (0 background, 1 foreground, 2-3 box corners): (1, C)."""
+        return cast(nn.Embedding, self.point_embeddings[index]).weight
+
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # pixel index -> pixel centre
         if pad:
@@ -92,8 +99,8 @@ class PromptEncoder(nn.Module):
         is_pad = (labels == -1).unsqueeze(-1)
         kind = torch.where(
             labels.unsqueeze(-1) == 1,
-            self.point_embeddings[1].weight,
-            self.point_embeddings[0].weight,
+            self._point_kind(1),
+            self._point_kind(0),
         )
         kind = torch.where(is_pad, self.not_a_point_embed.weight, kind)
         # Padding tokens carry no location; any label other than 0, 1, -1 gets only its location.
@@ -103,7 +110,7 @@ class PromptEncoder(nn.Module):
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         corners = (boxes + 0.5).reshape(-1, 2, 2)
         pe = self.pe_layer.forward_with_coords(corners, self.input_image_size)
-        kinds = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
+        kinds = torch.cat([self._point_kind(2), self._point_kind(3)], dim=0)
         return pe + kinds
 
     def forward(

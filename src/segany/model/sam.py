@@ -20,6 +20,8 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 class Sam(nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    pixel_mean: torch.Tensor  # buffer (3, 1, 1)
+    pixel_std: torch.Tensor  # buffer (3, 1, 1)
 
     def __init__(
         self,

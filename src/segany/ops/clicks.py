@@ -165,8 +165,8 @@ def next_click(
     fp_dist = _padded_distance(fp)
     is_positive = bool(fn_dist.max() > fp_dist.max())
     dist = fn_dist if is_positive else fp_dist
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return Click(int(x), int(y), is_positive)
+    row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return Click(int(col), int(row), is_positive)
 
 
 # --------------------------------------------------------------------------- training clicks

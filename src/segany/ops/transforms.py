@@ -30,7 +30,7 @@ class ResizeLongestSide:
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """``(H, W, 3)`` uint8 -> ``(h, w, 3)`` uint8."""
         h, w = self.get_preprocess_shape(image.shape[0], image.shape[1])
-        return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
     def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
         """``(..., 2)`` pixel coordinates (x, y) in the original image -> the resized frame."""
