@@ -162,3 +162,23 @@ def test_generator_takes_every_official_keyword() -> None:
     keys = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
     assert all(set(r) == keys for r in records)
     assert records[0]["segmentation"].shape == (48, 64)
+
+
+def test_version_and_torch_floor_have_one_source() -> None:
+    import re
+    from importlib.metadata import version
+
+    repo = Path(__file__).resolve().parents[1]
+    pyproject = (repo / "pyproject.toml").read_text()
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    project = tomllib.loads(pyproject)["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert version("segany") == segany.__version__
+    # The torch floor declared for users is the one CI's floor stage installs and tests.
+    floor = re.search(r'"torch>=([0-9.]+)"', pyproject)
+    ci_run = (repo / ".ci" / "run").read_text()
+    ci = re.search(r"pip install -q torch==([0-9.]+) torchvision==[0-9.]+ -e '\.\[test\]'\n", ci_run)
+    assert floor and ci and floor.group(1) == ci.group(1), (floor, ci)
