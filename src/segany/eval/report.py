@@ -17,6 +17,7 @@ import datetime as _dt
 import io
 import os
 import platform
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -207,8 +208,9 @@ def plot_intervals(
         err = np.abs(np.stack([v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]]))
         ax.errorbar(xs, v[:, 0], yerr=err, fmt="o", capsize=3, label=label)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center",
-                       fontsize=8)
+    tilt = len(groups) > 4
+    ax.set_xticklabels([g if tilt else textwrap.fill(g, 16) for g in groups], rotation=30 if tilt else 0,
+                       ha="right" if tilt else "center", fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
