@@ -24,6 +24,9 @@ examples:
   segany eval edges --data data/BSDS500 --split test -o reports/edges_bsds --limit 20
   segany eval edges --data data/BSDS500 --baseline canny -o reports/edges_canny --limit 20
 
+  segany eval points --data data/DSB2018 -o reports/dsb_by_size --group-by size --limit 300
+  segany eval boxes --data data/DSB2018 -o reports/dsb_by_modality --groups modality.csv --group-by modality
+
 --limit counts objects for 'points' and images for the other protocols. Without -c the packaged
 default model is used ('-c default' names it explicitly, e.g. next to --baseline). With both -c
 and --baseline, both are evaluated and shown together; --compare adds earlier reports' numbers.
@@ -80,6 +83,15 @@ _OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     ),
     (("--cases",), dict(type=int, default=3, help="best and worst cases pictured per method (default: 3)")),
     (("--threads",), dict(type=int, metavar="N", help="CPU threads for torch and OpenCV (default: their own)")),
+    (("--group-by",), dict(action="append", default=[], metavar="KEY",
+                           help="also report every metric per group of KEY, with 95%% bootstrap intervals: an "
+                                "annotation or image key of the data, a column of --groups, 'size' or 'category'; "
+                                "repeatable")),
+    (("--groups",), dict(metavar="CSV", help="table of groups: an image_id (or file_name) column and one column "
+                                             "per grouping key")),
+    (("--min-group",), dict(type=int, default=20, metavar="N",
+                            help="groups with fewer objects (images for edges) are flagged too small (default: 20)")),
+    (("--bootstrap",), dict(type=int, default=1000, metavar="N", help="bootstrap resamples per interval (default: 1000)")),
     (("--quiet",), dict(action="store_true", help="no progress bar")),
 ]
 
@@ -114,10 +126,14 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise EvalError(f"report folder {out} exists and is not a folder")
     for name in ("limit", "max_per_image", "max_clicks", "points_per_side", "max_proposals", "nthresh", "cases",
-                 "threads"):
+                 "threads", "min_group", "bootstrap"):
         v = getattr(args, name)
         if v is not None and v < (0 if name == "cases" else 1):
             raise EvalError(f"--{name.replace('_', '-')} must be at least {0 if name == 'cases' else 1}, got {v}")
+    if args.groups and not args.group_by:
+        raise EvalError("--groups needs --group-by COLUMN (which column of the table to split by)")
+    if args.groups and not Path(args.groups).is_file():
+        raise EvalError(f"group table not found: {args.groups}")
     if args.detections and args.protocol != "boxes":
         raise EvalError("--detections applies to the boxes protocol only")
 
@@ -189,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
     compare = load_compare(args.compare)
     image_limit = None if args.protocol == "points" else args.limit
     ds = _dataset(args, image_limit)
+    group_keys = _group_keys(args, ds)
     methods: list[tuple[str, Any, dict[str, Any]]] = []  # (name, model or baseline name, info)
     if not args.baseline or args.checkpoint:
         model, name, info = _load_model(args)
@@ -214,12 +231,46 @@ def run(args: argparse.Namespace) -> int:
         "methods": {name: dict(res.to_json(), model=info) for (name, _, info), res in zip(methods, results)},
         "compared_with": [c["_path"] for c in compare],
     }
+    if group_keys:
+        payload["groups"] = _write_groups(args, group_keys, methods, results, ds, writer)
     report = writer.finish(payload, extra)
     for name, js in payload["methods"].items():
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                       for k, v in _headline(args.protocol, js["metrics"]).items()))
     print(f"report: {report}")
     return 0
+
+
+def _group_keys(args: argparse.Namespace, ds: Any) -> list[Any]:
+    """Resolve every --group-by key before any work (an unknown key lists the keys the data has)."""
+    if not args.group_by:
+        return []
+    from segany.eval.grouped import IMAGE_LEVEL_PROTOCOLS
+    from segany.eval.groups import resolve_group_key
+    from segany.io.datasets import SegmentationDataset
+
+    # The group table is checked against every image of the data (and split), not just the first --limit.
+    whole = SegmentationDataset(args.data, split=args.split) if args.groups and args.limit else ds
+    image_level = args.protocol in IMAGE_LEVEL_PROTOCOLS
+    return [resolve_group_key(k, whole, args.groups, image_level=image_level) for k in dict.fromkeys(args.group_by)]
+
+
+def _write_groups(args: argparse.Namespace, keys: list[Any], methods: Methods, results: list[Any], ds: Any,
+                  writer: Any) -> dict[str, Any]:
+    from segany.eval.grouped import grouped_metrics, write_groups_section
+
+    samples = _samples(ds)
+    out = {}
+    for key in keys:
+        by_method = {name: grouped_metrics(args.protocol, res, samples, key, args.min_group, args.bootstrap, args.seed)
+                     for (name, _, _), res in zip(methods, results)}
+        out[key.name] = write_groups_section(writer, key.name, by_method)
+        for name, gm in by_method.items():
+            sep = gm.separated()
+            print(f"{name} by {key.name}: {len(gm.groups)} groups"
+                  + (f", {gm.primary} intervals apart for " + "; ".join(f"{a} vs {b}" for a, b in sep) if sep else "")
+                  + (f"; too small: {', '.join(gm.too_small())}" if gm.too_small() else ""))
+    return out
 
 
 def _check_compare(args: argparse.Namespace, compare: list[dict[str, Any]], writer: Any) -> None:

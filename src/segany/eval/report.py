@@ -17,6 +17,7 @@ import datetime as _dt
 import io
 import os
 import platform
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -190,6 +191,31 @@ def plot_curves(
         ax.set_xticks(list(marks))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return _fig_png(fig)
+
+
+def plot_intervals(
+    series: Mapping[str, Mapping[str, tuple[float, float, float]]], xlabel: str, ylabel: str, title: str
+) -> bytes:
+    """Groups side by side: ``{label: {group: (value, low, high)}}`` as dots with interval bars."""
+    fig = _figure(max(5.0, 0.6 * max((len(g) for g in series.values()), default=1) + 2.5), 3.8)
+    ax = fig.add_subplot(1, 1, 1)
+    groups = list(dict.fromkeys(g for per in series.values() for g in per))
+    width = 0.7 / max(len(series), 1)
+    for j, (label, per) in enumerate(series.items()):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i, g in enumerate(groups) if g in per]
+        v = np.array([per[g] for g in groups if g in per], float).reshape(-1, 3)
+        err = np.abs(np.stack([v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]]))
+        ax.errorbar(xs, v[:, 0], yerr=err, fmt="o", capsize=3, label=label)
+    ax.set_xticks(range(len(groups)))
+    tilt = len(groups) > 4
+    ax.set_xticklabels([g if tilt else textwrap.fill(g, 16) for g in groups], rotation=30 if tilt else 0,
+                       ha="right" if tilt else "center", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
     return _fig_png(fig)
 
 
