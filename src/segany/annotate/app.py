@@ -39,6 +39,21 @@ Json = Annotated[dict[str, Any], Body()]
 OptionalJson = Annotated[dict[str, Any] | None, Body()]
 
 
+def current_user(request: Request) -> store.Principal:
+    """The caller (see :func:`segany.annotate.auth.authenticate`); its session's CSRF token goes to
+    ``request.state.csrf``."""
+    srv: Server = request.app.state.server
+    principal, csrf = auth.authenticate(
+        srv.db, request.method, request.headers, dict(request.cookies), request.url.scheme,
+        srv.settings.auth, srv.local, srv.settings.allowed_origins,
+    )
+    request.state.csrf = csrf
+    return principal
+
+
+Who = Annotated[store.Principal, Depends(current_user)]
+
+
 def create_app(settings: Settings | Server) -> FastAPI:
     """The application for a folder of images (or an already opened :class:`Server`)."""
     srv = settings if isinstance(settings, Server) else Server(settings)
@@ -57,15 +72,6 @@ def create_app(settings: Settings | Server) -> FastAPI:
     _error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
 
-    def user(request: Request) -> store.Principal:
-        principal, csrf = auth.authenticate(
-            srv.db, request.method, request.headers, dict(request.cookies), request.url.scheme,
-            srv.settings.auth, srv.local, srv.settings.allowed_origins,
-        )
-        request.state.csrf = csrf
-        return principal
-
-    Who = Annotated[store.Principal, Depends(user)]
 
     def project(pid: int) -> int:
         if pid != srv.project_id:
