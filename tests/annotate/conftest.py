@@ -113,9 +113,7 @@ def db_url(request: pytest.FixtureRequest) -> str | None:
     return fresh_pg_database(request.getfixturevalue("postgres_server"))
 
 
-@pytest.fixture
-def make_client(tmp_path: Path, tiny_model, db_url) -> Iterator[Callable[..., object]]:  # type: ignore[no-untyped-def]
-    """Build a TestClient over a folder of images; ``make_client(sizes=..., **settings)``."""
+def _factory(tmp_path: Path, model, url: str | None):  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
     from segany.annotate.app import create_app
@@ -129,12 +127,29 @@ def make_client(tmp_path: Path, tiny_model, db_url) -> Iterator[Callable[..., ob
             write_images(root, sizes or [(40, 60), (50, 30), (32, 32)])
         settings.setdefault("background", False)
         settings.setdefault("export_decoder", False)
-        app = create_app(Settings(root=root, db_url=db_url, model=tiny_model, **settings))
+        app = create_app(Settings(root=root, db_url=url, model=model, **settings))
         client = TestClient(app, base_url=BASE_URL)
         client.__enter__()
         clients.append(client)
         return client
 
+    return make, clients
+
+
+@pytest.fixture
+def make_client(tmp_path: Path, tiny_model, db_url) -> Iterator[Callable[..., object]]:  # type: ignore[no-untyped-def]
+    """Build a TestClient over a folder of images, on SQLite and on PostgreSQL:
+    ``make_client(sizes=..., **settings)``."""
+    make, clients = _factory(tmp_path, tiny_model, db_url)
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def make_sqlite_client(tmp_path: Path, tiny_model) -> Iterator[Callable[..., object]]:  # type: ignore[no-untyped-def]
+    """``make_client`` on SQLite only, for what does not depend on the database."""
+    make, clients = _factory(tmp_path, tiny_model, None)
     yield make
     for client in clients:
         client.__exit__(None, None, None)

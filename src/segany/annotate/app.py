@@ -39,6 +39,14 @@ Json = Annotated[dict[str, Any], Body()]
 OptionalJson = Annotated[dict[str, Any] | None, Body()]
 
 
+class _Static(StaticFiles):
+    """Starlette's static files (paths kept inside the folder, symlinks not followed), answering 404
+    instead of failing when the page is not installed."""
+
+    async def check_config(self) -> None:
+        return None
+
+
 def current_user(request: Request) -> store.Principal:
     """The caller (see :func:`segany.annotate.auth.authenticate`); its session's CSRF token goes to
     ``request.state.csrf``."""
@@ -70,7 +78,7 @@ def create_app(settings: Settings | Server) -> FastAPI:
     app.state.server = srv
     app.add_middleware(SafetyMiddleware, settings=srv.settings)
     _error_handlers(app)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    app.mount("/static", _Static(directory=STATIC_DIR, check_dir=False), name="static")
 
 
     def project(pid: int) -> int:
