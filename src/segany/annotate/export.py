@@ -36,8 +36,21 @@ class ExportReport:
 
 def mask_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[float]] | None:
     """COCO polygons of a bool (H, W) mask, one per connected part; None when the mask has a hole or
-    a part gives no ring of at least 3 points (the caller then keeps the RLE)."""
-    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    a part gives no ring of at least 3 points (the caller then keeps the RLE).
+
+    Contours are traced on the mask upsampled 2x (nearest): their points, mapped back with
+    ``(p + 0.5) / 2``, follow the pixels' outer edges, so that pycocotools rasterises the rings back to
+    the same pixels (tracing pixel centres instead loses half a pixel all round: IoU ~0.84 on a disc of
+    radius 8). ``tolerance`` (pixels) simplifies the rings with ``approxPolyDP``.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    x0, y0 = int(xs.min()), int(ys.min())
+    crop = mask[y0: int(ys.max()) + 1, x0: int(xs.max()) + 1].astype(np.uint8)
+    big = cv2.resize(crop, (crop.shape[1] * 2, crop.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
+    big = cv2.copyMakeBorder(big, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    contours, hierarchy = cv2.findContours(big, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return None
     if any(h[3] != -1 for h in hierarchy[0]):  # a contour with a parent is a hole
@@ -45,11 +58,11 @@ def mask_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[float]]
     rings: list[list[float]] = []
     for contour in contours:
         if tolerance > 0:
-            contour = cv2.approxPolyDP(contour, tolerance, True)
-        points = contour.reshape(-1, 2).astype(np.float64)
+            contour = cv2.approxPolyDP(contour, 2 * tolerance, True)
+        points = (contour.reshape(-1, 2).astype(np.float64) - 1 + 0.5) / 2 + (x0, y0)
         if len(points) < 3:
             return None
-        rings.append([float(v) for v in points.ravel()])
+        rings.append([round(float(v), 2) for v in points.ravel()])
     return rings or None
 
 
