@@ -1,0 +1,130 @@
+"""The annotation page against the real `segany annotate` server (segany.annotate.app), end to end:
+a folder of photos, a seeded random tiny model, SQLite, headless Chromium (see test_annotate_page.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+pytest.importorskip("playwright")
+pytest.importorskip("fastapi")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("sqlalchemy")
+
+from annotate_browser import (  # noqa: E402
+    block_external, canvas_alpha, chromium_path, click, display_mask, iou, launch, open_page, state,
+)
+from annotate_stub import ServerThread, decode_rle, ort_decode  # noqa: E402
+
+if chromium_path() is None:
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, test_images):
+    from PIL import Image
+    from sam_testing import random_tiny
+
+    from segany.annotate.app import create_app
+    from segany.annotate.server import Settings
+    from segany.io.image import read_image
+
+    root = tmp_path_factory.mktemp("photos")
+    by_name = {p.name: p for p in test_images}
+    Image.fromarray(read_image(by_name["bsds_100007.jpg"])).resize((1500, 1001)).save(root / "a_wide.png")
+    Image.fromarray(read_image(by_name["coco_grey_000000431848.jpg"])).save(root / "b_tall.png")
+    app = create_app(Settings(root=root, model=random_tiny(seed=11), background=False, export_decoder=False))
+    with ServerThread(app) as srv:
+        app.state.server.start()
+        yield srv.url
+        app.state.server.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    blocked = block_external(context)
+    pg = context.new_page()
+    pg.dialogs = []
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+    yield pg
+    context.close()
+    assert blocked == []
+
+
+def api(page, path):
+    return page.request.get(page.url.split("/#")[0].rstrip("/") + path)
+
+
+def images(page):
+    pid = api(page, "/api/projects").json()[0]["id"]
+    return api(page, f"/api/projects/{pid}/images").json()
+
+
+def test_click_accept_reload_against_the_real_server(page, server):
+    import onnxruntime as ort
+
+    page.goto(server)
+    tall = next(im for im in images(page) if im["width"] < im["height"])
+    open_page(page, server, tall["id"])
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    click(page, 150, 300)
+    assert requests == []
+    s = state(page)
+    # Python onnxruntime on the server's own decoder graph and embedding.
+    session = ort.InferenceSession(api(page, "/api/model/decoder.onnx").body(), providers=["CPUExecutionProvider"])
+    embedding = np.load(io.BytesIO(api(page, f"/api/images/{tall['id']}/embedding.npy").body()))
+    size = api(page, "/api/model").json()["image_size"]
+    masks, _, _ = ort_decode(session, embedding, size, (tall["height"], tall["width"]), s["points"], s["labels"])
+    want = masks[s["cand"]] > 0
+    assert iou(display_mask(page), want) >= 0.99
+    page.fill("#category", "<b>bear</b>")
+    page.locator("#stage").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => window.__segany.S.queue.items.length === 0 && window.__segany.S.objects.length === 1")
+    page.reload()
+    open_page(page, server, tall["id"])
+    assert page.locator("#objects li .category-name").inner_text() == "<b>bear</b>"
+    assert iou(canvas_alpha(page, "objects-layer") > 0, want) >= 0.99
+    (obj,) = api(page, f"/api/images/{tall['id']}").json()["objects"]
+    assert iou(decode_rle(obj["rle"]), want) >= 0.99
+    assert obj["clicks"] == 1 and obj["prompts"]["points"] == s["points"] and page.dialogs == []
+
+
+def test_lost_answer_lands_once_on_the_real_server(page, server):
+    page.goto(server)
+    wide = next(im for im in images(page) if im["width"] > im["height"])
+    open_page(page, server, wide["id"])
+    before = len(api(page, f"/api/images/{wide['id']}").json()["objects"])
+    lost = []
+
+    def lose_response(route):
+        if not lost:
+            route.fetch()
+            lost.append(1)
+        route.abort()
+
+    page.route("**/api/images/*/objects", lose_response)
+    click(page, 700, 450)
+    page.fill("#category", "cut")
+    page.locator("#stage").focus()
+    page.keyboard.press("Enter")
+    page.locator("#save-banner").wait_for(state="visible")
+    page.unroute("**/api/images/*/objects")
+    page.click("#save-retry")
+    page.locator("#save-banner").wait_for(state="hidden")
+    page.wait_for_function("() => window.__segany.S.queue.items.length === 0")
+    assert len(api(page, f"/api/images/{wide['id']}").json()["objects"]) == before + 1
