@@ -288,9 +288,9 @@ def create_app(settings: Settings | Server) -> FastAPI:
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
         path = srv.service.embedding_path(sha)
-        if not path.is_file():
-            if not srv.worker.encode(image_id):
-                raise ApiError(422, f"image {image_id} cannot be encoded: {srv.worker.failed.get(image_id, 'unreadable')}")
+        # Asked before the worker got there: encode now rather than make the page wait and retry.
+        if not path.is_file() and not srv.worker.encode(image_id):
+            raise ApiError(422, f"image {image_id} cannot be encoded: {srv.worker.failed.get(image_id, 'unreadable')}")
         return FileResponse(path, media_type="application/octet-stream", headers=headers)
 
     @app.post("/api/images/{image_id}/objects", status_code=201)
@@ -314,7 +314,7 @@ def create_app(settings: Settings | Server) -> FastAPI:
 
     @app.post("/api/images/{image_id}/review")
     def review(image_id: int, body: Json, who: Who) -> dict[str, Any]:
-        return store.review(srv.db, image_id, who, body.get("decision"), body.get("comment"), srv.settings.auth)
+        return store.review(srv.db, image_id, who, str(body.get("decision")), body.get("comment"), srv.settings.auth)
 
     @app.post("/api/images/{image_id}/predict")
     def predict(image_id: int, body: Json, _who: Who) -> dict[str, Any]:

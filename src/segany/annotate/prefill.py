@@ -90,20 +90,20 @@ def import_file(db: Database, project_id: int, user: store.Principal, path: Path
     coco = load_coco(path)
     names = {c.get("id"): c.get("name") for c in coco.categories if isinstance(c, dict)}
     by_id = {im["id"]: im for im in coco.images}
-    for ann in coco.annotations:
-        info = by_id[ann["image_id"]]
+    for entry in coco.annotations:
+        info = by_id[entry["image_id"]]
         image = images.get(info["file_name"]) or images.get(PurePosixPath(info["file_name"]).name)
         if image is None:
             if info["file_name"] not in report.unmatched:
                 report.unmatched.append(info["file_name"])
             continue
-        score = float(ann.get("predicted_iou", ann.get("score", 1.0)))
+        score = float(entry.get("predicted_iou", entry.get("score", 1.0)))
         if score < min_iou:
             continue
-        extra = {"predicted_iou": score, "stability_score": float(ann.get("stability_score", 1.0)),
-                 "crop_box": ann.get("crop_box") or [0, 0, image[2], image[1]], "point_coords": ann.get("point_coords") or []}
-        category = names.get(ann.get("category_id"))
-        _add(db, user, image, ann["segmentation"], extra, None, None if category in (None, "object") else category, report)
+        extra = {"predicted_iou": score, "stability_score": float(entry.get("stability_score", 1.0)),
+                 "crop_box": entry.get("crop_box") or [0, 0, image[2], image[1]], "point_coords": entry.get("point_coords") or []}
+        category = names.get(entry.get("category_id"))
+        _add(db, user, image, entry["segmentation"], extra, None, None if category in (None, "object") else category, report)
     return report
 
 

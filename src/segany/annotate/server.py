@@ -82,7 +82,10 @@ class Server:
 
             model = load_model(settings.checkpoint)
         self.service = ModelService(model, self.data_dir, settings.model_name)
-        self.worker = EmbeddingWorker(self.db, self.service, self.root, settings.export_decoder)
+        self.worker = EmbeddingWorker(
+            self.db, self.service, self.root, settings.export_decoder,
+            rescan=lambda: store.sync_folder(self.db, self.project_id, self.root, settings.max_pixels),
+        )
         self.lock_ttl = dt.timedelta(minutes=settings.lock_minutes)
 
     def start(self) -> None:

@@ -45,7 +45,7 @@ def project_stats(db: Database, project_id: int) -> dict[str, Any]:
         per_image[image_id]["manual" if source == "manual" else "auto"] += 1
         if source == "manual":
             manual.append(float(seconds))
-            by_user[names.get(user_id, "?")].append(float(seconds))
+            by_user[names.get(user_id, "?") if user_id is not None else "?"].append(float(seconds))
             by_day[created.date().isoformat()].append(float(seconds))
     finished = [i for i, st in states.items() if st in ("submitted", "accepted")]
     counts_all = [per_image[i]["manual"] + per_image[i]["auto"] for i in finished]

@@ -215,7 +215,7 @@ def next_image(db: Database, project_id: int, user: Principal, ttl: dt.timedelta
             image_id = s.scalar(query)
             if image_id is None:
                 continue
-            claimed = s.execute(
+            claimed: Any = s.execute(
                 update(Image)
                 .where(Image.id == image_id, free)
                 .values(
@@ -450,7 +450,7 @@ def update_object(db: Database, object_id: int, user: Principal, version: int, b
                 values["source"] = "auto_edited"
         if "category" in values:
             ensure_category(s, db.dialect, image.project_id, values["category"])
-        done = s.execute(
+        done: Any = s.execute(
             update(Object)
             .where(Object.id == object_id, Object.version == version, Object.deleted.is_(False))
             .values(version=Object.version + 1, updated=utcnow(), **values)
@@ -473,7 +473,7 @@ def delete_object(db: Database, object_id: int, user: Principal, version: int) -
     with db.write() as s:
         _obj, image = _current(s, object_id)
         may_edit(user, image)
-        done = s.execute(
+        done: Any = s.execute(
             update(Object)
             .where(Object.id == object_id, Object.version == version, Object.deleted.is_(False))
             .values(deleted=True, version=Object.version + 1, updated=utcnow())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
@@ -14,17 +16,27 @@ from segany.annotate.images import inside
 from segany.annotate.modelsvc import ModelService
 
 log = logging.getLogger("segany.annotate")
+RESCAN_SECONDS = 60.0  # idle worker: look for new files in the folder this often
 
 
 class EmbeddingWorker:
     """A daemon thread that walks the images in id order, encoding those without a cached embedding.
 
     :meth:`prefetch` puts images at the front of the queue (the server calls it with the next images
-    after handing one out). :meth:`progress` says how far it is.
+    after handing one out). :meth:`progress` says how far it is. When idle it calls ``rescan`` (which
+    adds new files of the folder to the project) every minute.
     """
 
-    def __init__(self, db: Database, service: ModelService, root: Path, export_decoder: bool = True) -> None:
+    def __init__(
+        self,
+        db: Database,
+        service: ModelService,
+        root: Path,
+        export_decoder: bool = True,
+        rescan: Callable[[], int] | None = None,
+    ) -> None:
         self.db = db
+        self.rescan = rescan
         self.service = service
         self.root = root
         self.export_decoder = export_decoder
@@ -86,14 +98,18 @@ class EmbeddingWorker:
 
     def _run(self) -> None:
         decoder_done = not self.export_decoder
+        pending: collections.deque[int] = collections.deque()
+        last_scan = time.monotonic()
         while not self._stop.is_set():
             self.busy = True
             try:
                 while self._urgent and not self._stop.is_set():
                     self.encode(self._urgent.popleft())
-                pending = self._pending()
+                if not pending:
+                    # One query per pass over the project, not per image (large projects).
+                    pending.extend(self._pending())
                 if pending:
-                    self.encode(pending[0])
+                    self.encode(pending.popleft())
                     continue
                 if not decoder_done:
                     try:
@@ -102,6 +118,10 @@ class EmbeddingWorker:
                         log.warning("decoder export failed: %s", exc)
                     decoder_done = True
                     continue
+                if self.rescan is not None and time.monotonic() - last_scan > RESCAN_SECONDS:
+                    last_scan = time.monotonic()
+                    if self.rescan():  # new files in the folder: encode them too
+                        continue
             except Exception as exc:  # e.g. the database went away for a moment
                 log.warning("embedding worker: %s", exc)
                 self._stop.wait(1.0)

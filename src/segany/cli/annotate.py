@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra trusted Origin behind a proxy, e.g. https://annot.example.org")
     server.add_argument("--max-upload-mb", type=float, default=64.0, help="largest image upload (default 64)")
     server.add_argument("--lock-minutes", type=float, default=15.0, help="how long 'next' holds an image")
+    server.add_argument("--lazy-decoder", action="store_true",
+                        help="export the decoder ONNX when a page first asks for it, not in the background at start")
     out = parser.add_argument_group("export")
     out.add_argument("-o", "--output", metavar="PATH", help="export: COCO file, or folder for --format sa1b")
     out.add_argument("--format", choices=("coco", "sa1b"), default="coco")
@@ -117,7 +119,7 @@ def _serve(args: argparse.Namespace, words: list[str]) -> int:
         root=root, db_url=args.db, auth=args.auth, model=model, checkpoint=args.checkpoint,
         model_name=Path(args.checkpoint).name if args.checkpoint else "segany default",
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), lock_minutes=args.lock_minutes,
-        allowed_origins=tuple(args.allow_origin),
+        allowed_origins=tuple(args.allow_origin), export_decoder=not args.lazy_decoder,
     )
     if args.auth:
         _first_admin(settings)
