@@ -128,3 +128,24 @@ def test_lost_answer_lands_once_on_the_real_server(page, server):
     page.locator("#save-banner").wait_for(state="hidden")
     page.wait_for_function("() => window.__segany.S.queue.items.length === 0")
     assert len(api(page, f"/api/images/{wide['id']}").json()["objects"]) == before + 1
+
+
+def test_server_decoder_answers_when_webassembly_is_missing(page, server):
+    # The runtime's .wasm answers 404 (as from a broken install): the page says so and decodes on the
+    # server (POST /predict, segany's Python predictor).
+    page.context.route("**/ort-wasm-simd-threaded.wasm", lambda route: route.fulfill(status=404, body="missing"))
+    page.goto(server)
+    tall = next(im for im in images(page) if im["width"] < im["height"])
+    open_page(page, server, tall["id"])
+    banner = page.locator("#wasm-banner")
+    banner.wait_for(state="visible")
+    assert "WebAssembly" in banner.inner_text()
+    predicts = []
+    page.on("request", lambda r: predicts.append(r.url) if r.url.endswith("/predict") else None)
+    click(page, 150, 300)
+    assert len(predicts) == 1
+    s = state(page)
+    assert s["tokens"] == [1, 2, 3] and display_mask(page).any()
+    click(page, 200, 350)  # two points: the single-mask output, with the previous low-res mask fed back
+    s = state(page)
+    assert s["tokens"] == [0] and s["fed"] and len(predicts) == 2
