@@ -31,6 +31,16 @@ from annotate_browser import block_external, click, launch, open_page  # noqa: E
 from annotate_stub import ServerThread, StubImage, StubState, make_app, ort_decode, png_bytes  # noqa: E402
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -94,6 +104,7 @@ def page_times(browser, url: str, query: str, clicks: int, rng: np.random.Genera
             page.keyboard.press("Escape")
             n = 0
     lat = page.evaluate("window.__segany.S.latencies")
+    info["decode_ms"] = page.evaluate("window.__segany.S.decodeMs")[3:]
     context.close()
     # Paints without a click (Esc) carry no latency; the first 3 clicks warm the runtime up.
     return lat[3:], info
@@ -113,6 +124,7 @@ def main() -> None:
     import os
 
     load = os.getloadavg()[0]
+    started = dt.datetime.now()
     rows = []
     with sync_playwright() as p, tempfile.TemporaryDirectory() as tmp:
         browser = launch(p)
@@ -123,13 +135,14 @@ def main() -> None:
             with ServerThread(make_app(st)) as srv:
                 for label, query in (("1 thread", "threads=1"), ("default threads", "")):
                     lat, info = page_times(browser, srv.url, query, args.clicks, np.random.default_rng(2))
-                    rows.append((name, f"{label} ({info['threads']}, isolated={info['isolated']})", lat))
+                    rows.append((name, f"page, click to paint, {label} ({info['threads']}, isolated={info['isolated']})", lat))
+                    rows.append((name, f"page, decoder run only (session.run in the worker), {label}", info["decode_ms"]))
             rows.append((name, "segany Python (SamPredictor.predict, torch)", segany_ms))
             rows.append((name, "Python onnxruntime, 1 thread, same decoder.onnx, 1024x683 out", ort_ms))
         browser.close()
-    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average at start "
-          f"{load:.1f}; Chromium {version}; onnxruntime-web 1.31.1; {dt.datetime.now():%Y-%m-%d %H:%M}; "
-          f"{args.clicks} clicks\n")
+    print(f"\nMachine: {_cpu_name()}, {os.cpu_count()} cores, load average "
+          f"{load:.1f} at start and {os.getloadavg()[0]:.1f} at the end; Chromium {version}; onnxruntime-web 1.31.1; "
+          f"{started:%Y-%m-%d %H:%M}-{dt.datetime.now():%H:%M}; {args.clicks} clicks\n")
     print("| model | where | p50 ms | p95 ms | n |")
     print("| --- | --- | --- | --- | --- |")
     for name, where, values in rows:

@@ -38,7 +38,7 @@ const S = {
   counters: { clicks: 0, strokes: 0, undos: 0, tFirst: null },
   tool: "prompt", radius: 8, selected: null,
   seq: 0, view: { fit: 1, z: 1, tx: 0, ty: 0 },
-  latencies: [], paints: 0, objectMasks: new Map(), hintShown: false,
+  latencies: [], decodeMs: [], paints: 0, objectMasks: new Map(), hintShown: false,
 };
 window.__segany = { S, ready: false };
 
@@ -138,6 +138,7 @@ async function requestDecode(tEvent) {
   // Stale: a newer prompt, an undo or another image superseded this request.
   if (!r || seq !== S.seq || S.cur !== st) return;
   st.result = r;
+  S.decodeMs.push(r.ms);
   st.cand = r.tokens[r.tokens.length === 1 ? 0 : defaultCandidate(r.ious, req.k)];
   if (r.tokens[0] !== 0 && r.tokens.length > 1) st.cand = r.tokens[bestIndex(r.ious)];
   composite(st);
