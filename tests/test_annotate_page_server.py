@@ -149,3 +149,46 @@ def test_server_decoder_answers_when_webassembly_is_missing(page, server):
     click(page, 200, 350)  # two points: the single-mask output, with the previous low-res mask fed back
     s = state(page)
     assert s["tokens"] == [0] and s["fed"] and len(predicts) == 2
+
+
+def test_sign_in_then_save_with_csrf_on_a_server_with_auth(browser, tmp_path, test_images):
+    """With --auth the page asks for a password, then sends the session's CSRF token with its saves."""
+    from PIL import Image
+    from sam_testing import random_tiny
+
+    from segany.annotate import auth
+    from segany.annotate.app import create_app
+    from segany.annotate.server import Settings
+    from segany.io.image import read_image
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.fromarray(read_image(next(p for p in test_images if p.name == "coco_grey_000000431848.jpg"))).save(root / "x.png")
+    app = create_app(Settings(root=root, model=random_tiny(seed=11), background=False, export_decoder=False, auth=True))
+    auth.add_user(app.state.server.db, "ann", "annotator", password="correct horse")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    blocked = block_external(context)
+    page = context.new_page()
+    try:
+        with ServerThread(app) as srv:
+            page.goto(srv.url)
+            page.locator("#login").wait_for(state="visible")
+            page.fill("#login-user", "ann")
+            page.fill("#login-password", "wrong")
+            page.click("#login-form button")
+            page.wait_for_function("() => document.getElementById('login-error').textContent.length > 0")
+            page.fill("#login-password", "correct horse")
+            page.click("#login-form button")
+            page.wait_for_function("() => window.__segany.ready && window.__segany.S.decoder !== null", timeout=60000)
+            click(page, 150, 300)
+            page.fill("#category", "signed")
+            page.locator("#stage").focus()
+            page.keyboard.press("Enter")
+            page.wait_for_function("() => window.__segany.S.queue.items.length === 0 && window.__segany.S.objects.length === 1")
+            (obj,) = page.evaluate("window.__segany.S.objects")
+            assert obj["user"] == "ann" and obj["category"] == "signed"
+            assert page.locator("#error-banner").is_hidden()
+    finally:
+        context.close()
+        app.state.server.close()
+    assert blocked == []
