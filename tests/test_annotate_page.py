@@ -204,6 +204,15 @@ def test_box_mixed_prompts_and_multimask_choice(page, stub, ort_session):
     assert iou(decode_rle(obj["rle"]), full[2] > 0) >= 0.99
     assert obj["prompts"]["box"] == s2["box"]
 
+    # Three clicks without waiting: whatever finished in between, the mask left is the last prompt's.
+    for x, y in ((500, 400), (650, 450), (800, 500)):
+        page.mouse.click(*to_page(page, x, y))
+    page.wait_for_function("() => window.__segany.S.cur.points.length === 3 && window.__segany.S.cur.result")
+    s4 = state(page)
+    feed = page.evaluate("(() => { const f = window.__segany.S.cur.feed; return f ? Array.from(f) : null; })()")
+    m4, _, _ = python_masks(st, ort_session, WIDE, s4, mask_input=None if feed is None else np.array(feed, np.float32))
+    assert iou(display_mask(page), m4[s4["cand"]] > 0) >= 0.99
+
 
 def test_brush_and_eraser_paint_exact_discs(page, stub, ort_session):
     st, url = stub
