@@ -120,3 +120,28 @@ def state(page: Any) -> dict[str, Any]:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+_shared: dict[str, Any] = {}
+
+
+def shared_browser() -> Any:
+    """One Playwright driver and one Chromium per process, for every test module (the sync API allows
+    one driver at a time); closed at exit."""
+    if "browser" not in _shared:
+        import atexit
+
+        from playwright.sync_api import sync_playwright
+
+        driver = sync_playwright().start()
+        _shared["driver"] = driver
+        _shared["browser"] = launch(driver)
+
+        def close() -> None:
+            try:
+                _shared["browser"].close()
+            finally:
+                _shared["driver"].stop()
+
+        atexit.register(close)
+    return _shared["browser"]

@@ -19,8 +19,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 
 from annotate_browser import (  # noqa: E402
-    block_external, canvas_alpha, chromium_path, click, display_mask, drag, iou, launch, open_page, paints,
-    state, to_page, wait_result,
+    block_external, canvas_alpha, chromium_path, click, display_mask, drag, iou, open_page, paints,
+    shared_browser, state, to_page, wait_result,
 )
 from annotate_stub import STATIC, ServerThread, build_state, decode_rle, make_app, ort_decode  # noqa: E402
 
@@ -67,12 +67,7 @@ def ort_session(exported):
 
 @pytest.fixture(scope="session")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
+    return shared_browser()
 
 
 @pytest.fixture

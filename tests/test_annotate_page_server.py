@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("sqlalchemy")
 
 from annotate_browser import (  # noqa: E402
-    block_external, canvas_alpha, chromium_path, click, display_mask, iou, launch, open_page, state,
+    block_external, canvas_alpha, chromium_path, click, display_mask, iou, open_page, shared_browser, state,
 )
 from annotate_stub import ServerThread, decode_rle, ort_decode  # noqa: E402
 
@@ -42,14 +42,9 @@ def server(tmp_path_factory, test_images):
         app.state.server.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
+    return shared_browser()
 
 
 @pytest.fixture

@@ -394,6 +394,7 @@ function restore(st) {
   S.seq++; // any decode in flight belongs to another state now
   if (hasPrompts(st) && !st.result) requestDecode(performance.now());
   else { paintMask(null); }
+  paintObjects(); // an undone "edit mask" shows the object again
   renderPrompts();
   renderCandidates();
 }
