@@ -27,8 +27,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from annotate_browser import block_external, click, launch, open_page  # noqa: E402
-from annotate_stub import ServerThread, StubImage, StubState, make_app, ort_decode, png_bytes  # noqa: E402
+from annotate_browser import block_external, click, launch, open_page
+from annotate_stub import (
+    ServerThread,
+    StubImage,
+    StubState,
+    make_app,
+    ort_decode,
+    png_bytes,
+)
 
 
 def _cpu_name() -> str:
@@ -39,6 +46,10 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.machine()
+
+
+def _print_row(name: str, where: str, values: list[float]) -> None:
+    print(f"| {name} | {where} | {statistics.median(values):.1f} | {pct(values, 95):.1f} | {len(values)} |", flush=True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -137,16 +148,20 @@ def main() -> None:
                     lat, info = page_times(browser, srv.url, query, args.clicks, np.random.default_rng(2))
                     rows.append((name, f"page, click to paint, {label} ({info['threads']}, isolated={info['isolated']})", lat))
                     rows.append((name, f"page, decoder run only (session.run in the worker), {label}", info["decode_ms"]))
+                    for row in rows[-2:]:
+                        _print_row(*row)
             rows.append((name, "segany Python (SamPredictor.predict, torch)", segany_ms))
             rows.append((name, "Python onnxruntime, 1 thread, same decoder.onnx, 1024x683 out", ort_ms))
+            for row in rows[-2:]:
+                _print_row(*row)
         browser.close()
     print(f"\nMachine: {_cpu_name()}, {os.cpu_count()} cores, load average "
           f"{load:.1f} at start and {os.getloadavg()[0]:.1f} at the end; Chromium {version}; onnxruntime-web 1.31.1; "
           f"{started:%Y-%m-%d %H:%M}-{dt.datetime.now():%H:%M}; {args.clicks} clicks\n")
     print("| model | where | p50 ms | p95 ms | n |")
     print("| --- | --- | --- | --- | --- |")
-    for name, where, values in rows:
-        print(f"| {name} | {where} | {statistics.median(values):.1f} | {pct(values, 95):.1f} | {len(values)} |")
+    for row in rows:
+        _print_row(*row)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
-
 from fastapi import FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pycocotools import mask as mask_utils
 
 from segany.ops.transforms import ResizeLongestSide
 
@@ -320,7 +319,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:  # noqa: PYI034
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:

@@ -18,11 +18,29 @@ pytest.importorskip("playwright")
 pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 
-from annotate_browser import (  # noqa: E402
-    block_external, canvas_alpha, chromium_path, click, display_mask, drag, iou, open_page, paints,
-    shared_browser, state, to_page, wait_result,
+from annotate_browser import (
+    block_external,
+    canvas_alpha,
+    chromium_path,
+    click,
+    display_mask,
+    drag,
+    iou,
+    open_page,
+    paints,
+    shared_browser,
+    state,
+    to_page,
+    wait_result,
 )
-from annotate_stub import STATIC, ServerThread, build_state, decode_rle, make_app, ort_decode  # noqa: E402
+from annotate_stub import (
+    STATIC,
+    ServerThread,
+    build_state,
+    decode_rle,
+    make_app,
+    ort_decode,
+)
 
 if chromium_path() is None:
     pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
@@ -141,7 +159,7 @@ def test_click_mask_equals_python_onnxruntime(page, stub, ort_session, image_id)
 
 
 def test_undo_redo_restore_masks_bit_for_bit(page, stub):
-    st, url = stub
+    _, url = stub
     open_page(page, url, TALL)
     click(page, 150, 300)
     first, first_drawn = display_mask(page), canvas_alpha(page)

@@ -13,10 +13,18 @@ pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("sqlalchemy")
 
-from annotate_browser import (  # noqa: E402
-    block_external, canvas_alpha, chromium_path, click, display_mask, iou, open_page, shared_browser, state,
+from annotate_browser import (
+    block_external,
+    canvas_alpha,
+    chromium_path,
+    click,
+    display_mask,
+    iou,
+    open_page,
+    shared_browser,
+    state,
 )
-from annotate_stub import ServerThread, decode_rle, ort_decode  # noqa: E402
+from annotate_stub import ServerThread, decode_rle, ort_decode
 
 if chromium_path() is None:
     pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
