@@ -291,3 +291,17 @@ def test_stats_and_prefill_sources(make_client, tmp_path) -> None:
     assert st["masks_per_image"]["median"] == 6.0 and st["manual_masks_per_image"]["median"] == 2.0
     assert st["by_user"]["local"]["count"] == 2
     assert store.list_images(server.db, 1, "submitted")[0]["id"] == 1
+
+
+def test_migrations_match_the_tables(make_client) -> None:
+    """Alembic's revisions create exactly the tables that segany.annotate.db declares."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from segany.annotate.db import Base
+
+    server = make_client().app.state.server
+    with server.db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        assert context.get_current_revision() == "0001"

@@ -193,5 +193,8 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8714, announc
     bound = sock.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
     announce(f"segany annotate: serving {settings.root} on http://{shown}:{bound}/ (Ctrl+C to stop)")
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    # Keep idle connections open longer than browsers and proxies do (uvicorn's 5 s default makes a
+    # client that reuses a connection just as the server closes it see a dropped request).
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                            timeout_keep_alive=75)
     uvicorn.Server(config).run(sockets=[sock])
