@@ -305,3 +305,21 @@ def test_migrations_match_the_tables(make_client) -> None:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
         assert context.get_current_revision() == "0001"
+
+
+def test_next_lock_expires_and_passes_on(make_client) -> None:
+    c = make_client(sizes=[(16, 16)], lock_minutes=0.002)  # 0.12 s
+    server = c.app.state.server
+    from segany.annotate import auth, store
+
+    a = store.Principal(auth.add_user(server.db, "a", "annotator"), "a", ("annotator",), "token")
+    b = store.Principal(auth.add_user(server.db, "b", "annotator"), "b", ("annotator",), "token")
+    assert store.next_image(server.db, 1, a, server.lock_ttl) == 1
+    assert store.next_image(server.db, 1, b, server.lock_ttl) is None  # locked to a
+    import time
+
+    time.sleep(0.3)
+    assert c.get("/api/images/1").json()["lock_owner"] is None  # expired
+    assert store.next_image(server.db, 1, b, server.lock_ttl) == 1
+    record = c.get("/api/images/1").json()
+    assert record["lock_owner"] == "b" and record["annotator"] == "b" and record["state"] == "in_progress"
