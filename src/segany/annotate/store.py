@@ -395,10 +395,10 @@ def create_object(
             return object_record(obj, image, {user.id: user.name}), True
     except IntegrityError:
         # The same key committed by a concurrent request in the meantime.
-        existing = _by_key(db, scoped) if scoped else None
-        if existing is None:
+        again = _by_key(db, scoped) if scoped else None
+        if again is None:
             raise
-        return existing, False
+        return again, False
 
 
 def _defaults(counters: dict[str, Any]) -> dict[str, Any]:
