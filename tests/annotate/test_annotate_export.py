@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 
 from segany.io.rle import decode_rle, encode_mask
 
-from conftest import write_images
+from annotate_helpers import write_images
 
 
 def _disc(h: int, w: int, cx: float, cy: float, r: float) -> np.ndarray:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from segany.io.rle import encode_mask
 
-from conftest import write_images
+from annotate_helpers import write_images
 
 
 def _rle(h: int = 40, w: int = 60) -> dict:
