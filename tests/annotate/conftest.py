@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")
 
-from annotate_helpers import write_images  # noqa: E402
+from annotate_helpers import write_images
 
 PG_PORT = 55414
 BASE_URL = "http://127.0.0.1"
