@@ -128,16 +128,27 @@ def rle_for(h: int, w: int, k: int, rng: np.random.Generator) -> dict[str, Any]:
 
 
 async def annotator(client: Any, index: int, stop_at: float, stats: dict[str, list[float]], log: dict[str, Any]) -> None:
+    import httpx
+
     rng = np.random.default_rng(index)
     headers = {"Origin": str(client.base_url).rstrip("/")}
 
     async def call(kind: str, method: str, url: str, **kw: Any) -> Any:
         t0 = time.perf_counter()
-        try:
-            r = await client.request(method, url, **kw)
-        except Exception as exc:  # a benchmark counts every failure
-            log["errors"].append(f"{kind}: {type(exc).__name__}: {exc}")
-            return None
+        for attempt in range(3):
+            try:
+                r = await client.request(method, url, **kw)
+                break
+            except httpx.TransportError as exc:
+                # A dropped connection: retried as the page does (object saves carry their idempotency key,
+                # so a retry never duplicates; the exactly-once check below verifies it). Counted apart.
+                log["retries"].append(f"{kind}: {type(exc).__name__}")
+                if attempt == 2:
+                    log["errors"].append(f"{kind}: {type(exc).__name__}: {exc}")
+                    return None
+            except Exception as exc:  # a benchmark counts every failure
+                log["errors"].append(f"{kind}: {type(exc).__name__}: {exc}")
+                return None
         stats[kind].append(time.perf_counter() - t0)
         if r.status_code >= 400:
             log["errors"].append(f"{kind}: {r.status_code} {r.text[:200]}")
@@ -181,7 +192,7 @@ async def drive(base: str, users: int, seconds: float) -> tuple[dict[str, list[f
     import httpx
 
     stats: dict[str, list[float]] = defaultdict(list)
-    log: dict[str, Any] = {"errors": [], "acked": {}, "submitted": [], "exhausted": False}
+    log: dict[str, Any] = {"errors": [], "retries": [], "acked": {}, "submitted": [], "exhausted": False}
     limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         t0 = time.perf_counter()
@@ -261,6 +272,7 @@ def run_one(backend: str, users: int, seconds: float, images: int) -> dict[str, 
         if "database is locked" in text:
             problems.append("'database is locked' in the server log")
         return {"backend": backend, "users": users, "seconds": elapsed, "stats": stats, "errors": log["errors"],
+                "retries": log["retries"],
                 "problems": problems, "objects": len(log["acked"]), "images": len(log["submitted"]),
                 "exhausted": log["exhausted"], "rss": (rss_before, rss_after, hwm)}
     finally:
@@ -276,7 +288,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| database | annotators x s | images submitted | objects | requests/s | errors | checks | "
+    lines = ["| database | annotators x s | images submitted | objects | requests/s | errors (retries) | checks | "
              + " | ".join(f"{e} p50/p95 ms" for e in ENDPOINTS) + " | server RSS MB before -> after (peak) |",
              "| --- " * (7 + len(ENDPOINTS) + 1) + "|"]
     for r in results:
@@ -285,7 +297,7 @@ def table(results: list[dict[str, Any]]) -> str:
         before, after, hwm = (v / 1024 for v in r["rss"])
         checks = "pass" if not r["problems"] else "; ".join(r["problems"][:3])
         lines.append(f"| {r['backend']} | {r['users']} x {r['seconds']:.0f} | {r['images']} | {r['objects']} | "
-                     f"{requests / r['seconds']:.0f} | {len(r['errors'])} | {checks} | " + " | ".join(cells)
+                     f"{requests / r['seconds']:.0f} | {len(r['errors'])} ({len(r['retries'])}) | {checks} | " + " | ".join(cells)
                      + f" | {before:.0f} -> {after:.0f} ({hwm:.0f}) |")
     return "\n".join(lines)
 
@@ -302,6 +314,13 @@ def write_results(text: str) -> None:
     else:
         new = old.rstrip("\n") + "\n\n" + section
     path.write_text(new)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def main() -> None:
@@ -326,7 +345,7 @@ def main() -> None:
             print(f"{r['backend']}: every image was submitted before the time was up")
     header = (
         f"Measured {started:%Y-%m-%d %H:%M} UTC by `nice -n 19 python benchmarks/bench_annotate_load.py"
-        f" --users {args.users} --seconds {args.seconds:.0f}` on {platform.processor() or platform.machine()} "
+        f" --users {args.users} --seconds {args.seconds:.0f}` on {cpu_name()} "
         f"({os.cpu_count()} cores), Python {platform.python_version()}. **Shared machine**: load average "
         f"{load0:.1f} at the start and {load1:.1f} at the end (other people's jobs), so latencies are upper bounds; "
         "server and clients share the same cores.\n\n"
@@ -334,7 +353,8 @@ def main() -> None:
         "10 object saves (idempotency keys) -> 2 edits (If-Match) -> submit, against `segany annotate` in its own "
         "process on loopback. Embedding cache warm (hard links to one real default-model embedding; the encoder is "
         "not measured here). Checks: no failed request, every acknowledged object stored exactly once with its "
-        "acknowledged version, every acknowledged submission stored, no 'database is locked'. RSS: the server "
+        "acknowledged version, every acknowledged submission stored, no 'database is locked'. A request whose "
+        "connection drops is retried (at most twice, the same idempotency key) and counted under retries. RSS: the server "
         "process after a warm-up request of each kind, and at the end of the timed phase.\n"
     )
     if args.write:

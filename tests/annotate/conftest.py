@@ -14,13 +14,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")
+
+from annotate_helpers import write_images
 
 PG_PORT = 55414
 BASE_URL = "http://127.0.0.1"
@@ -32,20 +32,6 @@ def tiny_model():  # type: ignore[no-untyped-def]
 
     torch.manual_seed(0)
     return load_model("tiny")
-
-
-def write_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
-    """Random RGB PNGs of the given (height, width) sizes, plus a bright square so masks are not empty."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, (h, w) in enumerate(sizes):
-        arr = (rng.random((h, w, 3)) * 80).astype(np.uint8)
-        arr[h // 4: h // 2, w // 4: w // 2] = 230
-        path = folder / f"img{i:03d}.png"
-        Image.fromarray(arr).save(path)
-        paths.append(path)
-    return paths
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------

@@ -8,9 +8,6 @@ import threading
 import uuid
 
 import numpy as np
-import pytest
-import torch
-from pycocotools import mask as mask_utils
 
 from segany.io.rle import decode_rle, encode_mask
 
@@ -245,7 +242,7 @@ def test_concurrent_object_writes_are_all_kept(make_client) -> None:
 
     def post(key: str) -> None:
         for _ in range(2):  # every request sent twice, as a client retrying after a lost answer
-            r = c.post("/api/images/2/objects" if False else "/api/images/1/objects", json={"rle": rle},
+            r = c.post("/api/images/1/objects", json={"rle": rle},
                        headers={"Idempotency-Key": key})
             with lock:
                 statuses.append(r.status_code)
@@ -291,3 +288,35 @@ def test_stats_and_prefill_sources(make_client, tmp_path) -> None:
     assert st["masks_per_image"]["median"] == 6.0 and st["manual_masks_per_image"]["median"] == 2.0
     assert st["by_user"]["local"]["count"] == 2
     assert store.list_images(server.db, 1, "submitted")[0]["id"] == 1
+
+
+def test_migrations_match_the_tables(make_client) -> None:
+    """Alembic's revisions create exactly the tables that segany.annotate.db declares."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from segany.annotate.db import Base
+
+    server = make_client().app.state.server
+    with server.db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        assert context.get_current_revision() == "0001"
+
+
+def test_next_lock_expires_and_passes_on(make_client) -> None:
+    c = make_client(sizes=[(16, 16)], lock_minutes=0.002)  # 0.12 s
+    server = c.app.state.server
+    from segany.annotate import auth, store
+
+    a = store.Principal(auth.add_user(server.db, "a", "annotator"), "a", ("annotator",), "token")
+    b = store.Principal(auth.add_user(server.db, "b", "annotator"), "b", ("annotator",), "token")
+    assert store.next_image(server.db, 1, a, server.lock_ttl) == 1
+    assert store.next_image(server.db, 1, b, server.lock_ttl) is None  # locked to a
+    import time
+
+    time.sleep(0.3)
+    assert c.get("/api/images/1").json()["lock_owner"] is None  # expired
+    assert store.next_image(server.db, 1, b, server.lock_ttl) == 1
+    record = c.get("/api/images/1").json()
+    assert record["lock_owner"] == "b" and record["annotator"] == "b" and record["state"] == "in_progress"

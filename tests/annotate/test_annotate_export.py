@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
+from annotate_helpers import write_images
 from pycocotools.coco import COCO
 
 from segany.io.rle import decode_rle, encode_mask
-
-from conftest import write_images
 
 
 def _disc(h: int, w: int, cx: float, cy: float, r: float) -> np.ndarray:
@@ -101,7 +99,6 @@ def test_sa1b_export_and_reimport(make_sqlite_client, tmp_path) -> None:
 
 def test_cli_export_prefill_user(tmp_path, tiny_model, capsys) -> None:
     """The offline commands on a database made by a server run."""
-    from segany.annotate import store
     from segany.annotate.server import Server, Settings
     from segany.cli.main import main
     from segany.io.coco import coco_instances_from_records, write_coco

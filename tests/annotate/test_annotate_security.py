@@ -5,21 +5,18 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
-import os
 import socket
+import struct
 import threading
 import time
 import zlib
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
+from annotate_helpers import write_images
 from PIL import Image
 
 from segany.io.rle import encode_mask
-
-from conftest import write_images
 
 
 def _rle(h: int = 40, w: int = 60) -> dict:
@@ -107,9 +104,10 @@ def test_tokens_hashed_revocable_expiring(make_client) -> None:
     r = c.get("/api/session", headers=_h(made.json()["token"]))
     assert r.status_code == 401 and "revoked" in r.json()["detail"]
     # Expired tokens are refused.
+    import datetime as dt
+
     from segany.annotate import auth
     from segany.annotate.db import Token, User, utcnow
-    import datetime as dt
 
     with server.db.write() as s:
         uid = s.query(User).filter_by(name="ann").one().id
@@ -349,3 +347,31 @@ def test_cli_refuses_public_bind_without_auth(tmp_path) -> None:
     assert main(["annotate", str(tmp_path / "nope")]) == 2
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
+
+
+def test_build_server_serves_on_a_free_loopback_port(tmp_path, tiny_model) -> None:
+    """The path `segany annotate DIR` takes: bind (port 0), create the app, run uvicorn; then stop."""
+    from segany.annotate.server import Settings, build_server
+    from segany.errors import SeganyError
+
+    root = tmp_path / "im"
+    write_images(root, [(8, 8)])
+    settings = Settings(root=root, model=tiny_model, background=False, export_decoder=False)
+    with pytest.raises(SeganyError, match="without authentication"):
+        build_server(settings, "0.0.0.0", 0)
+    server, sock, url = build_server(settings, "127.0.0.1", 0)
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(400):
+            if server.started:
+                break
+            time.sleep(0.05)
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        assert _raw(port, "GET", "/api/health")[0] == 200
+        status, body = _raw(port, "GET", "/api/projects")
+        assert status == 200 and b'"images": 1' in body.replace(b'"images":1', b'"images": 1')
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -17,12 +17,14 @@ from fastapi import Body, Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from segany.annotate import auth, stats, store
-from segany.annotate.db import IMAGE_STATES, Image
+from segany.annotate.db import IMAGE_STATES, Image, Project, User
 from segany.annotate.errors import ApiError, bad_request, conflict, forbidden, not_found
-from segany.annotate.images import content_type, image_facts, inside
+from segany.annotate.images import UPLOAD_FORMATS, content_type, image_facts, inside
 from segany.annotate.modelsvc import load_npy, npy_bytes
 from segany.annotate.server import SafetyMiddleware, Server, Settings
 from segany.io.files import atomic_write_bytes
@@ -80,12 +82,9 @@ def create_app(settings: Settings | Server) -> FastAPI:
     _error_handlers(app)
     app.mount("/static", _Static(directory=STATIC_DIR, check_dir=False), name="static")
 
-
     def project(pid: int) -> int:
         if pid != srv.project_id:
             with srv.db.read() as s:
-                from segany.annotate.db import Project
-
                 if s.get(Project, pid) is None:
                     raise not_found(f"project {pid}")
         return pid
@@ -223,24 +222,8 @@ def create_app(settings: Settings | Server) -> FastAPI:
         data = b"".join(chunks)
         if not data:
             raise bad_request("empty upload: send the image bytes as the request body")
-        facts = image_facts(data, srv.settings.max_pixels)
-        from segany.annotate.images import UPLOAD_FORMATS
-
-        rel_dir = srv.data_dir.relative_to(srv.root) / "uploads" if srv.data_dir.is_relative_to(srv.root) else None
-        if rel_dir is None:
-            raise bad_request("uploads need the data folder inside the images folder")
-        rel = (rel_dir / f"{facts.sha256}{UPLOAD_FORMATS[facts.format]}").as_posix()
-        target = srv.root / rel
-        if not target.exists():
-            atomic_write_bytes(target, data)
-        st = target.stat()
-        added = store.add_image(srv.db, pid, rel, facts.sha256, st.st_size, st.st_mtime_ns, facts.width, facts.height)
-        with srv.db.read() as s:
-            from sqlalchemy import select
-
-            image = s.scalar(select(Image).where(Image.project_id == pid, Image.sha256 == facts.sha256))
-            assert image is not None
-            record = store.image_record(s, image, objects=False)
+        # Decoding and storing block: off the event loop, so other requests keep flowing.
+        record, added = await run_in_threadpool(_store_upload, srv, pid, data)
         srv.worker.wake()
         return JSONResponse(record, status_code=201 if added else 200)
 
@@ -390,11 +373,24 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": " ".join(f"{where}: {message}".split())}, status_code=400)
 
 
+def _store_upload(srv: Server, pid: int, data: bytes) -> tuple[dict[str, Any], bool]:
+    """Check an uploaded image by its content, store it under a name made from its hash, record it."""
+    facts = image_facts(data, srv.settings.max_pixels)
+    if not srv.data_dir.is_relative_to(srv.root):
+        raise bad_request("uploads need the data folder inside the images folder")
+    rel = (srv.data_dir.relative_to(srv.root) / "uploads" / f"{facts.sha256}{UPLOAD_FORMATS[facts.format]}").as_posix()
+    target = srv.root / rel
+    if not target.exists():
+        atomic_write_bytes(target, data)
+    st = target.stat()
+    added = store.add_image(srv.db, pid, rel, facts.sha256, st.st_size, st.st_mtime_ns, facts.width, facts.height)
+    with srv.db.read() as s:
+        image = s.scalar(select(Image).where(Image.project_id == pid, Image.sha256 == facts.sha256))
+        assert image is not None
+        return store.image_record(s, image, objects=False), bool(added)
+
+
 def _user_id(srv: Server, name: Any) -> int:
-    from sqlalchemy import select
-
-    from segany.annotate.db import User
-
     with srv.db.read() as s:
         found = s.scalar(select(User.id).where(User.name == str(name)))
     if found is None:
@@ -403,8 +399,6 @@ def _user_id(srv: Server, name: Any) -> int:
 
 
 def _following(srv: Server, pid: int, image_id: int) -> list[int]:
-    from sqlalchemy import select
-
     with srv.db.read() as s:
         rows = s.scalars(
             select(Image.id).where(Image.project_id == pid, Image.id > image_id, Image.state == "todo")

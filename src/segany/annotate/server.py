@@ -170,8 +170,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8714, announce: Any = print) -> None:
-    """Run the server until interrupted. Refuses a non-loopback address without authentication."""
+def build_server(settings: Settings, host: str = "127.0.0.1", port: int = 8714) -> tuple[Any, Any, str]:
+    """The uvicorn server, its bound socket and its URL (port 0 picks a free port); refuses a
+    non-loopback address without authentication. ``serve`` runs it; tests run it in a thread."""
     import socket
 
     import uvicorn
@@ -189,9 +190,22 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8714, announc
     except OSError as exc:
         sock.close()
         raise SeganyError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except BaseException:
+        sock.close()
+        raise
     bound = sock.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
-    announce(f"segany annotate: serving {settings.root} on http://{shown}:{bound}/ (Ctrl+C to stop)")
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    # Keep idle connections open longer than browsers and proxies do (uvicorn's 5 s default makes a
+    # client that reuses a connection just as the server closes it see a dropped request).
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                            timeout_keep_alive=75)
+    return uvicorn.Server(config), sock, f"http://{shown}:{bound}/"
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8714, announce: Any = print) -> None:
+    """Run the server until interrupted (see :func:`build_server`)."""
+    server, sock, url = build_server(settings, host, port)
+    announce(f"segany annotate: serving {settings.root} on {url} (Ctrl+C to stop)")
+    server.run(sockets=[sock])

@@ -222,7 +222,7 @@ def next_image(db: Database, project_id: int, user: Principal, ttl: dt.timedelta
                     lock_owner=user.id,
                     lock_expires=expires,
                     state=_claim_state(),
-                    annotator_id=func.coalesce(Image.annotator_id, user.id),
+                    annotator_id=user.id,  # whoever takes it over (a rejected image comes back to its own)
                     updated=now,
                 )
             )
@@ -362,10 +362,6 @@ def create_object(
     if key is not None and (not key or len(key) > 128):
         raise bad_request("Idempotency-Key must be 1-128 characters")
     scoped = f"{user.id}:{key}" if key else None
-    if scoped:
-        existing = _by_key(db, scoped)
-        if existing is not None:
-            return existing, False
     source = body.get("source") or "manual"
     if source not in SOURCES:
         raise bad_request(f"source must be one of {', '.join(SOURCES)}")
@@ -376,6 +372,10 @@ def create_object(
     try:
         with db.write() as s:
             image = get_image(s, image_id)
+            if scoped:  # a retry: answer with what the first request stored, whatever happened since
+                existing = s.scalar(select(Object).where(Object.idempotency_key == scoped))
+                if existing is not None:
+                    return object_record(existing, get_image(s, existing.image_id), user_names(s)), False
             may_edit(user, image)
             counts, bbox, area = mask_from_body(body, image.height, image.width)
             project = s.get(Project, image.project_id)
@@ -392,13 +392,13 @@ def create_object(
             )
             s.add(obj)
             s.flush()
-            return object_record(obj, image, user_names(s)), True
+            return object_record(obj, image, {user.id: user.name}), True
     except IntegrityError:
         # The same key committed by a concurrent request in the meantime.
-        existing = _by_key(db, scoped) if scoped else None
-        if existing is None:
+        again = _by_key(db, scoped) if scoped else None
+        if again is None:
             raise
-        return existing, False
+        return again, False
 
 
 def _defaults(counters: dict[str, Any]) -> dict[str, Any]:
