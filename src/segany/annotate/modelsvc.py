@@ -1,0 +1,154 @@
+"""The project's model on the server: its identity, the image-embedding cache, the decoder ONNX file
+and server-side decoding.
+
+Embeddings are cached on disk as ``.npy`` files (float32, ``(1, C, g, g)``) under
+``<cache>/embeddings/<model id>/<image sha256>.npy``: keyed by content and model, so a renamed image
+is not re-encoded and a new checkpoint never reuses an old model's embeddings. Each image is encoded
+at most once per model, whether the background worker or a request gets there first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segany.io.files import atomic_write_bytes
+from segany.io.image import read_image
+from segany.model import Sam
+
+
+def model_id(model: Sam) -> str:
+    """A short identity of the weights: the first 16 hex digits of a sha256 over the state dict
+    (names, shapes, dtypes and bytes, in name order). Kept behind this one function so that a shared
+    helper can replace it."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes, what: str, max_bytes: int = 64 << 20) -> np.ndarray:
+    """Parse client-sent ``.npy`` bytes (no pickles); ValueError with a one-line reason otherwise."""
+    if len(data) > max_bytes:
+        raise ValueError(f"{what}: too large")
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # numpy raises several kinds for bad headers
+        raise ValueError(f"{what}: not a .npy array ({type(exc).__name__})") from None
+
+
+class ModelService:
+    """Encoder, embedding cache, decoder export and server-side predict for one model.
+
+    Two predictors share the model: one encodes (the background worker and on-demand requests, one at a
+    time), one decodes prompts, so that a long encode never blocks a click.
+    """
+
+    def __init__(self, model: Sam, cache_dir: Path, name: str = "segany") -> None:
+        from segany.inference.predictor import SamPredictor
+
+        self.model = model.eval()
+        self.name = name
+        self.id = model_id(model)
+        self.cache_dir = cache_dir
+        self.embedding_dir = cache_dir / "embeddings" / self.id
+        self.embedding_dir.mkdir(parents=True, exist_ok=True)
+        self._encoder = SamPredictor(self.model)
+        self._decoder = SamPredictor(self.model)
+        self._encode_lock = threading.Lock()
+        self._decode_lock = threading.Lock()
+        self._export_lock = threading.Lock()
+        grid = self.model.image_encoder.img_size // self.model.image_encoder.patch_embed.proj.kernel_size[0]
+        self.embedding_shape = [1, int(self.model.prompt_encoder.embed_dim), int(grid), int(grid)]
+        self.image_size = int(self.model.image_encoder.img_size)
+        self.mask_input_size = 4 * int(grid)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "image_size": self.image_size,
+            "mask_threshold": float(self.model.mask_threshold),
+            "embedding_shape": self.embedding_shape,
+            "mask_input_shape": [1, 1, self.mask_input_size, self.mask_input_size],
+            "decoder_url": "/api/model/decoder.onnx",
+        }
+
+    # -- embeddings ----------------------------------------------------------------------------
+
+    def embedding_path(self, sha256: str) -> Path:
+        return self.embedding_dir / f"{sha256}.npy"
+
+    def has_embedding(self, sha256: str) -> bool:
+        return self.embedding_path(sha256).is_file()
+
+    def ensure_embedding(self, sha256: str, image_path: Path) -> Path:
+        """The cached embedding of an image, encoding it first when needed."""
+        path = self.embedding_path(sha256)
+        if path.is_file():
+            return path
+        with self._encode_lock:
+            if path.is_file():  # encoded by someone else while we waited
+                return path
+            image = read_image(image_path)
+            self._encoder.set_image(image)
+            features = self._encoder.get_image_embedding().detach().float().cpu().numpy()
+            self._encoder.reset_image()
+            atomic_write_bytes(path, npy_bytes(np.ascontiguousarray(features, dtype=np.float32)))
+        return path
+
+    def load_embedding(self, sha256: str) -> np.ndarray:
+        return np.load(self.embedding_path(sha256), allow_pickle=False)
+
+    # -- decoder ONNX --------------------------------------------------------------------------
+
+    def decoder_path(self) -> Path:
+        """segany's official-compatible decoder graph for this model (exported once, then cached)."""
+        out = self.cache_dir / "onnx" / self.id
+        path = out / "decoder.onnx"
+        if path.is_file():
+            return path
+        with self._export_lock:
+            if not path.is_file():
+                from segany.export import export_onnx
+
+                export_onnx(self.model, out, encoder=False)
+        return path
+
+    # -- server-side predict -------------------------------------------------------------------
+
+    def predict(
+        self,
+        embedding: np.ndarray,
+        original_size: tuple[int, int],
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``SamPredictor.predict`` on a cached embedding: masks (M, H, W) bool, scores (M,),
+        low-resolution logits (M, 4g, 4g)."""
+        with self._decode_lock:
+            self._decoder.set_image_embedding(torch.from_numpy(embedding), original_size)
+            return self._decoder.predict(
+                point_coords=points,
+                point_labels=labels,
+                box=box,
+                mask_input=mask_input,
+                multimask_output=multimask,
+            )

@@ -1,0 +1,114 @@
+// SAM prompt geometry shared by the page and the decoder worker: the same arithmetic as segany's
+// Python code (segany.ops.transforms.ResizeLongestSide), so the page's masks equal Python's.
+
+/** Size [h, w] after scaling the long side to `longSide`, rounded as Python's int(x + 0.5). */
+export function preprocessShape(h, w, longSide) {
+  const scale = (longSide * 1.0) / Math.max(h, w);
+  return [Math.floor(h * scale + 0.5), Math.floor(w * scale + 0.5)];
+}
+
+/** Image pixel (x, y) -> the model's input frame, per axis as ResizeLongestSide.apply_coords. */
+export function applyCoords(points, h, w, longSide) {
+  const [nh, nw] = preprocessShape(h, w, longSide);
+  return points.map(([x, y]) => [x * (nw / w), y * (nh / h)]);
+}
+
+/**
+ * The decoder's prompt inputs, as the official export expects them: points (labels 1/0), then the
+ * box as two corners labelled 2 and 3, or a (0, 0) padding point labelled -1 when there is no box.
+ * Returns {coords: Float32Array(2K), labels: Float32Array(K), k}.
+ */
+export function promptFeeds(points, labels, box, h, w, longSide) {
+  const pts = points.slice();
+  const labs = labels.slice();
+  if (box) {
+    pts.push([box[0], box[1]], [box[2], box[3]]);
+    labs.push(2, 3);
+  }
+  const scaled = applyCoords(pts, h, w, longSide);
+  if (!box) {
+    scaled.push([0, 0]);
+    labs.push(-1);
+  }
+  const k = labs.length;
+  const coords = new Float32Array(2 * k);
+  scaled.forEach(([x, y], i) => { coords[2 * i] = x; coords[2 * i + 1] = y; });
+  return { coords, labels: Float32Array.from(labs), k };
+}
+
+/** The candidate the official export's return_single_mask picks: token 0 when the prompt has >= 3
+ *  points (padding included), else the multimask token with the best predicted IoU. */
+export function defaultCandidate(ious, k) {
+  if (k >= 3 || ious.length < 2) return 0;
+  let best = 1;
+  for (let i = 2; i < ious.length; i++) if (ious[i] > ious[best]) best = i;
+  return best;
+}
+
+/**
+ * Size at which masks are drawn while editing: the image itself when its long side is at most
+ * `maxLong`, else scaled down with the same rounding, nudged so the decoder crops the same valid
+ * region as for the full image (its crop is computed from the requested size).
+ */
+export function workSize(h, w, longSide, maxLong = 1024) {
+  if (Math.max(h, w) <= maxLong) return [h, w];
+  const k = maxLong / Math.max(h, w);
+  let wh = Math.max(1, Math.floor(h * k + 0.5));
+  let ww = Math.max(1, Math.floor(w * k + 0.5));
+  const want = preprocessShape(h, w, longSide).join();
+  for (const d of [0, 1, -1, 2, -2]) {
+    const th = h >= w ? wh : wh + d;
+    const tw = h >= w ? ww + d : ww;
+    if (th > 0 && tw > 0 && preprocessShape(th, tw, longSide).join() === want) return [th, tw];
+  }
+  return [wh, ww];
+}
+
+/** Parse `.npy` bytes (little-endian float32, C order) -> {data: Float32Array, shape}. */
+export function parseNpy(buffer) {
+  const bytes = new Uint8Array(buffer);
+  const magic = String.fromCharCode(...bytes.slice(1, 6));
+  if (bytes[0] !== 0x93 || magic !== "NUMPY") throw new Error("not a .npy file");
+  const view = new DataView(buffer);
+  const major = bytes[6];
+  const headerLen = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
+  const start = major === 1 ? 10 : 12;
+  const header = new TextDecoder("latin1").decode(bytes.slice(start, start + headerLen));
+  const descr = /'descr':\s*'([^']+)'/.exec(header);
+  const order = /'fortran_order':\s*(True|False)/.exec(header);
+  const shapeM = /'shape':\s*\(([^)]*)\)/.exec(header);
+  if (!descr || descr[1] !== "<f4") throw new Error(`.npy dtype must be <f4, got ${descr && descr[1]}`);
+  if (!order || order[1] !== "False") throw new Error(".npy must be C ordered");
+  const shape = shapeM[1].split(",").map((s) => s.trim()).filter((s) => s).map(Number);
+  const n = shape.reduce((a, b) => a * b, 1);
+  const offset = start + headerLen;
+  // NumPy pads the header to 64 bytes, so the data is 4-aligned; copy anyway if it is not.
+  const data = offset % 4 === 0 ? new Float32Array(buffer, offset, n) : new Float32Array(buffer.slice(offset, offset + 4 * n));
+  return { data, shape };
+}
+
+/** float32 data + shape -> `.npy` (version 1.0) bytes. */
+export function npyBytes(data, shape) {
+  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (${shape.join(", ")}${shape.length === 1 ? "," : ""}), }`;
+  const total = 10 + header.length + 1;
+  header += " ".repeat((64 - (total % 64)) % 64) + "\n";
+  const out = new Uint8Array(10 + header.length + data.byteLength);
+  out.set([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0]);
+  new DataView(out.buffer).setUint16(8, header.length, true);
+  for (let i = 0; i < header.length; i++) out[10 + i] = header.charCodeAt(i);
+  out.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), 10 + header.length);
+  return out;
+}
+
+export function bytesToBase64(bytes) {
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+export function base64ToBuffer(b64) {
+  const s = atob(b64);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out.buffer;
+}
