@@ -248,8 +248,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         options = RayOptions(None if args.ray == "local" else args.ray, args.workers, args.cpus_per_worker,
                              args.gpus_per_worker, args.object_store_mb)
-        if args.threads:
-            settings = JobSettings(**{**settings.__dict__, "threads": args.threads})
         execute = partial(run_ray, settings=settings, make_predictor=make_predictor, options=options,
                           overwrite=args.overwrite)
     report = run_auto(jobs, settings, execute, manifest, shard_size=args.shard_size, overwrite=args.overwrite,

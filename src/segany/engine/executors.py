@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from typing import Any
@@ -89,7 +90,7 @@ def _start_ray(options: RayOptions) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from a local run
-    quiet: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    quiet: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
         if options.address:
             ray.init(address=options.address, **quiet)
@@ -114,7 +115,8 @@ def _quiet_data_context() -> None:
     ):
         if hasattr(ctx, name):
             setattr(ctx, name, value)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.ERROR)
 
 
 def run_ray(
@@ -136,20 +138,28 @@ def run_ray(
     try:
         _quiet_data_context()
         threads = max(1, int(options.cpus_per_worker))
-        actor_settings = asdict(replace(settings, threads=threads, record_pid=True))
+        actor_settings = asdict(replace(settings, threads=settings.threads or threads, record_pid=True))
         items = [asdict(job) for job in jobs]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(
-            _RayWorker,
-            fn_constructor_kwargs={"settings": actor_settings, "make_predictor": make_predictor, "overwrite": overwrite},
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=min(options.workers, len(jobs))),
-            num_cpus=options.cpus_per_worker,
-            max_restarts=-1,
-            max_task_retries=-1,
-            **({"num_gpus": options.gpus_per_worker} if options.gpus_per_worker else {}),
-        )
+        with warnings.catch_warnings():  # the restart settings have no named parameter yet
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = _map(ds, ray, settings=actor_settings, make_predictor=make_predictor, options=options,
+                      overwrite=overwrite, jobs=len(jobs))
         yield from ds.iter_rows()
     finally:
         if started:
             ray.shutdown()
+
+
+def _map(ds: Any, ray: Any, settings: dict[str, Any], make_predictor: Callable[[], Any], options: RayOptions,
+         overwrite: bool, jobs: int) -> Any:
+    return ds.map_batches(
+        _RayWorker,
+        fn_constructor_kwargs={"settings": settings, "make_predictor": make_predictor, "overwrite": overwrite},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(options.workers, jobs)),
+        num_cpus=options.cpus_per_worker,
+        max_restarts=-1,
+        max_task_retries=-1,
+        **({"num_gpus": options.gpus_per_worker} if options.gpus_per_worker else {}),
+    )

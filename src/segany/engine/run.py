@@ -9,6 +9,7 @@ shows progress (images, masks, throughput, ETA) and writes ``OUT/report.json``.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -161,6 +162,7 @@ def run_auto(
         bar.close()
         workers = out / "_workers"
         report.workers = len(list(workers.iterdir())) if workers.is_dir() else (1 if todo else 0)
+        shutil.rmtree(workers, ignore_errors=True)
         report.seconds = time.perf_counter() - start
         atomic_write_json(out / REPORT_FILE, report.to_json(), indent=2)
     return report
