@@ -163,6 +163,7 @@ def run_auto(
         workers = out / "_workers"
         report.workers = len(list(workers.iterdir())) if workers.is_dir() else (1 if todo else 0)
         shutil.rmtree(workers, ignore_errors=True)
+        sweep_leftovers(out)  # a worker killed mid-write leaves a temporary file nothing trusts
         report.seconds = time.perf_counter() - start
         atomic_write_json(out / REPORT_FILE, report.to_json(), indent=2)
     return report
