@@ -194,3 +194,18 @@ def test_killed_driver_rerun_finishes_without_recomputing(tmp_path: Path, checkp
         assert (out / name).read_bytes() == (ref / name).read_bytes()
     assert main(["auto", str(folder), "-o", str(out), "-c", str(checkpoint), *knobs]) == 0
     assert report(out)["done"] == 0 and report(out)["skipped"] == 8
+
+
+def test_ray_flags_without_ray_give_one_line(tmp_path: Path, checkpoint: Path, test_images, monkeypatch, capsys) -> None:
+    import segany.engine.executors as executors
+
+    folder = tmp_path / "in"
+    write_images(folder, test_images, 1)
+    base = [str(folder), "-o", str(tmp_path / "out"), "-c", str(checkpoint), *KNOBS]
+    assert auto(*base, "--workers", "3") == 2
+    assert "apply to --ray runs" in capsys.readouterr().err
+    monkeypatch.setattr(executors, "ray_available", lambda: False)
+    assert auto(*base, "--ray") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'segany[ray]'" in err[0]
+    assert auto(*base) == 0  # the one-machine path needs no Ray
