@@ -79,7 +79,7 @@ def stats_of(tmp_path: Path, *data: str, extra: tuple[str, ...] = ()) -> dict:
 
 def test_measures_of_one_mask() -> None:
     assert measure_mask(rect(10, 10, 2, 6, 3, 8)) == (20, 4.0, 5.5, 0.0)  # convex: concavity 0
-    area, cy, cx, concavity = measure_mask(ell(20, 40))
+    area, _, _, concavity = measure_mask(ell(20, 40))
     assert (area, concavity) == (36, 1 - 36 / 64)
     assert measure_mask(np.zeros((5, 5), bool)) is None
 

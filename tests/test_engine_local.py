@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from sam_testing import random_tiny
+
 from segany.cli.main import main
 from segany.engine.job import ImageJob, ImageWorker, JobSettings
 from segany.inference.automatic import SamAutomaticMaskGenerator
@@ -89,8 +89,8 @@ def test_nan_scores_fail_that_image_only(tmp_path: Path, test_images) -> None:
     broken = random_tiny(seed=2)
     with torch.no_grad():
         broken.mask_decoder.iou_prediction_head.layers[-1].bias.fill_(float("nan"))
-    settings = JobSettings(out=str(tmp_path / "out"), overrides=dict(points_per_side=2, pred_iou_thresh=0.0,
-                                                                     stability_score_thresh=0.0))
+    settings = JobSettings(out=str(tmp_path / "out"), overrides={"points_per_side": 2, "pred_iou_thresh": 0.0,
+                                                                     "stability_score_thresh": 0.0})
     worker = ImageWorker(settings, lambda: broken)
     paths = write_images(tmp_path / "in", test_images, 1)
     outcome = worker(ImageJob(1, str(paths[0]), "img00"))
@@ -197,7 +197,7 @@ def test_killed_driver_rerun_finishes_without_recomputing(tmp_path: Path, checkp
 
 
 def test_ray_flags_without_ray_give_one_line(tmp_path: Path, checkpoint: Path, test_images, monkeypatch, capsys) -> None:
-    import segany.engine.executors as executors
+    from segany.engine import executors
 
     folder = tmp_path / "in"
     write_images(folder, test_images, 1)

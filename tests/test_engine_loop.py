@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_engine_local import KNOBS, write_images
 
 from segany.cli.main import main
 from segany.engine.layout import file_sha256
 from segany.io.datasets import SegmentationDataset
 from segany.io.rle import encode_mask
-from test_engine_local import KNOBS, write_images
 
 LOOSE = [*KNOBS, "--stability-score-thresh", "0"]  # a 2-step model's masks are far from stable
 
@@ -82,6 +82,7 @@ def test_training_reader_takes_shards_and_auto_folders(tmp_path: Path, test_imag
     folder = tmp_path / "in"
     write_images(folder / "sub", test_images, 3, size=(80, 60))
     from sam_testing import random_tiny
+
     from segany.io.checkpoint import save_checkpoint
 
     ckpt = save_checkpoint(random_tiny(seed=1), tmp_path / "tiny.pth")

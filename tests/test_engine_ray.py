@@ -3,7 +3,6 @@ killed driver. One local Ray instance (2 CPUs, 256 MB object store) serves the w
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sam_testing import random_tiny
+from test_engine_local import KNOBS, REPO, report, write_images
+
 from segany.cli.main import main
 from segany.io.checkpoint import save_checkpoint
-from test_engine_local import KNOBS, REPO, report, write_images
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")

@@ -14,7 +14,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from segany.cli._common import add_backend_arguments, add_model_arguments, predictor_from_args
+from segany.cli._common import (
+    add_backend_arguments,
+    add_model_arguments,
+    predictor_from_args,
+)
 from segany.engine.job import ImageJob, JobSettings, output_path
 from segany.errors import SeganyError
 

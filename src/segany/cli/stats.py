@@ -31,7 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from segany.engine.stats import compute_stats
-    from segany.engine.stats_plots import plot_attribute, plot_centres, plot_distributions
+    from segany.engine.stats_plots import (
+        plot_attribute,
+        plot_centres,
+        plot_distributions,
+    )
     from segany.errors import SeganyError
     from segany.io.files import atomic_write_json
 

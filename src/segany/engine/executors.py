@@ -21,7 +21,7 @@ from typing import Any
 from segany.engine.job import ImageJob, ImageWorker, JobSettings
 from segany.errors import SeganyError
 
-__all__ = ["run_local", "run_ray", "ray_available", "RayOptions"]
+__all__ = ["RayOptions", "ray_available", "run_local", "run_ray"]
 
 
 def run_local(
@@ -90,14 +90,14 @@ def _start_ray(options: RayOptions) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from a local run
-    quiet: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     try:
         if options.address:
             ray.init(address=options.address, **quiet)
         else:
-            cpus = max(1, int(round(options.workers * options.cpus_per_worker)))
+            cpus = max(1, round(options.workers * options.cpus_per_worker))
             ray.init(num_cpus=cpus, num_gpus=None, object_store_memory=options.object_store_mb << 20, **quiet)
-    except Exception as exc:  # a wrong address, a port in use: one line for the user
+    except Exception as exc:  # noqa: BLE001 (a wrong address, a port in use): one line for the user
         raise SeganyError(f"cannot start or reach Ray ({options.address or 'local'}): {exc}") from None
     return True
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ImageJob", "JobSettings", "ImageWorker", "Outcome", "output_path", "is_done", "size_problem"]
+__all__ = ["ImageJob", "ImageWorker", "JobSettings", "Outcome", "is_done", "output_path", "size_problem"]
 
 # Official amg.py metadata columns, same order.
 CSV_HEADER = (
@@ -174,7 +174,7 @@ class ImageWorker:
             return Outcome(job.image_id, job.name, "skipped", pid=os.getpid())
         try:
             masks = self._process(job)
-        except Exception as exc:  # isolate: one image's failure is a row, not the end of the batch
+        except Exception as exc:  # noqa: BLE001 (isolate): one image's failure is a row, not the end of the batch
             return Outcome(job.image_id, job.name, "failed", reason=_reason(exc),
                            seconds=time.perf_counter() - start, pid=os.getpid())
         return Outcome(job.image_id, job.name, "ok", masks=masks, seconds=time.perf_counter() - start, pid=os.getpid())

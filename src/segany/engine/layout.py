@@ -31,14 +31,14 @@ from segany.errors import SeganyError
 from segany.io.files import atomic_write_bytes, atomic_write_json
 
 __all__ = [
-    "RUN_FILE",
     "REPORT_FILE",
-    "file_sha256",
+    "RUN_FILE",
     "check_run_manifest",
-    "sweep_leftovers",
-    "shard_name",
-    "sealed_shards",
+    "file_sha256",
     "seal_shard",
+    "sealed_shards",
+    "shard_name",
+    "sweep_leftovers",
 ]
 
 RUN_FILE = "run.json"

@@ -131,9 +131,8 @@ def run_auto(
             report.skipped += 1
         elif not overwrite and is_done(out, job.name, settings.format, settings.overlay):
             report.skipped += 1
-            if shards is not None:
-                if name := shards.resolve(job, "ok"):
-                    report.shards_sealed.append(name)
+            if shards is not None and (name := shards.resolve(job, "ok")):
+                report.shards_sealed.append(name)
         else:
             todo.append(job)
     if report.skipped:

@@ -26,7 +26,7 @@ import numpy as np
 from segany.errors import SeganyError
 from segany.io import FormatError
 
-__all__ = ["ImageMasks", "DatasetStats", "iter_images", "compute_stats", "DERIVED_ATTRIBUTES"]
+__all__ = ["DERIVED_ATTRIBUTES", "DatasetStats", "ImageMasks", "compute_stats", "iter_images"]
 
 SIZE_BINS = np.linspace(0.0, 1.0, 41)  # relative mask size, 40 bins
 CONCAVITY_BINS = np.linspace(0.0, 1.0, 21)
@@ -139,13 +139,13 @@ class DatasetStats:
     name: str
     images: int = 0
     masks: int = 0
-    masks_per_image: Counter = field(default_factory=Counter)
+    masks_per_image: Counter[int] = field(default_factory=Counter)
     relative_size: np.ndarray = field(default_factory=lambda: np.zeros(len(SIZE_BINS) - 1, np.int64))
     concavity: np.ndarray = field(default_factory=lambda: np.zeros(len(CONCAVITY_BINS) - 1, np.int64))
     centres: np.ndarray = field(default_factory=lambda: np.zeros((CENTRE_GRID, CENTRE_GRID), np.int64))
     megapixels: np.ndarray = field(default_factory=lambda: np.zeros(len(MEGAPIXEL_EDGES), np.int64))
-    sums: dict[str, float] = field(default_factory=lambda: Counter())
-    by: dict[str, Counter] = field(default_factory=dict)  # attribute value -> Counter(images=, masks=)
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("relative_size", "concavity", "width", "height"), 0.0))
+    by: dict[str, Counter[str]] = field(default_factory=dict)  # attribute value -> Counter(images=, masks=)
     keys: set[str] = field(default_factory=set)
 
     def add(self, item: ImageMasks, by: str | None = None) -> None:

@@ -15,7 +15,7 @@ from segany.engine.stats import (
 )
 from segany.io.files import atomic_write_bytes
 
-__all__ = ["plot_distributions", "plot_centres", "plot_attribute"]
+__all__ = ["plot_attribute", "plot_centres", "plot_distributions"]
 
 
 def _save(fig, path: Path) -> Path:
@@ -34,7 +34,7 @@ def _percent(values: np.ndarray) -> np.ndarray:
     return values / total * 100 if total else values.astype(float)
 
 
-def _labels(edges: list[float], unit: str = "") -> list[str]:
+def _labels(edges: list[int] | list[float], unit: str = "") -> list[str]:
     out = []
     for a, b in zip(edges, edges[1:] + [None]):
         if b is None:
@@ -118,7 +118,8 @@ def plot_attribute(stats: list[DatasetStats], key: str, path: Path) -> Path:
     values = sorted(set().union(*(s.by for s in stats)))
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(values) + 4), 4))
     for ax, what in zip(axes, ("images", "masks")):
-        series = {s.name: _percent(np.array([s.by.get(v, {}).get(what, 0) for v in values], float)) for s in stats}
+        series = {s.name: _percent(np.array([s.by[v][what] if v in s.by else 0 for v in values], float))
+                  for s in stats}
         _grouped_bars(ax, values, series)
         ax.set(title=f"{what.capitalize()} by {key}", ylabel=f"% of {what}")
         ax.legend(fontsize=8)

@@ -44,7 +44,7 @@ from segany.io.image import read_image
 from segany.io.rle import decode_rle, to_coco_rle
 from segany.io.sa1b import SA1BFile, read_sa1b, sa1b_from_json
 
-__all__ = ["Instance", "Sample", "SegmentationDataset", "IMAGE_SUFFIXES"]
+__all__ = ["IMAGE_SUFFIXES", "Instance", "Sample", "SegmentationDataset"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -113,8 +113,8 @@ class Sample:
         try:
             with Image.open(io.BytesIO(self.reader())) as im:
                 im.load()
-                im = ImageOps.exif_transpose(im) if exif_transpose else im
-                return to_rgb_uint8(np.asarray(im if im.mode in ("RGB", "L") else im.convert("RGB")))
+                shown: Image.Image = ImageOps.exif_transpose(im) if exif_transpose else im
+                return to_rgb_uint8(np.asarray(shown if shown.mode in ("RGB", "L") else shown.convert("RGB")))
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{where}: cannot read image ({exc})") from None
 

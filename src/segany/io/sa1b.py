@@ -23,18 +23,24 @@ from typing import Any
 import numpy as np
 
 from segany.io import FormatError
-from segany.io.files import atomic_write_json, json_float, json_floats, json_int, read_json
+from segany.io.files import (
+    atomic_write_json,
+    json_float,
+    json_floats,
+    json_int,
+    read_json,
+)
 from segany.io.rle import decode_rle, encode_mask, rle_area, rle_to_bbox, to_coco_rle
 
 __all__ = [
-    "SA1BImage",
     "SA1BAnnotation",
     "SA1BFile",
-    "write_sa1b",
+    "SA1BImage",
     "read_sa1b",
+    "sa1b_annotation",
     "sa1b_from_json",
     "sa1b_image",
-    "sa1b_annotation",
+    "write_sa1b",
 ]
 
 
