@@ -250,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is None:
         execute = partial(run_local, settings=settings, make_predictor=make_predictor, overwrite=args.overwrite)
     else:
+        # Once here first: a bad checkpoint is one line before any actor starts, and an ONNX export is
+        # cached once instead of by every actor at the same time.
+        make_predictor()
         options = RayOptions(None if args.ray == "local" else args.ray, args.workers, args.cpus_per_worker,
                              args.gpus_per_worker, args.object_store_mb)
         execute = partial(run_ray, settings=settings, make_predictor=make_predictor, options=options,
