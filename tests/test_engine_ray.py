@@ -3,6 +3,8 @@ killed driver. One local Ray instance (2 CPUs, 256 MB object store) serves the w
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import subprocess
@@ -106,3 +108,30 @@ def test_a_killed_driver_is_resumed_on_ray_without_recomputing(local_ray, data, 
     assert counts["skipped"] == len(finished) and counts["done"] == 12 - len(finished)  # none recomputed
     assert _tars(out) == _tars(data["ref"])
     assert main(args) == 1 and report(out)["done"] == 0  # complete: no work, the broken image still reported
+
+
+def test_stats_on_ray_give_the_one_process_figures(local_ray, tmp_path: Path) -> None:
+    from test_cli_stats import sa1b_records
+
+    folder = tmp_path / "data"
+    (folder / "loose").mkdir(parents=True)
+    records = sa1b_records()
+    with tarfile.open(folder / "sa_000000.tar", "w") as tar:
+        for name, blob in records.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    for name, blob in records.items():
+        (folder / "loose" / name).write_bytes(blob)
+    results = {}
+    for mode, extra in (("local", []), ("ray", ["--ray"])):
+        out = tmp_path / mode
+        assert main(["stats", str(folder), "-o", str(out), "--by", "source", "--no-progress", *extra]) == 0
+        results[mode] = json.loads((out / "stats.json").read_text())
+    local, on_ray = results["local"]["datasets"]["data"], results["ray"]["datasets"]["data"]
+    assert local["images"] == on_ray["images"] == 4
+    for key in ("relative_size", "concavity"):
+        assert on_ray[key]["masks_per_bin"] == local[key]["masks_per_bin"]
+        assert on_ray[key]["mean"] == pytest.approx(local[key]["mean"])
+    assert on_ray["centres"] == local["centres"] and on_ray["masks_per_image"] == local["masks_per_image"]
+    assert results["ray"]["by"] == results["local"]["by"]

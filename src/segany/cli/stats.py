@@ -10,6 +10,7 @@ EXAMPLES = """examples:
   segany stats /data/COCO_MVal /data/BSDS500 masks/ -o stats/
   segany stats sa1b_shards/ coco/annotations.json -o stats/ --by orientation
   segany stats masks/sa_000000.tar -o stats/ --names auto --limit 1000
+  segany stats /shared/sa1b/ -o stats/ --ray ray://head:10001     # one Ray task per tar shard
 
 DATA: a COCO folder (annotations.json + images/) or COCO JSON file; a folder of SA-1B per-image JSON
 files (a 'segany auto' output); SA-1B tar shards (sa_*.tar) or a folder holding them. Images are not
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", default=None, metavar="KEY", help="also count images and masks per value of this image attribute")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images of each data set")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="read the pieces of each data set (COCO file, tar shards, groups of 256 files) "
+                        "in Ray tasks: a new local instance, or the cluster at ADDRESS")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,10 +48,12 @@ def run(args: argparse.Namespace) -> int:
         raise SeganyError(f"--names needs {len(args.data)} distinct names, one per data set")
     if args.limit is not None and args.limit < 1:
         raise SeganyError(f"--limit must be >= 1, got {args.limit}")
+    if args.limit is not None and args.ray is not None:
+        raise SeganyError("--limit reads the first images in order; it does not combine with --ray")
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise SeganyError(f"output {out} exists and is not a folder")
-    stats = compute_stats(args.data, names, by=args.by, limit=args.limit, progress=not args.no_progress)
+    stats = compute_stats(args.data, names, by=args.by, limit=args.limit, progress=not args.no_progress, ray=args.ray)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

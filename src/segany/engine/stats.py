@@ -7,7 +7,8 @@ so memory is bounded by one image's masks whatever the data set's size.
 
 Readers (:func:`iter_images`) take a COCO folder (``annotations.json`` + ``images/``) or COCO JSON
 file, a folder of SA-1B per-image JSON files (e.g. a ``segany auto`` output), SA-1B tar shards
-(``sa_*.tar``, read as a stream), or a folder holding such shards.
+(``sa_*.tar``, read as a stream), or a folder holding such shards. A data set splits into pieces
+(:func:`units`) that one process reads in order, or Ray tasks in parallel (:mod:`segany.engine.stats_ray`).
 """
 
 from __future__ import annotations
@@ -106,30 +107,51 @@ def _iter_coco(annotations: Path) -> Iterator[ImageMasks]:
         yield ImageMasks(width, height, {**_derived(width, height, file_name), **attributes}, rles)
 
 
-def iter_images(source: str | Path) -> Iterator[ImageMasks]:
-    """Stream the images of one data set (see the module docstring for the layouts)."""
+Unit = tuple[str, list[str]]  # ("coco" | "tar" | "json", paths): a piece of a data set read on its own
+_FILES_PER_UNIT = 256
+
+
+def units(source: str | Path) -> list[Unit]:
+    """Split one data set into pieces that can be read independently (in order: one process reads
+    them one after the other, Ray reads them in parallel): a COCO file, each tar shard, and the loose
+    SA-1B files by groups of 256."""
     path = Path(source)
     if path.is_file() and path.suffix == ".tar":
-        yield from _iter_tar(path)
-    elif path.is_file():
-        yield from _iter_coco(path)
-    elif (path / "annotations.json").is_file():
-        yield from _iter_coco(path / "annotations.json")
-    elif path.is_dir():
-        shards = sorted(path.glob("sa_*.tar"))
-        files = sorted(p for p in path.rglob("*.json") if p.name not in _SKIP_JSON and not p.name.endswith(".done.json"))
-        if not shards and not files:
-            raise FormatError(f"{path}: no annotations.json, SA-1B JSON files or sa_*.tar shards")
-        for shard in shards:
-            yield from _iter_tar(shard)
-        for file in files:
-            try:
-                data = json.loads(file.read_text())
-            except (OSError, ValueError) as exc:
-                raise FormatError(f"{file}: unreadable JSON ({exc})") from None
-            yield _from_sa1b(data, str(file))
-    else:
+        return [("tar", [str(path)])]
+    if path.is_file():
+        return [("coco", [str(path)])]
+    if (path / "annotations.json").is_file():
+        return [("coco", [str(path / "annotations.json")])]
+    if not path.is_dir():
         raise FormatError(f"{path}: no such file or folder")
+    shards = sorted(path.glob("sa_*.tar"))
+    files = sorted(p for p in path.rglob("*.json") if p.name not in _SKIP_JSON and not p.name.endswith(".done.json"))
+    if not shards and not files:
+        raise FormatError(f"{path}: no annotations.json, SA-1B JSON files or sa_*.tar shards")
+    found: list[Unit] = [("tar", [str(s)]) for s in shards]
+    return found + [("json", [str(f) for f in files[i : i + _FILES_PER_UNIT]]) for i in range(0, len(files), _FILES_PER_UNIT)]
+
+
+def iter_unit(unit: Unit) -> Iterator[ImageMasks]:
+    kind, paths = unit
+    for name in paths:
+        path = Path(name)
+        if kind == "tar":
+            yield from _iter_tar(path)
+        elif kind == "coco":
+            yield from _iter_coco(path)
+        else:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise FormatError(f"{path}: unreadable JSON ({exc})") from None
+            yield _from_sa1b(data, str(path))
+
+
+def iter_images(source: str | Path) -> Iterator[ImageMasks]:
+    """Stream the images of one data set (see the module docstring for the layouts)."""
+    for unit in units(source):
+        yield from iter_unit(unit)
 
 
 @dataclass
@@ -180,6 +202,19 @@ class DatasetStats:
             value = item.attributes.get(by, MISSING)
             value = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
             self.by.setdefault(value, Counter()).update(images=1, masks=kept)
+
+    def merge(self, other: DatasetStats) -> None:
+        """Add another part of the same data set (e.g. computed by a Ray task)."""
+        self.images += other.images
+        self.masks += other.masks
+        self.masks_per_image.update(other.masks_per_image)
+        for name in ("relative_size", "concavity", "centres", "megapixels"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for key, value in other.sums.items():
+            self.sums[key] += value
+        for value, counts in other.by.items():
+            self.by.setdefault(value, Counter()).update(counts)
+        self.keys |= other.keys
 
     def to_json(self) -> dict[str, Any]:
         median, seen = 0.0, 0
@@ -233,9 +268,21 @@ def measure_mask(mask: np.ndarray) -> tuple[int, float, float, float] | None:
     return area, float(ys.mean()) + 0.5, float(xs.mean()) + 0.5, 1.0 - area / hull_area
 
 
+def unit_stats(unit: Unit, name: str, by: str | None) -> DatasetStats:
+    """Statistics of one piece of a data set (what a Ray task computes)."""
+    stats = DatasetStats(name)
+    for item in iter_unit(unit):
+        item.attributes.setdefault("dataset", name)
+        stats.add(item, by)
+    return stats
+
+
 def compute_stats(sources: list[str], names: list[str] | None = None, by: str | None = None,
-                  limit: int | None = None, progress: bool = False) -> list[DatasetStats]:
+                  limit: int | None = None, progress: bool = False, ray: str | None = None) -> list[DatasetStats]:
     """Statistics of each data set in ``sources`` (one pass each, memory bounded by one image).
+
+    With ``ray`` ("local" or a cluster address) the pieces of every data set (see :func:`units`) are
+    read by Ray tasks in parallel and their statistics merged; the figures are the same.
 
     Raises:
         SeganyError: an unreadable source, or ``by`` names an attribute no image has (the message
@@ -245,7 +292,14 @@ def compute_stats(sources: list[str], names: list[str] | None = None, by: str | 
 
     names = names or _names(sources)
     results = []
-    for source, name in zip(sources, names):
+    if ray is not None:
+        from segany.engine.stats_ray import ray_stats
+
+        try:
+            results = ray_stats(sources, names, by, ray)
+        except FormatError as exc:
+            raise SeganyError(str(exc)) from None
+    for source, name in zip(sources, names if ray is None else []):
         stats = DatasetStats(name)
         try:
             for i, item in enumerate(tqdm(iter_images(source), desc=name, unit="img", disable=not progress)):
