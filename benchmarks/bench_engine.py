@@ -9,12 +9,13 @@ no crops) and 1 torch thread per worker:
 * ``ray x2``: 2 actors with 1 CPU each.
 
 Each row gives the wall time including start-up (Ray instance, actors importing torch and loading the
-model) and the steady rate: images finished after each worker's first one, over the time since the
+model), the mean time one image takes inside its worker, and the steady rate: images finished after each worker's first one, over the time since the
 last worker's first image (start-up and first-image warm-up excluded). Images per hour per core divides
 the steady rate by the cores in use (workers x 1). Speed-up = steady rate of ray x2 / ray x1 (goal
 >= 1.7); Ray overhead = 1 - steady rate of ray x1 / local (goal <= 10 %).
 
-Usage: ``nice -n 19 python benchmarks/bench_engine.py --images 6 --vit-b-images 4``.
+Usage: ``nice -n 19 python benchmarks/bench_engine.py --images 6 --vit-b-images 4`` (at least 2 images
+per model; the steady rate of 2 workers needs at least 3).
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ def _checkpoint(name: str, folder: Path) -> str | None:
     return str(save_checkpoint(build_sam(PRESETS["vit_b"]).eval(), folder / "vit_b_random.pth"))
 
 
-def _timed(execute: Callable[[list[Any]], Iterator[dict[str, Any]]], stamps: list[float]):
+def _timed(execute: Callable[[list[Any]], Iterator[dict[str, Any]]], stamps: list[float], seconds: list[float]):
     def run(jobs: list[Any]) -> Iterator[dict[str, Any]]:
         for row in execute(jobs):
             stamps.append(time.perf_counter())
+            seconds.append(float(row["seconds"]))
             yield row
 
     return run
@@ -92,15 +94,17 @@ def measure(model: str, checkpoint: str | None, images: list[Path], executor: st
         execute = partial(run_ray, settings=settings, make_predictor=make,
                           options=RayOptions(workers=workers, cpus_per_worker=1, object_store_mb=256))
     stamps: list[float] = []
+    seconds: list[float] = []
     start = time.perf_counter()
-    report = run_auto(jobs, settings, _timed(execute, stamps), {"fingerprint": {"bench": model}}, progress=False)
+    report = run_auto(jobs, settings, _timed(execute, stamps, seconds), {"fingerprint": {"bench": model}},
+                      progress=False)
     wall = time.perf_counter() - start
     assert report.done == len(jobs), report.to_json()
     k = workers  # each worker's first image carries its warm-up
     steady = (len(stamps) - k) / (stamps[-1] - stamps[k - 1]) * 3600 if len(stamps) > k else float("nan")
     return {"model": model, "executor": executor if executor == "local" else f"ray x{workers}", "cores": workers,
             "images": len(jobs), "masks": report.masks, "wall": wall, "steady_per_hour": steady,
-            "per_core_hour": steady / workers}
+            "per_core_hour": steady / workers, "image_seconds": sum(seconds) / len(seconds)}
 
 
 def main() -> None:
@@ -129,11 +133,12 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"1 thread per worker, {stamp}\n")
-    print("| model | executor | cores | images | masks | wall incl. start-up (s) | steady images/hour | images/hour/core |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | executor | cores | images | masks | wall incl. start-up (s) | steady images/hour "
+          "| images/hour/core | s per image in the worker |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['model']} | {r['executor']} | {r['cores']} | {r['images']} | {r['masks']} | {r['wall']:.1f} | "
-              f"{r['steady_per_hour']:.0f} | {r['per_core_hour']:.0f} |")
+              f"{r['steady_per_hour']:.0f} | {r['per_core_hour']:.0f} | {r['image_seconds']:.1f} |")
     for model in ("default", "vit_b"):
         got = {r["executor"]: r["steady_per_hour"] for r in rows if r["model"] == model}
         if len(got) == 3:

@@ -158,13 +158,13 @@ class ImageWorker:
         self.settings = settings
         self.out = Path(settings.out)
         self.overwrite = overwrite
-        if settings.record_pid:
-            folder = self.out / WORKERS_DIR
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / str(os.getpid())).write_text(str(time.time()))
         need_masks = settings.format == "png" or settings.overlay
         overrides = {**settings.overrides, "output_mode": "binary_mask" if need_masks else "coco_rle"}
         self.generator = SamAutomaticMaskGenerator.from_preset(make_predictor(), settings.preset, **overrides)
+        if settings.record_pid:  # once ready: a listed worker has its model loaded
+            folder = self.out / WORKERS_DIR
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / str(os.getpid())).write_text(str(time.time()))
 
     def __call__(self, job: ImageJob) -> Outcome:
         """Process one image; never raises for a problem of that image (only for interrupts)."""
