@@ -209,3 +209,14 @@ def test_ray_flags_without_ray_give_one_line(tmp_path: Path, checkpoint: Path, t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'segany[ray]'" in err[0]
     assert auto(*base) == 0  # the one-machine path needs no Ray
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_image(
+    tmp_path: Path, checkpoint: Path, test_images, capsys
+) -> None:
+    folder = tmp_path / "in"
+    write_images(folder, test_images, 1)
+    (tmp_path / "a_file").write_text("not a folder")
+    assert auto(str(folder), "-o", str(tmp_path / "a_file" / "out"), "-c", str(checkpoint), *KNOBS) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot" in err[0] and "a_file" in err[0]

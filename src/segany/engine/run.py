@@ -26,6 +26,7 @@ from segany.engine.layout import (
     shard_name,
     sweep_leftovers,
 )
+from segany.errors import SeganyError
 from segany.io.files import atomic_write_json
 
 __all__ = ["Report", "run_auto"]
@@ -112,9 +113,12 @@ def run_auto(
 
     start = time.perf_counter()
     out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    sweep_leftovers(out)
-    check_run_manifest(out, manifest, overwrite)
+    try:  # fail before working: an output folder we cannot write is one line, before any image
+        out.mkdir(parents=True, exist_ok=True)
+        sweep_leftovers(out)
+        check_run_manifest(out, manifest, overwrite)
+    except OSError as exc:
+        raise SeganyError(f"cannot write to {exc.filename or out}: {exc.strerror or exc}") from None
     report = Report(images=len(jobs), executor=executor_name)
 
     sealed = sealed_shards(out) if shard_size and not overwrite else {}
@@ -164,5 +168,8 @@ def run_auto(
         shutil.rmtree(workers, ignore_errors=True)
         sweep_leftovers(out)  # a worker killed mid-write leaves a temporary file nothing trusts
         report.seconds = time.perf_counter() - start
-        atomic_write_json(out / REPORT_FILE, report.to_json(), indent=2)
+        try:
+            atomic_write_json(out / REPORT_FILE, report.to_json(), indent=2)
+        except OSError as exc:  # e.g. the disk filled up: the report is printed anyway
+            print(f"segany auto: cannot write {out / REPORT_FILE}: {exc.strerror or exc}", file=sys.stderr)
     return report
