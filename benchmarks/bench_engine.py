@@ -8,8 +8,8 @@ no crops) and 1 torch thread per worker:
 * ``ray x1``: a local Ray instance, 1 actor with 1 CPU;
 * ``ray x2``: 2 actors with 1 CPU each.
 
-Each row gives the wall time including start-up (Ray instance, actors importing torch and loading the
-model), the mean time one image takes inside its worker, and the steady rate: images finished after each worker's first one, over the time since the
+Each row gives the wall time including start-up (actors importing torch and loading the model; one
+Ray instance with 2 CPUs, started before the first row, serves every Ray row), the mean time one image takes inside its worker, and the steady rate: images finished after each worker's first one, over the time since the
 last worker's first image (start-up and first-image warm-up excluded). Images per hour per core divides
 the steady rate by the cores in use (workers x 1). Speed-up = steady rate of ray x2 / ray x1 (goal
 >= 1.7); Ray overhead = 1 - steady rate of ray x1 / local (goal <= 10 %).
@@ -116,6 +116,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    from segany.engine.executors import RayOptions, _start_ray
+
+    _start_ray(RayOptions(workers=2))  # one local instance (2 CPUs) for every Ray row
     tmp = Path(tempfile.mkdtemp(prefix="bench_engine_"))
     rows = []
     try:

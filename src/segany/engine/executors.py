@@ -91,14 +91,18 @@ def _start_ray(options: RayOptions) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from a local run
     quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
-    try:
-        if options.address:
-            ray.init(address=options.address, **quiet)
-        else:
-            cpus = max(1, round(options.workers * options.cpus_per_worker))
-            ray.init(num_cpus=cpus, num_gpus=None, object_store_memory=options.object_store_mb << 20, **quiet)
-    except Exception as exc:  # noqa: BLE001 (a wrong address, a port in use): one line for the user
-        raise SeganyError(f"cannot start or reach Ray ({options.address or 'local'}): {exc}") from None
+    for attempt in (1, 2):  # a busy machine can miss Ray's fixed 30 s start-up wait once
+        try:
+            if options.address:
+                ray.init(address=options.address, **quiet)
+            else:
+                cpus = max(1, round(options.workers * options.cpus_per_worker))
+                ray.init(num_cpus=cpus, num_gpus=None, object_store_memory=options.object_store_mb << 20, **quiet)
+            return True
+        except Exception as exc:  # noqa: BLE001 (a wrong address, a port in use): one line for the user
+            ray.shutdown()
+            if attempt == 2 or options.address or "timed out during startup" not in str(exc):
+                raise SeganyError(f"cannot start or reach Ray ({options.address or 'local'}): {exc}") from None
     return True
 
 
