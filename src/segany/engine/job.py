@@ -64,6 +64,10 @@ class Outcome:
     reason: str = ""
     seconds: float = 0.0
     pid: int = 0
+    finished: float = 0.0  # wall clock (time.time()) when the worker was done with the image
+
+    def __post_init__(self) -> None:
+        self.finished = self.finished or time.time()
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
