@@ -105,7 +105,9 @@ def test_a_killed_driver_is_resumed_on_ray_without_recomputing(local_ray, data, 
     args = ["auto", str(data["in"]), "-o", str(out), "-c", str(data["ckpt"]), *RUN, "--ray", "--workers", "2"]
     assert main(args) == 1
     counts = report(out)
-    assert counts["skipped"] == len(finished) and counts["done"] == 12 - len(finished)  # none recomputed
+    # None recomputed: the rerun did exactly the images missing when it started (an actor of the killed
+    # run may still have finished one after the snapshot: skipped, not redone).
+    assert counts["skipped"] >= len(finished) and counts["done"] == 12 - counts["skipped"]
     assert _tars(out) == _tars(data["ref"])
     assert main(args) == 1 and report(out)["done"] == 0  # complete: no work, the broken image still reported
 
