@@ -17,7 +17,7 @@ from types import ModuleType
 from segany.errors import SeganyError
 
 # Order is the order shown in --help. A name whose module is absent is simply not offered.
-COMMANDS = ["segment", "auto", "info", "eval", "train", "export", "annotate", "serve"]
+COMMANDS = ["segment", "auto", "info", "eval", "train", "export", "annotate", "serve", "stats"]
 
 
 def _modules() -> dict[str, ModuleType]:

@@ -265,10 +265,11 @@ class SamAutomaticMaskGenerator:
             logits = upscale_logits(low_res[sl], crop.input_size, crop.size, model.image_size)
             stability = stability_score(logits, model.mask_threshold, self.stability_score_offset)
             sel = torch.arange(sl.start, sl.stop, device=device)
+            good = ~stability.isnan()  # an empty mask (0 / 0) is no mask, whatever the threshold
             if self.stability_score_thresh > 0.0:
-                good = stability >= self.stability_score_thresh
-                if not bool(good.all()):
-                    logits, stability, sel = logits[good], stability[good], sel[good]
+                good &= stability >= self.stability_score_thresh
+            if not bool(good.all()):
+                logits, stability, sel = logits[good], stability[good], sel[good]
             boxes = logits_to_boxes(logits, model.mask_threshold)
             good = ~is_box_near_crop_edge(boxes, crop.box, image_box)
             if max_area is not None:

@@ -5,7 +5,12 @@
 (a) a COCO folder: ``root/annotations.json`` and ``root/images/`` (the folders of the shared data);
 (b) an SA-1B folder: images and same-stem SA-1B JSON files side by side (``sa_1.jpg``, ``sa_1.json``);
 (c) a COCO JSON file, with its images in ``images_dir``, else in an ``images/`` folder next to the
-    file, else next to the file itself.
+    file, else next to the file itself;
+(d) SA-1B tar shards: a ``sa_*.tar`` file, or a folder of them (as ``segany auto --shard-size``
+    writes and SA-1B is published: ``<stem>.jpg`` and ``<stem>.json`` side by side in each tar);
+    members are indexed once and read on demand, never extracted;
+(e) a ``segany auto`` output folder (``run.json`` and SA-1B JSON files): the images are found
+    under the run's input folders, by each file's ``file_name``.
 
 Items are :class:`Sample` objects holding the image's metadata and its :class:`Instance` list; the
 image and the masks are read only when asked for (``sample.load_image()``, ``instance.mask()``), so
@@ -20,9 +25,13 @@ non-zero pixel), e.g. the boundary band of the GrabCut data set: a PNG named by 
 
 from __future__ import annotations
 
+import io
+import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import tarfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +42,9 @@ from segany.io.coco import load_coco
 from segany.io.files import read_json
 from segany.io.image import read_image
 from segany.io.rle import decode_rle, to_coco_rle
-from segany.io.sa1b import read_sa1b
+from segany.io.sa1b import SA1BFile, read_sa1b, sa1b_from_json
 
-__all__ = ["Instance", "Sample", "SegmentationDataset", "IMAGE_SUFFIXES"]
+__all__ = ["IMAGE_SUFFIXES", "Instance", "Sample", "SegmentationDataset"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -73,6 +82,7 @@ class Sample:
     annotations: list[Instance]
     attributes: dict[str, Any] = field(default_factory=dict)  # other image keys, e.g. "split"
     ignore_path: Path | None = None  # per-image ignore mask (PNG, non-zero = ignore), if any
+    reader: Callable[[], bytes] | None = None  # the image's bytes when it is not a file (a tar member)
 
     def load_image(self) -> np.ndarray:
         """Read the image as (H, W, 3) uint8 RGB (greyscale, RGBA, 16-bit converted).
@@ -81,16 +91,32 @@ class Sample:
             FormatError: the file's size differs from the annotated ``height``/``width``.
             ImageError: the file is missing or unreadable.
         """
-        image = read_image(self.path, exif_transpose=False)
+        read = read_image if self.reader is None else self._read_member
+        image = read(self.path, exif_transpose=False)
         if image.shape[:2] != (self.height, self.width) and image.shape[:2] == (self.width, self.height):
             # Annotations made on the EXIF-rotated view of a photo.
-            image = read_image(self.path, exif_transpose=True)
+            image = read(self.path, exif_transpose=True)
         if image.shape[:2] != (self.height, self.width):
             raise FormatError(
                 f"image {self.file_name} (id {self.image_id}) is {image.shape[1]}x{image.shape[0]} pixels "
                 f"but its annotations say {self.width}x{self.height} (width x height)"
             )
         return image
+
+    def _read_member(self, where: Path, exif_transpose: bool) -> np.ndarray:
+        from PIL import Image, ImageOps
+
+        from segany.errors import ImageError
+        from segany.io.image import to_rgb_uint8
+
+        assert self.reader is not None
+        try:
+            with Image.open(io.BytesIO(self.reader())) as im:
+                im.load()
+                shown: Image.Image = ImageOps.exif_transpose(im) if exif_transpose else im
+                return to_rgb_uint8(np.asarray(shown if shown.mode in ("RGB", "L") else shown.convert("RGB")))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"{where}: cannot read image ({exc})") from None
 
     def masks(self, include_crowd: bool = False) -> np.ndarray:
         """Decode the (non-crowd, unless asked) instance masks: bool (N, H, W)."""
@@ -160,6 +186,28 @@ def _split_stems(splits_file: Path, split: str | Sequence[str]) -> set[str]:
     return stems
 
 
+class _TarShard:
+    """A tar's file members by name, with their data offsets (headers read once); members are read by
+    seeking, so a shard is never extracted nor held in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.members: dict[str, tuple[int, int]] = {}
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for member in tar:
+                    if member.isfile():
+                        self.members[member.name] = (member.offset_data, member.size)
+        except (tarfile.TarError, OSError) as exc:
+            raise FormatError(f"{path}: not a readable (uncompressed) tar shard ({exc})") from None
+
+    def read(self, name: str) -> bytes:
+        offset, size = self.members[name]
+        with open(self.path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
+
+
 class SegmentationDataset:
     """Images and instance masks from a COCO folder, an SA-1B folder or a COCO JSON file.
 
@@ -187,7 +235,12 @@ class SegmentationDataset:
         # COCO layouts: (image dict, its annotation dicts); SA-1B: (image path, JSON path).
         self._coco: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
         self._sa1b: list[tuple[Path, Path]] = []
-        if self.root.is_file():
+        self._tar: list[tuple[_TarShard, str, str]] = []  # SA-1B shards: (shard, image member, JSON member)
+        if self.root.is_file() and self.root.suffix == ".tar":
+            self.image_dir = self.root.parent
+            self.layout = "sa1b"
+            self._load_tars([self.root], self.root.parent / "splits.json")
+        elif self.root.is_file():
             folder = self.root.parent
             given = Path(images_dir) if images_dir is not None else None
             self.image_dir = given or (folder / "images" if (folder / "images").is_dir() else folder)
@@ -197,6 +250,10 @@ class SegmentationDataset:
             self.image_dir = Path(images_dir) if images_dir is not None else self.root / "images"
             self.layout = "coco"
             self._load_coco(self.root / "annotations.json", self.root / "splits.json")
+        elif self.root.is_dir() and any(self.root.glob("sa_*.tar")):
+            self.image_dir = self.root
+            self.layout = "sa1b"
+            self._load_tars(sorted(self.root.glob("sa_*.tar")), self.root / "splits.json")
         elif self.root.is_dir():
             self.image_dir = self.root
             self.layout = "sa1b"
@@ -209,6 +266,7 @@ class SegmentationDataset:
                 raise ValueError(f"limit must be >= 0, got {limit}")
             self._coco = self._coco[:limit]
             self._sa1b = self._sa1b[:limit]
+            self._tar = self._tar[:limit]
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -231,7 +289,22 @@ class SegmentationDataset:
                 f"e.g. {missing[0]}"
             )
 
+    def _load_tars(self, shards: list[Path], splits_file: Path) -> None:
+        stems = _split_stems(splits_file, self.split) if self.split is not None else None
+        for path in shards:
+            shard = _TarShard(path)
+            images = {n.rsplit(".", 1)[0]: n for n in shard.members if Path(n).suffix.lower() in IMAGE_SUFFIXES}
+            for name in sorted(n for n in shard.members if n.endswith(".json")):
+                stem = name[: -len(".json")]
+                if stem not in images:
+                    raise FormatError(f"{path}: SA-1B member {name} has no image with the same stem")
+                if stems is None or Path(stem).name in stems:
+                    self._tar.append((shard, images[stem], name))
+
     def _load_sa1b(self, splits_file: Path) -> None:
+        if (self.root / "run.json").is_file():
+            self._sa1b = self._auto_output(self.root / "run.json")
+            return
         jsons = {p.stem: p for p in self.root.glob("*.json") if p.name != "splits.json"}
         images = {p.stem: p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
         if not jsons:
@@ -243,6 +316,26 @@ class SegmentationDataset:
             raise FormatError(f"{self.root}: SA-1B file {jsons[orphans[0]].name} has no image with the same stem")
         stems = _split_stems(splits_file, self.split) if self.split is not None else None
         self._sa1b = [(images[s], jsons[s]) for s in sorted(jsons) if stems is None or s in stems]
+
+    def _auto_output(self, run_file: Path) -> list[tuple[Path, Path]]:
+        """A ``segany auto`` output folder: each ``<name>.json``'s image is ``<input>/<name>.<ext>``
+        under one of the run's input folders (or beside one of its input files)."""
+        run = read_json(run_file, "run manifest")
+        inputs = [Path(p) for p in run.get("inputs", [])] if isinstance(run, dict) else []
+        roots = [p if p.is_dir() else p.parent for p in inputs]
+        skip = {"run.json", "report.json", "coco_instances.json", "splits.json"}
+        pairs = []
+        for json_path in sorted(self.root.rglob("*.json")):
+            if json_path.name in skip or json_path.name.endswith(".done.json"):
+                continue
+            name = json_path.relative_to(self.root).with_suffix("")
+            found = [c for r in roots for c in sorted(r.glob(f"{name.as_posix()}.*")) if c.suffix.lower() in IMAGE_SUFFIXES]
+            if not found:
+                raise FormatError(f"{json_path}: its image {name}.* is not in the run's inputs ({', '.join(map(str, inputs))})")
+            pairs.append((found[0], json_path))
+        if not pairs:
+            raise FormatError(f"{self.root}: a segany auto folder without loose SA-1B files")
+        return pairs
 
     # --- access -----------------------------------------------------------------------------------
 
@@ -258,7 +351,7 @@ class SegmentationDataset:
         return default if default.is_file() else None
 
     def __len__(self) -> int:
-        return len(self._coco) if self.layout == "coco" else len(self._sa1b)
+        return len(self._coco) if self.layout == "coco" else len(self._sa1b) + len(self._tar)
 
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):
@@ -276,8 +369,20 @@ class SegmentationDataset:
                 attributes={k: v for k, v in img.items() if k not in _IMAGE_FIELDS},
                 ignore_path=self._ignore_path(img),
             )
-        image_path, json_path = self._sa1b[index]
-        parsed = read_sa1b(json_path)
+        reader = None
+        if self._tar:
+            shard, image_member, json_member = self._tar[index]
+            where = f"{shard.path}:{json_member}"
+            try:
+                data = json.loads(shard.read(json_member))
+            except ValueError as exc:
+                raise FormatError(f"{where}: invalid JSON ({exc})") from None
+            parsed: SA1BFile = sa1b_from_json(data, where)
+            image_path = Path(f"{shard.path}:{image_member}")
+            reader = partial(shard.read, image_member)
+        else:
+            image_path, json_path = self._sa1b[index]
+            parsed = read_sa1b(json_path)
         info = parsed.image
         return Sample(
             image_id=info.image_id,
@@ -302,6 +407,7 @@ class SegmentationDataset:
                 )
                 for a in parsed.annotations
             ],
+            reader=reader,
         )
 
     def __iter__(self) -> Iterator[Sample]:

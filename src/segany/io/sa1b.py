@@ -23,17 +23,24 @@ from typing import Any
 import numpy as np
 
 from segany.io import FormatError
-from segany.io.files import atomic_write_json, json_float, json_floats, json_int, read_json
+from segany.io.files import (
+    atomic_write_json,
+    json_float,
+    json_floats,
+    json_int,
+    read_json,
+)
 from segany.io.rle import decode_rle, encode_mask, rle_area, rle_to_bbox, to_coco_rle
 
 __all__ = [
-    "SA1BImage",
     "SA1BAnnotation",
     "SA1BFile",
-    "write_sa1b",
+    "SA1BImage",
     "read_sa1b",
-    "sa1b_image",
     "sa1b_annotation",
+    "sa1b_from_json",
+    "sa1b_image",
+    "write_sa1b",
 ]
 
 
@@ -184,8 +191,12 @@ def read_sa1b(path: str | os.PathLike[str]) -> SA1BFile:
             differs from the image's; the message names the file, the annotation and the field.
     """
     p = Path(path)
-    data = read_json(p, "SA-1B annotation file")
-    where = str(p)
+    return sa1b_from_json(read_json(p, "SA-1B annotation file"), str(p), p)
+
+
+def sa1b_from_json(data: Any, where: str, path: Path | None = None) -> SA1BFile:
+    """Validate the parsed JSON of one SA-1B file (e.g. a member of a tar shard); ``where`` names it
+    in error messages. Raises :class:`~segany.io.FormatError` as :func:`read_sa1b` does."""
     if not isinstance(data, dict) or "image" not in data or "annotations" not in data:
         raise FormatError(f"{where}: not an SA-1B file (expected an object with 'image' and 'annotations')")
     image = sa1b_image(data["image"], where)
@@ -204,4 +215,4 @@ def read_sa1b(path: str | os.PathLike[str]) -> SA1BFile:
         if not (isinstance(seg, Mapping) and isinstance(seg.get("counts"), str)):
             raise FormatError(f"{label}: 'segmentation' must be a COCO RLE with string counts")
         annotations.append(sa1b_annotation(ann, image, 0, label))
-    return SA1BFile(image=image, annotations=annotations, path=p)
+    return SA1BFile(image=image, annotations=annotations, path=path)

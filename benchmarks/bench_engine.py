@@ -1,0 +1,161 @@
+"""Data engine stage 3: images per hour per core, one process vs Ray with 1 and 2 workers.
+
+For each model (the packaged default model and ViT-B with random weights), the same images go through
+``segany.engine.run.run_auto`` three times, with the official default generator settings (32x32 grid,
+no crops) and 1 torch thread per worker:
+
+* ``local``: the one-machine executor (this process);
+* ``ray x1``: a local Ray instance, 1 actor with 1 CPU;
+* ``ray x2``: 2 actors with 1 CPU each.
+
+Each row gives the wall time including start-up (actors importing torch and loading the model; one
+Ray instance with 2 CPUs, started before the first row, serves every Ray row), the mean time one image
+takes inside its worker, and the steady rate: images finished after each worker's first one, over the
+time since the last worker's first image (finish times taken in the workers; start-up and first-image
+warm-up excluded). Images per hour per core divides the steady rate by the cores in use (workers x 1).
+Speed-up = steady rate of ray x2 / ray x1 (goal >= 1.7); Ray overhead = 1 - steady rate of ray x1 /
+local (goal <= 10 %).
+
+Usage: ``nice -n 19 python benchmarks/bench_engine.py --images 6 --vit-b-images 4`` (at least 2 images
+per model; the steady rate of 2 workers needs at least 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _images(folder: Path, count: int) -> list[Path]:
+    """The first ``count`` COCO_MVal and BSDS500 images, alternating (real photos, 0.15-0.3 MP)."""
+    data = Path(os.environ.get("SEGANY_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not data.is_dir():
+        data = Path("/work/shared/data")
+    pools = [sorted((data / name / "images").iterdir()) for name in ("COCO_MVal", "BSDS500")]
+    picked = [pools[i % 2][i // 2] for i in range(count)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, src in enumerate(picked):
+        shutil.copy(src, folder / f"{i:02d}_{src.name}")
+    return sorted(folder.iterdir())
+
+
+def _checkpoint(name: str, folder: Path) -> str | None:
+    """None for the packaged default model; a saved random ViT-B otherwise (one file: every worker
+    loads the same weights)."""
+    if name == "default":
+        return None
+    import torch
+
+    from segany.io.checkpoint import save_checkpoint
+    from segany.model import PRESETS, build_sam
+
+    torch.manual_seed(0)
+    return str(save_checkpoint(build_sam(PRESETS["vit_b"]).eval(), folder / "vit_b_random.pth"))
+
+
+def _timed(execute: Callable[[list[Any]], Iterator[dict[str, Any]]], stamps: list[float], seconds: list[float],
+           finished: list[float]):
+    def run(jobs: list[Any]) -> Iterator[dict[str, Any]]:
+        for row in execute(jobs):
+            stamps.append(time.perf_counter())
+            seconds.append(float(row["seconds"]))
+            finished.append(float(row["finished"]))
+            yield row
+
+    return run
+
+
+def measure(model: str, checkpoint: str | None, images: list[Path], executor: str, workers: int, tmp: Path) -> dict[str, Any]:
+    import argparse as ap
+
+    from segany.cli._common import predictor_from_args
+    from segany.engine.executors import RayOptions, run_local, run_ray
+    from segany.engine.job import ImageJob, JobSettings
+    from segany.engine.run import run_auto
+
+    out = tmp / f"{model}-{executor}-{workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    jobs = [ImageJob(i, str(p), p.stem) for i, p in enumerate(images, start=1)]
+    settings = JobSettings(out=str(out), threads=1)
+    model_args = ap.Namespace(checkpoint=checkpoint, device="cpu", backend="torch", precision="auto",
+                              decoder_precision="fp32", encoder_precision="fp32", compile_decoder=False,
+                              compile_encoder=False)
+    make = partial(predictor_from_args, model_args)
+    if executor == "local":
+        execute = partial(run_local, settings=settings, make_predictor=make)
+    else:
+        execute = partial(run_ray, settings=settings, make_predictor=make,
+                          options=RayOptions(workers=workers, cpus_per_worker=1, object_store_mb=256))
+    stamps: list[float] = []
+    seconds: list[float] = []
+    finished: list[float] = []
+    start = time.perf_counter()
+    report = run_auto(jobs, settings, _timed(execute, stamps, seconds, finished), {"fingerprint": {"bench": model}},
+                      progress=False)
+    wall = time.perf_counter() - start
+    assert report.done == len(jobs), report.to_json()
+    # When the workers finished each image (Ray hands rows to the driver in batches, so the driver's
+    # arrival times would overstate it); each worker's first image carries its warm-up.
+    k = workers
+    done = sorted(finished)
+    steady = (len(done) - k) / (done[-1] - done[k - 1]) * 3600 if len(done) > k else float("nan")
+    return {"model": model, "executor": executor if executor == "local" else f"ray x{workers}", "cores": workers,
+            "images": len(jobs), "masks": report.masks, "wall": wall, "steady_per_hour": steady,
+            "per_core_hour": steady / workers, "image_seconds": sum(seconds) / len(seconds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=6, help="images for the default model")
+    parser.add_argument("--vit-b-images", type=int, default=4, help="images for ViT-B (0 skips it)")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import torch
+
+    torch.set_num_threads(1)
+    from segany.engine.executors import RayOptions, _start_ray
+
+    _start_ray(RayOptions(workers=2))  # one local instance (2 CPUs) for every Ray row
+    tmp = Path(tempfile.mkdtemp(prefix="bench_engine_"))
+    rows = []
+    try:
+        for model, count in (("default", args.images), ("vit_b", args.vit_b_images)):
+            if count <= 0:
+                continue
+            images = _images(tmp / f"in-{model}", count)
+            checkpoint = _checkpoint(model, tmp)
+            for executor, workers in (("local", 1), ("ray", 1), ("ray", 2)):
+                row = measure(model, checkpoint, images, executor, workers, tmp)
+                rows.append(row)
+                print(f"# {row}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"1 thread per worker, {stamp}\n")
+    print("| model | executor | cores | images | masks | wall incl. start-up (s) | steady images/hour "
+          "| images/hour/core | s per image in the worker |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['model']} | {r['executor']} | {r['cores']} | {r['images']} | {r['masks']} | {r['wall']:.1f} | "
+              f"{r['steady_per_hour']:.0f} | {r['per_core_hour']:.0f} | {r['image_seconds']:.1f} |")
+    for model in ("default", "vit_b"):
+        got = {r["executor"]: r["steady_per_hour"] for r in rows if r["model"] == model}
+        if len(got) == 3:
+            print(f"\n{model}: speed-up ray x2 / ray x1 = {got['ray x2'] / got['ray x1']:.2f} (goal >= 1.7); "
+                  f"Ray overhead = {100 * (1 - got['ray x1'] / got['local']):.1f} % (goal <= 10 %)")
+
+
+if __name__ == "__main__":
+    main()
