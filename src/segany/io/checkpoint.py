@@ -20,6 +20,8 @@ from segany.io import hf_sam
 from segany.model import Sam, SamConfig, build_sam
 
 _PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+# The largest model input size a file's metadata may ask for (SAM's is 1024): inputs are resized to it.
+MAX_IMAGE_SIZE = 4096
 
 
 def _sniff(p: Path) -> str:
@@ -251,7 +253,7 @@ def skeleton(config: SamConfig) -> Sam:
     try:
         with torch.device("meta"):
             return build_sam(config)
-    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+    except (ValueError, RuntimeError, ZeroDivisionError, AssertionError) as exc:
         raise CheckpointError(f"the inferred architecture cannot be built: {exc}") from None
 
 
@@ -351,12 +353,23 @@ def _config_for(path: str | os.PathLike[str], state: dict[str, torch.Tensor]) ->
         stored = SamConfig.from_dict(json.loads(meta["config"]))
     except (ValueError, TypeError):
         return config
+    if _matches(state, stored):
+        return stored  # segany's own file: the configuration it was saved with, every knob included
     # Knobs that shapes cannot show; the rest is checked against the tensors.
-    keep = {"decoder_num_heads": stored.decoder_num_heads}
-    if config.encoder == "tiny_vit" and stored.encoder == "tiny_vit" and stored.image_size % 16 == 0:
-        keep["image_size"] = stored.image_size
-    config = config.replace(**keep)
+    config = config.replace(decoder_num_heads=stored.decoder_num_heads)
     return config.replace(name=stored.name) if stored.name else config
+
+
+def _matches(state: dict[str, torch.Tensor], config: SamConfig) -> bool:
+    """Whether ``config`` (from a file's metadata: untrusted) describes exactly ``state``'s tensors."""
+    blocks = config.encoder_depth if config.encoder == "vit" else sum(config.tiny_vit_depths)
+    if blocks + config.decoder_depth > len(state) or not 16 <= config.image_size <= MAX_IMAGE_SIZE:
+        return False  # cannot be (and would cost time to build even on the meta device)
+    try:
+        expected = skeleton(config).state_dict()
+    except CheckpointError:
+        return False
+    return set(expected) == set(state) and all(tuple(state[k].shape) == tuple(v.shape) for k, v in expected.items())
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Sam:
