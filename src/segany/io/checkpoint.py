@@ -414,3 +414,40 @@ def save_checkpoint(model: Sam, path: str | os.PathLike[str]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return p
+
+
+def save_hf_folder(model: Sam, folder: str | os.PathLike[str]) -> Path:
+    """Write the model as a Hugging Face transformers model folder (``config.json`` and
+    ``model.safetensors``, ``facebook/sam-vit-*`` key names), which ``SamModel.from_pretrained`` loads.
+    The folder appears complete or not at all. SAM's ViT family only (transformers has no TinyViT/HQ SAM).
+    """
+    config = getattr(model, "config", None)
+    if config is None or config.encoder != "vit" or config.hq:
+        raise CheckpointError("only SAM (ViT) models have a Hugging Face transformers layout")
+    out = Path(folder)
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"{out}: folder exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        hf = hf_sam.to_hf(state)
+        # safetensors refuses shared memory: the two copies of the positional matrix become two tensors.
+        hf = {k: v.clone() for k, v in hf.items()}
+        save_file(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_sam.hf_config(config), indent=2) + "\n")
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
