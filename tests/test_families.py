@@ -227,3 +227,20 @@ def test_hq_decoder_refuses_a_plain_embedding():
     sparse, dense = model.prompt_encoder(None, torch.tensor([[0.0, 0.0, 50.0, 50.0]]), None)
     with pytest.raises(ValueError, match="HQ encoder"):
         model.mask_decoder(torch.zeros(1, 64, 16, 16), model.prompt_encoder.get_dense_pe(), sparse, dense, True)
+
+
+def test_onnx_export_of_mobile_sam_matches_and_hq_is_refused(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from segany.export.onnx import ExportError, export_onnx
+
+    model = randomize_(build_sam(TINY_MOBILE), seed=8).eval()
+    result = export_onnx(model, tmp_path / "mobile")  # checks every graph against PyTorch (1e-4)
+    assert {"encoder", "decoder"} <= set(result.files)
+    with pytest.raises(ExportError, match="SAM-HQ"):
+        export_onnx(build_sam(TINY_HQ), tmp_path / "hq")
+    assert not (tmp_path / "hq").exists()
+
+
+def test_tiny_vit_refuses_widths_its_heads_do_not_divide():
+    with pytest.raises(ValueError, match="stage 2: width 32 is not a multiple of its 5 heads"):
+        build_sam(TINY_MOBILE.replace(tiny_vit_heads=(2, 2, 5, 2)))

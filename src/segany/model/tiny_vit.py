@@ -200,6 +200,10 @@ class TinyViT(nn.Module):
         super().__init__()
         if len(dims) != 4 or len(depths) != 4 or len(num_heads) != 4 or len(windows) != 4:
             raise ValueError("TinyViT has 4 stages: dims, depths, num_heads and windows need 4 values each")
+        bad = [i for i in range(1, 4) if num_heads[i] <= 0 or dims[i] % num_heads[i]]
+        if bad:
+            i = bad[0]
+            raise ValueError(f"stage {i}: width {dims[i]} is not a multiple of its {num_heads[i]} heads")
         if img_size % 16:
             raise ValueError(f"img_size must be a multiple of 16, got {img_size}")
         self.img_size = img_size
