@@ -140,3 +140,11 @@ def test_info_refuses_inflated_file_with_exit_2_under_a_memory_limit(tmp_path):
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("segany info: error:") and "unexpected shapes" in lines[0]
+
+
+def test_tensors_of_the_wrong_rank_are_refused(tmp_path):
+    for key in ("image_encoder.blocks.0.attn.rel_pos_h", "mask_decoder.mask_tokens.weight", "image_encoder.pos_embed"):
+        state = _tiny_state()
+        state[key] = torch.tensor(1.0)  # a scalar where a table was expected
+        torch.save(state, tmp_path / "rank.pth")
+        _refused(tmp_path / "rank.pth", "cannot infer the architecture|unexpected shapes|does not match")

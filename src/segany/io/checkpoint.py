@@ -148,6 +148,13 @@ def infer_config(state: dict[str, torch.Tensor], name: str = "custom") -> SamCon
     TinyViT's input size are not visible in shapes; they are 8 and 1024 in every known release.
     Nothing is allocated: the shapes are checked against the file by :func:`check_state`.
     """
+    try:
+        return _infer(state, name)
+    except (IndexError, ValueError, ZeroDivisionError, OverflowError) as exc:  # shapes of the wrong rank
+        raise CheckpointError(f"cannot infer the architecture: tensor shapes do not fit SAM's layout ({exc})") from None
+
+
+def _infer(state: dict[str, torch.Tensor], name: str) -> SamConfig:
     if "image_encoder.patch_embed.seq.0.c.weight" in state:
         config = _infer_tiny_vit(state)
     elif "image_encoder.patch_embed.proj.weight" in state:
@@ -253,7 +260,7 @@ def skeleton(config: SamConfig) -> Sam:
     try:
         with torch.device("meta"):
             return build_sam(config)
-    except (ValueError, RuntimeError, ZeroDivisionError, AssertionError) as exc:
+    except Exception as exc:  # an untrusted configuration: whatever breaks, it describes no usable model
         raise CheckpointError(f"the inferred architecture cannot be built: {exc}") from None
 
 
@@ -267,7 +274,10 @@ def check_state(
     shape, a non-floating-point weight, a tensor that holds fewer bytes than its shape says (an
     expanded view), non-finite weights, and tensors that hold more bytes than the file (``file_bytes``).
     """
-    model = skeleton(config)
+    try:
+        model = skeleton(config)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
