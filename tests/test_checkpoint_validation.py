@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from sam_testing import random_tiny
+
 from segany import load_model
 from segany.errors import CheckpointError
 from segany.io.checkpoint import save_checkpoint

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from sam_testing import random_tiny, randomize_
+
 from segany.cli.main import main
 from segany.io import hub
 from segany.io.checkpoint import save_checkpoint

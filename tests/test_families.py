@@ -10,8 +10,8 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-
 from sam_testing import randomize_
+
 from segany.io.checkpoint import infer_config, load_checkpoint, save_checkpoint
 from segany.model import PRESETS, SamConfig, build_sam
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from sam_testing import randomize_
+
 from segany import load_model
 from segany.errors import CheckpointError
 from segany.io.checkpoint import save_hf_folder
@@ -16,7 +16,13 @@ transformers = pytest.importorskip("transformers")
 
 
 def _hf_model(seed: int = 0):
-    from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
+    from transformers import (
+        SamConfig,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
 
     t = PRESETS["tiny"]
     vision = SamVisionConfig(

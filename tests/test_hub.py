@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from sam_testing import random_tiny
+
 from segany import load_model
 from segany.errors import CheckpointError
 from segany.io import hub
@@ -24,7 +24,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:  # keep test output clean
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         srv = self.server
         srv.requests.append(dict(self.headers))  # type: ignore[attr-defined]
         data: bytes = srv.payload  # type: ignore[attr-defined]

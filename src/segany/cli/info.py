@@ -138,7 +138,7 @@ def _print(info: dict[str, Any]) -> None:
     print(f"format:        {info['format']}" + (f", {size / 2**20:.1f} MiB" if size else ""))
     if "description" in info:
         print(f"release:       {info['description']}")
-        print(f"location:      " + (info["cached"] or f"not downloaded yet: would go to {info['download_to']}"))
+        print("location:      " + (info["cached"] or f"not downloaded yet: would go to {info['download_to']}"))
         print(f"address:       {info['url']}")
     elif info["format"] != "preset (random weights)":
         print("release:       " + (f"{info['release']} (checksum matches)" if info["release"] else "no known release (by checksum)"))

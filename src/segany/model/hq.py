@@ -132,7 +132,7 @@ class MaskDecoderHQ(MaskDecoder):
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))  # (B, d/8, 4h, 4w)
         upscaled_hq = self.embedding_maskfeature(upscaled) + hq_features
         hyper = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
-        _, c2, h2, w2 = upscaled.shape
+        h2, w2 = upscaled.shape[-2:]
         masks = (hyper @ upscaled.flatten(2)).view(b, n, h2, w2)
         hq_mask = (self.hf_mlp(hq_token_out).unsqueeze(1) @ upscaled_hq.flatten(2)).view(b, 1, h2, w2)
         return torch.cat([masks, hq_mask], dim=1), self.iou_prediction_head(iou_token_out)

@@ -146,7 +146,7 @@ class TinyViTBlock(nn.Module):
         return out[:, :h, :w].reshape(b, h * w, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
+        b, _, d = x.shape
         x = x + drop_path(self._windows(x), self.drop_path, self.training)
         x = self.local_conv(x.transpose(1, 2).reshape(b, d, *self.size)).flatten(2).transpose(1, 2)
         return x + drop_path(self.mlp(x), self.drop_path, self.training)
