@@ -107,7 +107,7 @@ def test_mixed_checkpoints_are_refused(tmp_path):
 
 
 def test_truncated_mobile_sam_is_refused(tmp_path):
-    config = PRESETS["mobile_sam"].replace(tiny_vit_dims=(8, 16, 24, 32), tiny_vit_depths=(1, 1, 1, 1))
+    config = PRESETS["mobile_sam"].replace(tiny_vit_dims=(8, 16, 24, 32), tiny_vit_depths=(1, 1, 1, 1), tiny_vit_heads=(2, 2, 2, 2))
     path = save_checkpoint(build_sam(config), tmp_path / "mobile_sam.pt")
     cut = tmp_path / "mobile_cut.pt"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 3])

@@ -35,7 +35,8 @@ def _info(args, capsys) -> dict:
 
 
 def test_info_names_each_family_without_building(tmp_path, capsys):
-    mobile = PRESETS["mobile_sam"].replace(tiny_vit_dims=(8, 16, 24, 32), tiny_vit_depths=(1, 1, 1, 1), tiny_vit_classes=3)
+    mobile = PRESETS["mobile_sam"].replace(tiny_vit_dims=(8, 16, 24, 32), tiny_vit_depths=(1, 1, 1, 1),
+                                          tiny_vit_heads=(2, 2, 2, 2), tiny_vit_classes=3)
     cases = {
         "mobile.pt": (mobile, "MobileSAM"),
         "hq.pth": (PRESETS["tiny"].replace(hq=True), "SAM-HQ"),
@@ -115,8 +116,6 @@ def test_segment_with_mobile_and_hq_checkpoints(tmp_path, test_images):
 
 def test_python_m_segany_runs_the_cli(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-m", "segany", "--help"], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0 and "info" in done.stdout and "segment" in done.stdout
     done = subprocess.run([sys.executable, "-m", "segany", "info", str(tmp_path / "none.pth")],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2 and done.stderr.strip().endswith("no such file")
