@@ -114,10 +114,15 @@ def test_truncated_mobile_sam_is_refused(tmp_path):
     _refused(cut, "truncated or corrupt")
 
 
-def test_safetensors_named_pth_is_read_as_safetensors(tmp_path):
+def test_files_are_read_by_content_not_by_name(tmp_path):
     model = random_tiny(seed=3)
     path = save_checkpoint(model, tmp_path / "m.safetensors")
     renamed = tmp_path / "m.pth"
+    renamed.write_bytes(path.read_bytes())
+    assert torch.equal(load_model(renamed).mask_decoder.iou_token.weight, model.mask_decoder.iou_token.weight)
+    # And the other way round: a torch.save file named .safetensors.
+    path = save_checkpoint(model, tmp_path / "p.pth")
+    renamed = tmp_path / "p.safetensors"
     renamed.write_bytes(path.read_bytes())
     assert torch.equal(load_model(renamed).mask_decoder.iou_token.weight, model.mask_decoder.iou_token.weight)
 

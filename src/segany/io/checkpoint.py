@@ -51,7 +51,8 @@ def _read_file(p: Path) -> object:
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols before refusing them
             warnings.simplefilter("ignore")
-            return torch.load(p, map_location="cpu", weights_only=True)
+            with open(p, "rb") as f:  # a file object: torch would pick its loader by the name's suffix
+                return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean "can't read"
         text = str(exc)
         if isinstance(exc, pickle.UnpicklingError) and ("GLOBAL" in text or "global" in text):
