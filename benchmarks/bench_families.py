@@ -81,14 +81,16 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in {**{f"enc_{k}": v for k, v in encode.items()},
                                                   **{f"click_{k}": v for k, v in click.items()}}.items()}
     params = {k: sum(p.numel() for p in m.image_encoder.parameters()) / 1e6 for k, m in models.items()}
-    cpu = platform.processor() or platform.machine()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), None) \
+        if Path("/proc/cpuinfo").exists() else None
+    cpu = cpu or platform.processor() or platform.machine()
     lines = [
         SECTION,
         "",
         f"Machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; the machine was shared with other "
-        "jobs (load average well above the core count), so absolute times are high and noisy: compare within "
-        f"a row. Medians of {args.rounds} interleaved rounds (clicks: median of 5 per round), random weights, "
+        "jobs (load average well above the core count), so absolute times are high and noisy: compare the "
+        f"rows with each other, not with other sections. Medians of {args.rounds} interleaved rounds (clicks: median of 5 per round), random weights, "
         "a 1024-pixel input from a real photo (kvasir), `SamPredictor.set_image` and one-point `predict` "
         "(3 masks). `benchmarks/bench_families.py`.",
         "",
