@@ -80,7 +80,7 @@ def test_missing_file(tmp_path):
 
 
 def test_unknown_preset_name():
-    with pytest.raises(CheckpointError, match="neither a file nor a preset"):
+    with pytest.raises(CheckpointError, match="neither a file nor a known checkpoint name"):
         load_model("vit_x")
 
 

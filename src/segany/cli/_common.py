@@ -38,8 +38,11 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-c", "--checkpoint", metavar="PATH",
-        help="model weights (.pth or .safetensors, official or segany); default: the packaged default model",
+        "-c", "--checkpoint", metavar="PATH|NAME",
+        help="model weights: a file (.pth/.pt/.safetensors: SAM, MobileSAM, SAM-HQ, segany, Hugging Face; or a "
+        "Hugging Face model folder) or a released model's name (vit_b, vit_l, vit_h, mobile_sam, sam_hq_vit_b, "
+        "sam_hq_vit_l, sam_hq_vit_h, sam_hq_vit_tiny: taken from ~/.cache/segany/checkpoints or torch hub's "
+        "cache, else downloaded); default: the packaged default model",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
 

@@ -1,64 +1,159 @@
-"""``segany info``: what a checkpoint holds."""
+"""``segany info``: what a checkpoint holds, read and checked without building the model."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
-HELP = "show a checkpoint's inferred architecture, parameter count and file format"
-EXAMPLES = """example:
+HELP = "show what a checkpoint file or weights name holds: family, architecture, parameters, format, release"
+EXAMPLES = """examples:
   segany info sam_vit_b_01ec64.pth
-  segany info my_finetuned.safetensors --json"""
+  segany info mobile_sam.pt --json
+  segany info facebook-sam-vit-base/        # a Hugging Face model folder
+  segany info vit_h                         # a released model by name: where it is cached, or would be"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a .pth or .safetensors file, or a preset name (vit_b, tiny, ...)")
+    parser.add_argument(
+        "checkpoint",
+        help="a .pth/.pt/.safetensors file, a Hugging Face model folder, or a name (vit_b, mobile_sam, sam_hq_vit_l, tiny, ...)",
+    )
     parser.add_argument("--json", action="store_true", help="print as JSON")
 
 
-def run(args: argparse.Namespace) -> int:
+def _format(path: Any, state_keys_hf: bool) -> str:
+    from segany.io.checkpoint import _sniff, read_safetensors_metadata
+
+    if path.is_dir():
+        return "Hugging Face transformers model folder"
+    kind = _sniff(path)
+    if kind == "safetensors":
+        meta = read_safetensors_metadata(path)
+        name = "safetensors (segany)" if meta.get("format") == "segany-sam" else "safetensors"
+    elif kind == "zip":
+        name = "PyTorch (torch.save zip)"
+    else:
+        name = "PyTorch (legacy torch.save)"
+    return name + (", Hugging Face key names" if state_keys_hf else "")
+
+
+def _describe_file(arg: str) -> dict[str, Any]:
     from pathlib import Path
 
-    from segany.build import load_model
+    from segany.io import hub
+    from segany.io.checkpoint import _file_bytes, inspect_checkpoint
     from segany.model import PRESETS
 
-    model = load_model(args.checkpoint)
-    config = model.config
-    path = Path(args.checkpoint)
-    if args.checkpoint in PRESETS and not path.exists():
-        fmt, size = "preset (random weights)", None
-    elif path.suffix == ".safetensors":
-        fmt, size = "safetensors", path.stat().st_size
-    else:
-        fmt, size = "PyTorch (torch.save state dict)", path.stat().st_size
+    path = Path(arg)
+    notes: dict[str, object] = {}
+    config, skeleton, _ = inspect_checkpoint(path, notes)  # checked against the file; nothing allocated
+    hf_keys = bool(notes.get("hf"))
+    release = None
+    if not path.is_dir() and config.name in hub.WEIGHTS and PRESETS[config.name] == config:
+        found = hub.known_release(path)  # hashes only files whose architecture is a release's
+        release = found.name if found is not None else None
+    info = _summary(config, skeleton)
+    info.update(
+        file=str(arg),
+        format=_format(path, hf_keys and not path.is_dir()),
+        file_bytes=_file_bytes(path),
+        release=release,
+    )
+    return info
+
+
+def _summary(config: Any, model: Any) -> dict[str, Any]:
+    from segany.model import PRESETS
+
     parts = {
         "image_encoder": sum(p.numel() for p in model.image_encoder.parameters()),
         "prompt_encoder": sum(p.numel() for p in model.prompt_encoder.parameters()),
         "mask_decoder": sum(p.numel() for p in model.mask_decoder.parameters()),
     }
-    info = {
-        "file": str(args.checkpoint),
-        "format": fmt,
-        "file_bytes": size,
+    return {
+        "family": config.family,
         "architecture": config.name if config.name in PRESETS else "custom",
         "parameters": sum(parts.values()),
         "parameters_by_part": parts,
         "config": config.to_dict(),
     }
+
+
+def _describe_name(name: str) -> dict[str, Any]:
+    from segany.io import hub
+    from segany.io.checkpoint import skeleton
+    from segany.model import PRESETS
+
+    config = PRESETS[name]
+    info = _summary(config, skeleton(config))
+    info["file"] = name
+    release = hub.WEIGHTS.get(name)
+    if release is None:
+        info.update(format="preset (random weights)", file_bytes=None, release=None)
+        return info
+    cached = hub.find_cached(release)
+    info.update(
+        format="released weights",
+        file_bytes=release.size,
+        release=name,
+        description=release.description,
+        url=release.url,
+        cached=str(cached) if cached else None,
+        download_to=None if cached else str(hub.cache_dir() / release.filename),
+        sha256=release.sha256,
+        md5=release.md5,
+    )
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from segany.errors import CheckpointError
+    from segany.io import hub
+    from segany.model import PRESETS
+
+    arg = args.checkpoint
+    if not Path(arg).exists() and arg in PRESETS:
+        info = _describe_name(arg)
+    elif Path(arg).exists():
+        info = _describe_file(arg)
+    else:
+        if "." in Path(arg).name or "/" in arg:
+            raise CheckpointError(f"{arg}: no such file")
+        raise CheckpointError(f"{arg}: neither a file nor a known checkpoint name ({', '.join(hub.WEIGHTS)}, tiny)")
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    c = config
+    _print(info)
+    return 0
+
+
+def _print(info: dict[str, Any]) -> None:
+    c = info["config"]
+    parts = info["parameters_by_part"]
+    size = info.get("file_bytes")
     print(f"file:          {info['file']}")
-    print(f"format:        {fmt}" + (f", {size / 2**20:.1f} MiB" if size else ""))
-    print(f"architecture:  {info['architecture']}")
+    print(f"format:        {info['format']}" + (f", {size / 2**20:.1f} MiB" if size else ""))
+    if "description" in info:
+        print(f"release:       {info['description']}")
+        print("location:      " + (info["cached"] or f"not downloaded yet: would go to {info['download_to']}"))
+        print(f"address:       {info['url']}")
+    elif info["format"] != "preset (random weights)":
+        print("release:       " + (f"{info['release']} (checksum matches)" if info["release"] else "no known release (by checksum)"))
+    print(f"family:        {info['family']}, architecture {info['architecture']}")
     print(f"parameters:    {info['parameters'] / 1e6:.2f} M "
           f"(encoder {parts['image_encoder'] / 1e6:.2f} M, prompt encoder {parts['prompt_encoder'] / 1e6:.3f} M, "
           f"decoder {parts['mask_decoder'] / 1e6:.2f} M)")
-    print(f"input size:    {c.image_size} px, patch {c.patch_size}, embedding grid "
-          f"{c.image_embedding_size}x{c.image_embedding_size}")
-    print(f"encoder:       width {c.encoder_embed_dim}, depth {c.encoder_depth}, heads {c.encoder_num_heads}, "
-          f"window {c.window_size}, global blocks {list(c.encoder_global_attn_indexes)}")
-    print(f"decoder:       width {c.prompt_embed_dim}, depth {c.decoder_depth}, heads {c.decoder_num_heads}, "
-          f"MLP {c.decoder_mlp_dim}, {c.num_multimask_outputs} multimask outputs")
-    return 0
+    grid = c["image_size"] // (16 if c["encoder"] == "tiny_vit" else c["patch_size"])
+    print(f"input size:    {c['image_size']} px, embedding grid {grid}x{grid}")
+    if c["encoder"] == "tiny_vit":
+        print(f"encoder:       TinyViT, widths {c['tiny_vit_dims']}, depths {c['tiny_vit_depths']}, "
+              f"heads {c['tiny_vit_heads'][1:]}, windows {c['tiny_vit_windows'][1:]}")
+    else:
+        print(f"encoder:       ViT, width {c['encoder_embed_dim']}, depth {c['encoder_depth']}, heads {c['encoder_num_heads']}, "
+              f"patch {c['patch_size']}, window {c['window_size']}, global blocks {c['encoder_global_attn_indexes']}")
+    print(f"decoder:       width {c['prompt_embed_dim']}, depth {c['decoder_depth']}, heads {c['decoder_num_heads']}, "
+          f"MLP {c['decoder_mlp_dim']}, {c['num_multimask_outputs']} multimask outputs"
+          + (", HQ token and feature fusion" if c["hq"] else ""))

@@ -203,6 +203,8 @@ def export_onnx(
     """
     if quantize not in (None, "int8"):
         raise ExportError(f"quantize must be 'int8' or None, not {quantize!r}")
+    if getattr(getattr(model, "config", None), "hq", False):  # its decoder graphs would drop the HQ token
+        raise ExportError("ONNX export of SAM-HQ models is not supported; use the PyTorch backend")
     from segany.export.quantize import int8_weight_type
 
     try:

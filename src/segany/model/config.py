@@ -1,4 +1,5 @@
-"""Model configurations: the official presets, a tiny one for tests, and the builder."""
+"""Model configurations: the official presets (SAM's ViTs, MobileSAM, SAM-HQ), a tiny one for tests, and
+the builder."""
 
 from __future__ import annotations
 
@@ -7,16 +8,24 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from segany.model.hq import ImageEncoderViTHQ, MaskDecoderHQ
 from segany.model.image_encoder import ImageEncoderViT
 from segany.model.mask_decoder import MaskDecoder
 from segany.model.prompt_encoder import PromptEncoder
 from segany.model.sam import Sam
+from segany.model.tiny_vit import TinyViT
 from segany.model.transformer import TwoWayTransformer
 
 
 @dataclass(frozen=True)
 class SamConfig:
-    """Every hyper-parameter that shapes a SAM model. The defaults are ViT-B's."""
+    """Every hyper-parameter that shapes a SAM-family model. The defaults are SAM ViT-B's.
+
+    ``encoder`` picks the image encoder: ``"vit"`` (SAM's, shaped by the ``encoder_*``, ``window_size``
+    and ``mlp_ratio`` fields) or ``"tiny_vit"`` (MobileSAM's, shaped by the ``tiny_vit_*`` fields and
+    ``mlp_ratio``; its output stride is always 16). ``hq`` adds SAM-HQ's token and feature fusion to the
+    decoder.
+    """
 
     image_size: int = 1024
     patch_size: int = 16
@@ -35,26 +44,44 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     num_multimask_outputs: int = 3
     drop_path_rate: float = 0.0
+    encoder: str = "vit"
+    tiny_vit_dims: tuple[int, ...] = (64, 128, 160, 320)
+    tiny_vit_depths: tuple[int, ...] = (2, 2, 6, 2)
+    tiny_vit_heads: tuple[int, ...] = (2, 4, 5, 10)
+    tiny_vit_windows: tuple[int, ...] = (7, 7, 14, 7)
+    tiny_vit_conv_ratio: float = 4.0
+    tiny_vit_classes: int = 1000
+    hq: bool = False
     name: str = field(default="custom", compare=False)
 
     @property
     def image_embedding_size(self) -> int:
-        return self.image_size // self.patch_size
+        return self.image_size // (16 if self.encoder == "tiny_vit" else self.patch_size)
+
+    @property
+    def hq_early_dim(self) -> int:
+        """Channels of the early encoder features that SAM-HQ fuses."""
+        return self.tiny_vit_dims[2] if self.encoder == "tiny_vit" else self.encoder_embed_dim
+
+    @property
+    def family(self) -> str:
+        """``"SAM"``, ``"MobileSAM"``, ``"SAM-HQ"`` or ``"Light HQ-SAM"`` (TinyViT with the HQ decoder)."""
+        if self.encoder == "tiny_vit":
+            return "Light HQ-SAM" if self.hq else "MobileSAM"
+        return "SAM-HQ" if self.hq else "SAM"
 
     def replace(self, **changes: object) -> "SamConfig":
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, object]:
         d = dataclasses.asdict(self)
-        d["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> "SamConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
-        if "encoder_global_attn_indexes" in kwargs:
-            kwargs["encoder_global_attn_indexes"] = tuple(kwargs["encoder_global_attn_indexes"])  # type: ignore[arg-type]
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}  # type: ignore[arg-type]
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
@@ -87,31 +114,57 @@ PRESETS: dict[str, SamConfig] = {
         iou_head_hidden_dim=64,
         name="tiny",
     ),
+    # MobileSAM: TinyViT-5M encoder, SAM's prompt encoder and decoder.
+    "mobile_sam": SamConfig(encoder="tiny_vit", name="mobile_sam"),
+    "sam_hq_vit_b": SamConfig(hq=True, name="sam_hq_vit_b"),
 }
+PRESETS["sam_hq_vit_l"] = PRESETS["vit_l"].replace(hq=True, name="sam_hq_vit_l")
+PRESETS["sam_hq_vit_h"] = PRESETS["vit_h"].replace(hq=True, name="sam_hq_vit_h")
+PRESETS["sam_hq_vit_tiny"] = PRESETS["mobile_sam"].replace(hq=True, name="sam_hq_vit_tiny")
 
 
 def build_sam(config: SamConfig) -> Sam:
     """A randomly initialised model with the given configuration."""
     grid = config.image_embedding_size
-    encoder = ImageEncoderViT(
-        img_size=config.image_size,
-        patch_size=config.patch_size,
-        embed_dim=config.encoder_embed_dim,
-        depth=config.encoder_depth,
-        num_heads=config.encoder_num_heads,
-        mlp_ratio=config.mlp_ratio,
-        out_chans=config.prompt_embed_dim,
-        window_size=config.window_size,
-        global_attn_indexes=tuple(config.encoder_global_attn_indexes),
-        drop_path_rate=config.drop_path_rate,
-    )
+    encoder: nn.Module
+    if config.encoder == "tiny_vit":
+        encoder = TinyViT(
+            img_size=config.image_size,
+            dims=tuple(config.tiny_vit_dims),
+            depths=tuple(config.tiny_vit_depths),
+            num_heads=tuple(config.tiny_vit_heads),
+            windows=tuple(config.tiny_vit_windows),
+            mlp_ratio=config.mlp_ratio,
+            conv_expand_ratio=config.tiny_vit_conv_ratio,
+            num_classes=config.tiny_vit_classes,
+            out_chans=config.prompt_embed_dim,
+            drop_path_rate=config.drop_path_rate,
+            early_features=config.hq,
+        )
+    elif config.encoder == "vit":
+        encoder = (ImageEncoderViTHQ if config.hq else ImageEncoderViT)(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            embed_dim=config.encoder_embed_dim,
+            depth=config.encoder_depth,
+            num_heads=config.encoder_num_heads,
+            mlp_ratio=config.mlp_ratio,
+            out_chans=config.prompt_embed_dim,
+            window_size=config.window_size,
+            global_attn_indexes=tuple(config.encoder_global_attn_indexes),
+            drop_path_rate=config.drop_path_rate,
+        )
+    else:
+        raise ValueError(f"encoder must be 'vit' or 'tiny_vit', got {config.encoder!r}")
     prompt_encoder = PromptEncoder(
         embed_dim=config.prompt_embed_dim,
         image_embedding_size=(grid, grid),
         input_image_size=(config.image_size, config.image_size),
         mask_in_chans=config.mask_in_chans,
     )
-    decoder = MaskDecoder(
+    hq_args: dict[str, object] = {"early_dim": config.hq_early_dim} if config.hq else {}
+    decoder = (MaskDecoderHQ if config.hq else MaskDecoder)(
+        **hq_args,  # type: ignore[arg-type]
         transformer_dim=config.prompt_embed_dim,
         transformer=TwoWayTransformer(
             depth=config.decoder_depth,
@@ -124,6 +177,6 @@ def build_sam(config: SamConfig) -> Sam:
         iou_head_depth=config.iou_head_depth,
         iou_head_hidden_dim=config.iou_head_hidden_dim,
     )
-    sam = Sam(encoder, prompt_encoder, decoder)
+    sam = Sam(encoder, prompt_encoder, decoder)  # type: ignore[arg-type]
     sam.config = config
     return sam
