@@ -100,6 +100,14 @@ def infer_config(state: dict[str, torch.Tensor], name: str = "custom") -> SamCon
     whole token grid, and input size from the absolute position embedding. Decoder head count is not
     visible in shapes; it is 8 in every known SAM model.
     """
+    from segany.model.conv_encoder import infer_conv_encoder, is_conv_state_dict
+
+    if is_conv_state_dict(state):
+        try:
+            conv = infer_conv_encoder(state)
+        except KeyError as exc:
+            raise CheckpointError(f"cannot infer the architecture: key {exc} is missing") from None
+        return _decoder_config(state, SamConfig(image_encoder_type="conv", **conv), name)  # type: ignore[arg-type]
     patch_w = _need(state, "image_encoder.patch_embed.proj.weight")  # (D, 3, p, p)
     embed_dim, patch = patch_w.shape[0], patch_w.shape[-1]
     pos = state.get("image_encoder.pos_embed")  # (1, g, g, D)
@@ -147,6 +155,30 @@ def infer_config(state: dict[str, torch.Tensor], name: str = "custom") -> SamCon
 
     for preset in PRESETS.values():  # name official sizes by their usual names
         if preset == config:  # ``name`` is not compared
+            return config.replace(name=preset.name)
+    return config
+
+
+def _decoder_config(state: dict[str, torch.Tensor], base: SamConfig, name: str) -> SamConfig:
+    """``base`` (an encoder read off ``state``) with the prompt encoder's and decoder's sizes of ``state``."""
+    if not 16 <= base.image_size <= 4096 or base.image_size % 16:
+        raise CheckpointError(f"cannot infer the architecture: input size {base.image_size} is not a multiple of 16 in 16..4096")
+    d = SamConfig()
+    dec_layers = {int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))}
+    iou_layers = {int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.", k))}
+    config = base.replace(
+        mask_in_chans=_dim(state, "prompt_encoder.mask_downscaling.3.weight", 0, d.mask_in_chans),
+        decoder_depth=max(dec_layers) + 1 if dec_layers else d.decoder_depth,
+        decoder_mlp_dim=_dim(state, "mask_decoder.transformer.layers.0.mlp.lin1.weight", 0, d.decoder_mlp_dim),
+        iou_head_depth=max(iou_layers) + 1 if iou_layers else d.iou_head_depth,
+        iou_head_hidden_dim=_dim(state, "mask_decoder.iou_prediction_head.layers.0.weight", 0, d.iou_head_hidden_dim),
+        num_multimask_outputs=_dim(state, "mask_decoder.mask_tokens.weight", 0, d.num_multimask_outputs + 1) - 1,
+        name=name,
+    )
+    from segany.model import PRESETS
+
+    for preset in PRESETS.values():
+        if preset == config:
             return config.replace(name=preset.name)
     return config
 

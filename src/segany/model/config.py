@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from segany.model.conv_encoder import ConvImageEncoder
 from segany.model.image_encoder import ImageEncoderViT
 from segany.model.mask_decoder import MaskDecoder
 from segany.model.prompt_encoder import PromptEncoder
@@ -35,6 +36,11 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     num_multimask_outputs: int = 3
     drop_path_rate: float = 0.0
+    # "vit" (SAM's encoder, the encoder_* fields above) or "conv" (model/conv_encoder.py: the conv_*
+    # fields; patch_size is then its stride, 16).
+    image_encoder_type: str = "vit"
+    conv_widths: tuple[int, ...] = (32, 64, 128, 256)
+    conv_depths: tuple[int, ...] = (1, 2, 2)
     name: str = field(default="custom", compare=False)
 
     @property
@@ -46,16 +52,21 @@ class SamConfig:
 
     def to_dict(self) -> dict[str, object]:
         d = dataclasses.asdict(self)
-        d["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
+        for key in _TUPLE_FIELDS:
+            d[key] = list(getattr(self, key))
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> "SamConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
-        if "encoder_global_attn_indexes" in kwargs:
-            kwargs["encoder_global_attn_indexes"] = tuple(kwargs["encoder_global_attn_indexes"])  # type: ignore[arg-type]
+        for key in _TUPLE_FIELDS:
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])  # type: ignore[arg-type]
         return cls(**kwargs)  # type: ignore[arg-type]
+
+
+_TUPLE_FIELDS = ("encoder_global_attn_indexes", "conv_widths", "conv_depths")
 
 
 PRESETS: dict[str, SamConfig] = {
@@ -87,24 +98,37 @@ PRESETS: dict[str, SamConfig] = {
         iou_head_hidden_dim=64,
         name="tiny",
     ),
+    # The small default model's family: a convolutional encoder (model/conv_encoder.py) at 256 px to
+    # SAM's 16 x 16 x 256 grid, SAM's prompt encoder and standard decoder.
+    "conv_small": SamConfig(image_size=256, image_encoder_type="conv", name="conv_small"),
 }
 
 
 def build_sam(config: SamConfig) -> Sam:
     """A randomly initialised model with the given configuration."""
     grid = config.image_embedding_size
-    encoder = ImageEncoderViT(
-        img_size=config.image_size,
-        patch_size=config.patch_size,
-        embed_dim=config.encoder_embed_dim,
-        depth=config.encoder_depth,
-        num_heads=config.encoder_num_heads,
-        mlp_ratio=config.mlp_ratio,
-        out_chans=config.prompt_embed_dim,
-        window_size=config.window_size,
-        global_attn_indexes=tuple(config.encoder_global_attn_indexes),
-        drop_path_rate=config.drop_path_rate,
-    )
+    encoder: ImageEncoderViT | ConvImageEncoder
+    if config.image_encoder_type == "conv":
+        if config.patch_size != ConvImageEncoder.stride:
+            raise ValueError(f"a conv encoder has stride {ConvImageEncoder.stride}; patch_size is {config.patch_size}")
+        encoder = ConvImageEncoder(
+            config.image_size, tuple(config.conv_widths), tuple(config.conv_depths), config.prompt_embed_dim  # type: ignore[arg-type]
+        )
+    elif config.image_encoder_type != "vit":
+        raise ValueError(f"image_encoder_type must be 'vit' or 'conv', not {config.image_encoder_type!r}")
+    else:
+        encoder = ImageEncoderViT(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            embed_dim=config.encoder_embed_dim,
+            depth=config.encoder_depth,
+            num_heads=config.encoder_num_heads,
+            mlp_ratio=config.mlp_ratio,
+            out_chans=config.prompt_embed_dim,
+            window_size=config.window_size,
+            global_attn_indexes=tuple(config.encoder_global_attn_indexes),
+            drop_path_rate=config.drop_path_rate,
+        )
     prompt_encoder = PromptEncoder(
         embed_dim=config.prompt_embed_dim,
         image_embedding_size=(grid, grid),

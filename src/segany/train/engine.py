@@ -29,7 +29,14 @@ import torch.nn.functional as F
 
 from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, supports
 from segany.model import Sam
-from segany.ops.clicks import error_region_points, noisy_boxes, round_schedule, sample_points_uniform
+from segany.ops.clicks import (
+    center_point,
+    error_region_points,
+    next_click,
+    noisy_boxes,
+    round_schedule,
+    sample_points_uniform,
+)
 from segany.train.config import ConfigError, LoopSection
 from segany.train.losses import sam_loss
 
@@ -72,6 +79,56 @@ def _generators(batch: list[dict[str, Any]], seed: int, device: torch.device) ->
     return gens
 
 
+def rounds_of_step(loop: LoopSection, step: int) -> int:
+    """Rounds simulated at ``step``: ``loop.num_rounds``, or, when ``loop.min_rounds`` is set, a number
+    drawn uniformly from ``[min_rounds, num_rounds]`` per step (the same on every process).
+
+    The prompts still follow the ``num_rounds`` schedule; the simulation is only cut short. With
+    ``loss_rounds = "first_last"`` every click count of the schedule is trained, at about half the
+    cost of running every round each step."""
+    if loop.min_rounds is None or loop.min_rounds >= loop.num_rounds:
+        return loop.num_rounds
+    rng = np.random.default_rng([loop.seed, step, 3])
+    return int(rng.integers(loop.min_rounds, loop.num_rounds + 1))
+
+
+def _mix_center_clicks(
+    pts: torch.Tensor,
+    labels: torch.Tensor | None,
+    pred: torch.Tensor | None,
+    gt: torch.Tensor,
+    probability: float,
+    generator: torch.Generator,
+) -> None:
+    """Replace, in place and with ``probability`` per row, a uniformly drawn click by the evaluation
+    clicker's (:func:`segany.ops.clicks.center_point` when ``pred`` is None, else
+    :func:`segany.ops.clicks.next_click` in "center" mode), so training also sees the clicks a user or
+    the benchmark makes.
+
+    Args:
+        pts: float ``(B, 2)`` clicks; labels: int ``(B,)`` (None for a first click).
+        pred, gt: bool ``(B, H, W)`` current prediction (None for a first click) and ground truth.
+    """
+    if probability <= 0:
+        return
+    pick = torch.rand(len(pts), generator=generator, device=pts.device) < probability
+    rows = torch.nonzero(pick).squeeze(1).tolist()
+    if not rows:
+        return
+    gt_np = gt[rows].cpu().numpy()
+    pred_np = pred[rows].cpu().numpy() if pred is not None else None
+    for j, row in enumerate(rows):
+        if pred_np is None:
+            xy = center_point(gt_np[j])
+            if xy is not None:
+                pts[row] = torch.tensor(xy, dtype=pts.dtype)
+            continue
+        click = next_click(pred_np[j], gt_np[j])
+        if click is not None and labels is not None:
+            pts[row] = torch.tensor((click.x, click.y), dtype=pts.dtype)
+            labels[row] = int(click.is_positive)
+
+
 def interactive_step(
     model: Sam,
     batch: list[dict[str, Any]],
@@ -89,6 +146,7 @@ def interactive_step(
     """
     if loop.loss_rounds not in ("all", "first_last"):
         raise ConfigError(f"loop.loss_rounds must be 'all' or 'first_last', not {loop.loss_rounds!r}")
+    num_rounds = rounds_of_step(loop, int(batch[0]["step"]))
     device = model.device
     s = model.image_size
     autocast = (
@@ -131,7 +189,9 @@ def interactive_step(
     for i, rows in enumerate(rows_of):
         g = gens[i]
         use_box[rows] = torch.rand(len(rows), generator=g, device=device) < loop.box_probability
-        first_pts[rows] = sample_points_uniform(gt[rows], generator=g)
+        pts = sample_points_uniform(gt[rows], generator=g)
+        _mix_center_clicks(pts, None, None, gt[rows], loop.center_click_probability, g)
+        first_pts[rows] = pts
         h, w = batch[i]["masks"].shape[-2:]
         boxes[rows] = noisy_boxes(
             _boxes_of(gt[rows]), loop.box_noise_fraction, loop.box_noise_max, generator=g, image_size=(h, w)
@@ -156,9 +216,9 @@ def interactive_step(
     sums = {k: torch.zeros(n_rows, device=device) for k in ("focal", "dice", "iou_loss")}
     iou_first = iou_last = torch.zeros(n_rows, device=device)
     loss_rounds = 0
-    for r in range(loop.num_rounds):
+    for r in range(num_rounds):
         with_grad = torch.is_grad_enabled() and (
-            loop.loss_rounds == "all" or r in (0, loop.num_rounds - 1)
+            loop.loss_rounds == "all" or r in (0, num_rounds - 1)
         )
         with autocast, torch.set_grad_enabled(with_grad):
             k = extra_pts.shape[1]
@@ -229,7 +289,7 @@ def interactive_step(
         if r == 0:
             iou_first = true_iou
         iou_last = true_iou
-        if r == loop.num_rounds - 1:
+        if r == num_rounds - 1:
             break
         # Feed back the chosen mask's logits and, where the schedule says so, add a point.
         row_idx = torch.arange(n_rows, device=device)
@@ -240,6 +300,7 @@ def interactive_step(
         for i, rows in enumerate(rows_of):
             if schedules[i][r + 1]:
                 p, lbl = error_region_points(pred[rows], gt[rows], generator=gens[i])
+                _mix_center_clicks(p, lbl, pred[rows], gt[rows], loop.center_click_probability, gens[i])
                 new_pts[rows, 0] = p
                 new_lbl[rows, 0] = lbl
         extra_pts = torch.cat([extra_pts, new_pts], dim=1)
