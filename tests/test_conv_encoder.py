@@ -66,7 +66,9 @@ def test_build_sam_refuses_unknown_encoder_type_and_wrong_stride() -> None:
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-def test_checkpoint_round_trip_reads_the_family_off_the_weights(tmp_path: Path, suffix: str) -> None:
+def test_checkpoint_round_trip_reads_the_family_off_the_weights(
+    tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = _model()
     path = save_checkpoint(model, tmp_path / f"conv{suffix}")
     loaded = segany.load_model(path)
@@ -75,6 +77,11 @@ def test_checkpoint_round_trip_reads_the_family_off_the_weights(tmp_path: Path, 
     x = torch.rand(1, 3, 64, 64) * 255
     with torch.no_grad():
         assert torch.equal(loaded.image_encoder(loaded.preprocess(x)), model.image_encoder(model.preprocess(x)))
+    # segany info describes the encoder it found
+    from segany.cli.main import main
+
+    assert main(["info", str(path)]) == 0
+    assert "convolutional, widths [8, 8, 16, 16]" in capsys.readouterr().out
     # the preset's own sizes are named as the preset
     assert infer_config(build_sam(PRESETS["conv_small"]).state_dict()).name == "conv_small"
 

@@ -57,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
           f"decoder {parts['mask_decoder'] / 1e6:.2f} M)")
     print(f"input size:    {c.image_size} px, patch {c.patch_size}, embedding grid "
           f"{c.image_embedding_size}x{c.image_embedding_size}")
-    print(f"encoder:       width {c.encoder_embed_dim}, depth {c.encoder_depth}, heads {c.encoder_num_heads}, "
-          f"window {c.window_size}, global blocks {list(c.encoder_global_attn_indexes)}")
+    if getattr(c, "image_encoder_type", "vit") == "conv":
+        print(f"encoder:       convolutional, widths {list(c.conv_widths)}, residual blocks {list(c.conv_depths)}")
+    else:
+        print(f"encoder:       width {c.encoder_embed_dim}, depth {c.encoder_depth}, heads {c.encoder_num_heads}, "
+              f"window {c.window_size}, global blocks {list(c.encoder_global_attn_indexes)}")
     print(f"decoder:       width {c.prompt_embed_dim}, depth {c.decoder_depth}, heads {c.decoder_num_heads}, "
           f"MLP {c.decoder_mlp_dim}, {c.num_multimask_outputs} multimask outputs")
     return 0
