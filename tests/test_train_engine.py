@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-import segany.train.engine as engine
+from segany.io.rle import encode_mask
 from segany.model import PRESETS, build_sam
 from segany.ops.clicks import round_schedule
+from segany.train import engine
 from segany.train.config import LoopSection, OptimSection, load_config, parse_override
 from segany.train.data import CachedImage, StepBatchSampler, TrainDataset
-from segany.io.rle import encode_mask
 from segany.train.optim import lr_factor, param_groups
 
 

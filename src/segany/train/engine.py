@@ -384,8 +384,7 @@ def interactive_step(
             res, logits = _round_loss(low, iou_pred, t, p, loop, s)
         if with_grad:
             per_row_loss = per_row_loss + res.total
-            for name in sums:
-                sums[name] = sums[name] + res.terms[name]
+            sums = {name: value + res.terms[name] for name, value in sums.items()}
             loss_rounds += 1
         if r == 0:
             iou_first = res.true_iou

@@ -30,11 +30,22 @@ from segany.io.checkpoint import load_checkpoint, save_checkpoint
 from segany.model import PRESETS, Sam, build_sam
 from segany.train import distributed as dist_utils
 from segany.train.config import ConfigError, TrainConfig
-from segany.train.data import StepBatchSampler, TrainDataset, build_cache, collate_list, split_dataset_spec
+from segany.train.data import (
+    StepBatchSampler,
+    TrainDataset,
+    build_cache,
+    collate_list,
+    split_dataset_spec,
+)
 from segany.train.engine import STAT_NAMES, interactive_step
 from segany.train.logs import MetricsLog, plot_losses
 from segany.train.optim import build_optimizer, build_scheduler, lr_factor
-from segany.train.state import TrainingStateError, load_training_state, save_training_state, set_rng_state
+from segany.train.state import (
+    TrainingStateError,
+    load_training_state,
+    save_training_state,
+    set_rng_state,
+)
 from segany.train.validate import validate_config
 
 

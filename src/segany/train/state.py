@@ -91,7 +91,7 @@ def save_training_state(
 def _load(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file; all mean "can't resume from it"
+    except Exception as exc:  # noqa: BLE001 -- torch raises many types for a bad file; all mean "can't resume from it"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TrainingStateError(
             f"{path}: cannot resume from it (truncated, corrupt, or holding more than plain data): {first[:160]}"

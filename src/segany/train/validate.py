@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 
-
 def _finite(v: float) -> bool:
     return math.isfinite(v)
 
