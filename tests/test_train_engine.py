@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-import segany.train.engine as engine
+from segany.io.rle import encode_mask
 from segany.model import PRESETS, build_sam
 from segany.ops.clicks import round_schedule
+from segany.train import engine
 from segany.train.config import LoopSection, OptimSection, load_config, parse_override
 from segany.train.data import CachedImage, StepBatchSampler, TrainDataset
-from segany.io.rle import encode_mask
 from segany.train.optim import lr_factor, param_groups
 
 
@@ -196,3 +196,59 @@ def test_config_overrides(tmp_path) -> None:
         load_config(recipe, ["loop.nope=1"])
     with pytest.raises(ConfigError):
         load_config(recipe, ["steps=1"])
+
+
+def test_random_round_counts_cover_the_range_and_repeat_per_step() -> None:
+    fixed = LoopSection(num_rounds=11)
+    assert {engine.rounds_of_step(fixed, s) for s in range(20)} == {11}
+    loop = LoopSection(num_rounds=11, min_rounds=2, seed=4)
+    counts = [engine.rounds_of_step(loop, s) for s in range(300)]
+    assert set(counts) == set(range(2, 12))
+    assert counts == [engine.rounds_of_step(loop, s) for s in range(300)]
+
+
+def test_centre_clicks_are_the_evaluation_clickers() -> None:
+    from segany.ops.clicks import center_point, next_click
+
+    gt = torch.zeros(2, 32, 32, dtype=torch.bool)
+    gt[0, 4:20, 6:30] = True
+    gt[1, 10:30, 2:12] = True
+    pred = torch.zeros_like(gt)
+    pred[0, 4:20, 6:12] = True  # misses most of the object: a positive click in the false negatives
+    pred[1, 0:32, 0:20] = True  # spills far out: a negative click in the false positives
+    g = torch.Generator().manual_seed(0)
+    pts = torch.full((2, 2), -1.0)
+    engine._mix_center_clicks(pts, None, None, gt, 1.0, g)
+    assert [tuple(p) for p in pts.long().tolist()] == [center_point(m.numpy()) for m in gt]
+    lbl = torch.full((2,), -1, dtype=torch.long)
+    engine._mix_center_clicks(pts, lbl, pred, gt, 1.0, g)
+    for i in range(2):
+        c = next_click(pred[i].numpy(), gt[i].numpy())
+        assert (int(pts[i, 0]), int(pts[i, 1]), bool(lbl[i])) == (c.x, c.y, c.is_positive)
+    assert lbl.tolist() == [1, 0]
+    before = pts.clone()
+    engine._mix_center_clicks(pts, lbl, pred, gt, 0.0, g)  # probability 0: untouched
+    assert torch.equal(pts, before)
+
+
+def test_flips_and_colour_jitter_keep_masks_on_their_pixels() -> None:
+    from segany.train.data import photometric_jitter
+
+    image = np.zeros((16, 24, 3), np.uint8)
+    image[2:6, 1:5] = 200  # a bright square in the top-left corner, and its mask
+    mask = np.zeros((16, 24), bool)
+    mask[2:6, 1:5] = True
+    item = CachedImage(image, [encode_mask(mask)], np.array([mask.mean()]), np.array([mask.sum()]), "x")
+    ds = TrainDataset([item], 24, 1, hflip=True, color_jitter=0.3, seed=0)
+    flipped = 0
+    for step in range(12):
+        out = ds[(0, step)]
+        img, m = out["image"].numpy(), out["masks"][0].numpy()
+        bright = img.mean(0) > img.mean()
+        assert np.array_equal(bright, m)  # the mask follows the square whichever way the image went
+        flipped += int(m[:, -1].any() or m[:, 19:].any())
+    assert 0 < flipped < 12  # both orientations occur
+    rng = np.random.default_rng(0)
+    assert np.array_equal(photometric_jitter(image, 0.0, rng), image)
+    jittered = photometric_jitter(image, 0.5, np.random.default_rng(1))
+    assert jittered.dtype == np.uint8 and jittered.shape == image.shape and not np.array_equal(jittered, image)

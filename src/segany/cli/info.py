@@ -148,7 +148,9 @@ def _print(info: dict[str, Any]) -> None:
           f"decoder {parts['mask_decoder'] / 1e6:.2f} M)")
     grid = c["image_size"] // (16 if c["encoder"] == "tiny_vit" else c["patch_size"])
     print(f"input size:    {c['image_size']} px, embedding grid {grid}x{grid}")
-    if c["encoder"] == "tiny_vit":
+    if c["encoder"] == "conv":
+        print(f"encoder:       convolutional, widths {c['conv_widths']}, residual blocks {c['conv_depths']}")
+    elif c["encoder"] == "tiny_vit":
         print(f"encoder:       TinyViT, widths {c['tiny_vit_dims']}, depths {c['tiny_vit_depths']}, "
               f"heads {c['tiny_vit_heads'][1:]}, windows {c['tiny_vit_windows'][1:]}")
     else:

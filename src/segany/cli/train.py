@@ -9,6 +9,7 @@ HELP = "train or fine-tune a SAM model from a recipe (one process or torchrun)"
 EXAMPLES = """examples:
   segany train recipes/tiny_smoke.toml --output runs/tiny_smoke
   segany train recipes/tiny_smoke.toml loop.steps=40 --output runs/tiny_smoke --resume
+  segany train recipes/tiny_smoke.toml --output runs/tiny_smoke --overwrite
   torchrun --standalone --nproc_per_node 2 -m segany train recipes/tiny_smoke.toml --output runs/tiny_ddp
   segany train recipes/finetune_vit_b.toml model.init=sam_vit_b_01ec64.pth --output runs/ft
 overrides are SECTION.KEY=VALUE with TOML values (optim.lr=1e-4, loop.bf16=true, data.masks_per_image=16)."""
@@ -29,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", "-o", default=None, help="run folder (default: runs/<recipe name>)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt if it exists")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an earlier run in OUTPUT (without it or --resume, a folder holding a run is refused)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
@@ -40,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, [*args.overrides, *args.set])
     output = Path(args.output) if args.output else Path("runs") / cfg.name
-    result = train(cfg, output, resume=args.resume, progress=not args.no_progress)
+    result = train(cfg, output, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if result.weights is not None:
         figures = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         print(f"done: step {result.step} in {result.seconds:.0f} s; {figures}; weights: {result.weights}")

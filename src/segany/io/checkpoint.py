@@ -157,8 +157,20 @@ def infer_config(state: dict[str, torch.Tensor], name: str = "custom") -> SamCon
 
 
 def _infer(state: dict[str, torch.Tensor], name: str) -> SamConfig:
+    from segany.model.conv_encoder import infer_conv_encoder, is_conv_state_dict
+
     if "image_encoder.patch_embed.seq.0.c.weight" in state:
         config = _infer_tiny_vit(state)
+    elif is_conv_state_dict(state):
+        try:
+            conv = infer_conv_encoder(state)
+        except KeyError as exc:
+            raise CheckpointError(f"cannot infer the architecture: key {exc} is missing") from None
+        config = SamConfig(encoder="conv", **conv)  # type: ignore[arg-type]
+        if not 16 <= config.image_size <= 4096 or config.image_size % 16:
+            raise CheckpointError(
+                f"cannot infer the architecture: input size {config.image_size} is not a multiple of 16 in 16..4096"
+            )
     elif "image_encoder.patch_embed.proj.weight" in state:
         config = _infer_vit(state)
     else:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from segany.model.hq import ImageEncoderViTHQ, MaskDecoderHQ
+from segany.model.conv_encoder import ConvImageEncoder
 from segany.model.image_encoder import ImageEncoderViT
 from segany.model.mask_decoder import MaskDecoder
 from segany.model.prompt_encoder import PromptEncoder
@@ -52,6 +53,10 @@ class SamConfig:
     tiny_vit_conv_ratio: float = 4.0
     tiny_vit_classes: int = 1000
     hq: bool = False
+    # encoder "conv" (model/conv_encoder.py, the small default model's family): these widths and depths;
+    # patch_size is then its stride, 16.
+    conv_widths: tuple[int, ...] = (32, 64, 128, 256)
+    conv_depths: tuple[int, ...] = (1, 2, 2)
     name: str = field(default="custom", compare=False)
 
     @property
@@ -83,6 +88,8 @@ class SamConfig:
         kwargs = {k: v for k, v in d.items() if k in names}
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}  # type: ignore[arg-type]
         return cls(**kwargs)  # type: ignore[arg-type]
+
+
 
 
 PRESETS: dict[str, SamConfig] = {
@@ -117,6 +124,9 @@ PRESETS: dict[str, SamConfig] = {
     # MobileSAM: TinyViT-5M encoder, SAM's prompt encoder and decoder.
     "mobile_sam": SamConfig(encoder="tiny_vit", name="mobile_sam"),
     "sam_hq_vit_b": SamConfig(hq=True, name="sam_hq_vit_b"),
+    # The small default model's family: a convolutional encoder (model/conv_encoder.py) at 256 px to
+    # SAM's 16 x 16 x 256 grid, SAM's prompt encoder and standard decoder.
+    "conv_small": SamConfig(image_size=256, encoder="conv", name="conv_small"),
 }
 PRESETS["sam_hq_vit_l"] = PRESETS["vit_l"].replace(hq=True, name="sam_hq_vit_l")
 PRESETS["sam_hq_vit_h"] = PRESETS["vit_h"].replace(hq=True, name="sam_hq_vit_h")
@@ -127,7 +137,13 @@ def build_sam(config: SamConfig) -> Sam:
     """A randomly initialised model with the given configuration."""
     grid = config.image_embedding_size
     encoder: nn.Module
-    if config.encoder == "tiny_vit":
+    if config.encoder == "conv":
+        if config.patch_size != ConvImageEncoder.stride:
+            raise ValueError(f"a conv encoder has stride {ConvImageEncoder.stride}; patch_size is {config.patch_size}")
+        encoder = ConvImageEncoder(
+            config.image_size, tuple(config.conv_widths), tuple(config.conv_depths), config.prompt_embed_dim
+        )
+    elif config.encoder == "tiny_vit":
         encoder = TinyViT(
             img_size=config.image_size,
             dims=tuple(config.tiny_vit_dims),
@@ -155,7 +171,7 @@ def build_sam(config: SamConfig) -> Sam:
             drop_path_rate=config.drop_path_rate,
         )
     else:
-        raise ValueError(f"encoder must be 'vit' or 'tiny_vit', got {config.encoder!r}")
+        raise ValueError(f"encoder must be 'vit', 'tiny_vit' or 'conv', got {config.encoder!r}")
     prompt_encoder = PromptEncoder(
         embed_dim=config.prompt_embed_dim,
         image_embedding_size=(grid, grid),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from segany.errors import SeganyError
+from segany.train.validate import validate_config
 
 
 class ConfigError(SeganyError):
@@ -47,6 +49,8 @@ class DataSection:
     min_mask_pixels: int = 4  # masks smaller than this after resizing are dropped
     large_scale_jitter: bool = False
     jitter_scale: tuple[float, float] = (0.1, 2.0)
+    hflip: bool = False  # mirror half of the images
+    color_jitter: float = 0.0  # brightness, contrast and saturation scaled by 1 + U(-x, x)
     cache_dir: str | None = None  # resized images and masks are cached here (default: OUTPUT/cache)
     num_workers: int = 0
     limit_per_dataset: int | None = None
@@ -74,8 +78,10 @@ class LoopSection:
     global_batch: int = 4  # images per optimiser step, whatever the number of processes
     micro_batch: int | None = None  # images per forward pass per process (accumulate the rest)
     num_rounds: int = 11  # paper: 1 initial prompt + 8 point rounds + 2 rounds without a new point
+    min_rounds: int | None = None  # set: each step runs a random number of rounds in [min_rounds, num_rounds]
     loss_rounds: str = "all"  # "all", or "first_last": the other rounds run without gradient (faster)
     box_probability: float = 0.5  # round 1 prompt: a noisy box with this probability, else a point
+    center_click_probability: float = 0.0  # clicks at the error region's centre (the evaluation clicker) instead of uniform
     box_noise_fraction: float = 0.1
     box_noise_max: float = 20.0
     loss_size: int | None = None  # side at which mask losses are computed; None = the input size
@@ -190,8 +196,14 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
             d = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not a text file (a recipe is UTF-8 TOML)") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read the recipe ({exc.strerror or exc})") from None
         name, base = p.stem, str(p.resolve().parent)
     for text in overrides or []:
         section, key, value = parse_override(text)
         d.setdefault(section, {})[key] = value
-    return config_from_dict(d, name=name, base_dir=base)
+    cfg = config_from_dict(d, name=name, base_dir=base)
+    validate_config(cfg)
+    return cfg

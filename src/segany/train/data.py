@@ -1,8 +1,10 @@
 """Training data: images resized to the model's input size, a few sampled masks per image.
 
 Reading and resizing the originals is slow on a small machine (BSDS500 alone has 56k masks), so each
-data set is resized once and cached (``<cache_dir>/<name>-<split>-<size>.pkl``: images at the model's
-long-side size, masks as COCO RLE at that size). Every item is then cheap: decode a few RLEs.
+data set is resized once and cached (``<cache_dir>/<name>-<split>-<size>-<digest>.npz``: images at the
+model's long-side size as uint8 arrays, masks as COCO RLE at that size in a JSON string). The cache is
+read with ``allow_pickle=False``: a planted file can hold wrong data, never code. Every item is then
+cheap: decode a few RLEs.
 
 Randomness (which masks, the jitter) depends only on ``(seed, step, image index)``, so a run that
 resumes, or runs on any number of processes, sees the same items as an uninterrupted one.
@@ -11,8 +13,9 @@ resumes, or runs on any number of processes, sees the same items as an uninterru
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
-import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,7 @@ from segany.io.files import atomic_write_bytes
 from segany.io.rle import decode_rle, encode_mask
 from segany.ops.transforms import ResizeLongestSide
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -70,10 +73,12 @@ def build_cache(
     root = Path(root)
     key = f"{root.resolve()}|{split}|{size}|{limit}|{CACHE_VERSION}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-    cache = Path(cache_dir) / f"{root.name}-{(split or 'all').replace('+', '_')}-{size}-{digest}.pkl"
+    cache = Path(cache_dir) / f"{root.name}-{(split or 'all').replace('+', '_')}-{size}-{digest}.npz"
     if cache.is_file():
-        with open(cache, "rb") as f:
-            return pickle.load(f)  # our own cache file, written below
+        try:
+            return read_cache(cache)
+        except (ValueError, KeyError, OSError, TypeError) as exc:
+            raise ValueError(f"{cache}: unreadable training cache ({exc}); delete it to rebuild") from None
     dataset = SegmentationDataset(root, split=split, limit=limit)
     resize = ResizeLongestSide(size)
     items: list[CachedImage] = []
@@ -95,7 +100,36 @@ def build_cache(
             CachedImage(image, rles, np.asarray(fractions, float), np.asarray(pixels, int), f"{root.name}/{sample.file_name}")
         )
     cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(cache, pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+    write_cache(cache, items)
+    return items
+
+
+def write_cache(path: Path, items: Sequence[CachedImage]) -> None:
+    """Images as ``image{i}`` arrays and everything else as one JSON string, in an ``.npz``, atomically."""
+    meta = [
+        {"rles": it.rles, "area_fraction": it.area_fraction.tolist(), "pixels": it.pixels.tolist(), "source": it.source}
+        for it in items
+    ]
+    arrays = {f"image{i}": it.image for i, it in enumerate(items)}
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_cache(path: Path) -> list[CachedImage]:
+    """The items of a cache written by :func:`write_cache` (no pickles are loaded)."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes().decode())
+        items = []
+        for i, m in enumerate(meta):
+            image = z[f"image{i}"]
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"image{i} is not a uint8 (h, w, 3) array")
+            items.append(
+                CachedImage(
+                    image, list(m["rles"]), np.asarray(m["area_fraction"], float), np.asarray(m["pixels"], int), str(m["source"])
+                )
+            )
     return items
 
 
@@ -128,6 +162,20 @@ def large_scale_jitter(
     return image[crop], masks[(slice(None), *crop)]
 
 
+def photometric_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness, contrast and saturation, each scaled by ``1 + U(-strength, strength)``.
+
+    Args:
+        image: uint8 (h, w, 3). Returns a new uint8 (h, w, 3).
+    """
+    b, c, s = (1.0 + rng.uniform(-strength, strength, size=3)).tolist()
+    x = image.astype(np.float32) * b
+    x = (x - x.mean()) * c + x.mean()
+    grey = x.mean(axis=2, keepdims=True)
+    x = (x - grey) * s + grey
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
 class TrainDataset(Dataset):
     """Cached images with up to ``masks_per_image`` sampled masks each.
 
@@ -145,8 +193,12 @@ class TrainDataset(Dataset):
         min_mask_pixels: int = 4,
         jitter: tuple[float, float] | None = None,
         seed: int = 0,
+        hflip: bool = False,
+        color_jitter: float = 0.0,
     ) -> None:
         self.size = size
+        self.hflip = hflip
+        self.color_jitter = color_jitter
         self.masks_per_image = masks_per_image
         self.jitter = jitter
         self.min_mask_pixels = min_mask_pixels
@@ -179,6 +231,10 @@ class TrainDataset(Dataset):
                 image = item.image
             else:
                 masks = masks[keep]
+        if self.hflip and rng.random() < 0.5:
+            image, masks = image[:, ::-1], masks[:, :, ::-1]
+        if self.color_jitter > 0:
+            image = photometric_jitter(image, self.color_jitter, rng)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous(),
             "masks": torch.from_numpy(np.ascontiguousarray(masks)),

@@ -16,7 +16,6 @@ Resume after an interruption (same output folder)::
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +25,28 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from segany.errors import SeganyError
 from segany.io.checkpoint import load_checkpoint, save_checkpoint
 from segany.model import PRESETS, Sam, build_sam
 from segany.train import distributed as dist_utils
 from segany.train.config import ConfigError, TrainConfig
-from segany.train.data import StepBatchSampler, TrainDataset, build_cache, collate_list, split_dataset_spec
+from segany.train.data import (
+    StepBatchSampler,
+    TrainDataset,
+    build_cache,
+    collate_list,
+    split_dataset_spec,
+)
 from segany.train.engine import STAT_NAMES, interactive_step
 from segany.train.logs import MetricsLog, plot_losses
 from segany.train.optim import build_optimizer, build_scheduler, lr_factor
-from segany.train.state import load_training_state, save_training_state, set_rng_state
+from segany.train.state import (
+    TrainingStateError,
+    load_training_state,
+    save_training_state,
+    set_rng_state,
+)
+from segany.train.validate import validate_config
 
 
 @dataclass
@@ -96,62 +108,71 @@ def build_dataset(cfg: TrainConfig, size: int, cache_dir: Path, is_main: bool) -
         d.min_mask_pixels,
         jitter=tuple(d.jitter_scale) if d.large_scale_jitter else None,
         seed=cfg.loop.seed,
+        hflip=d.hflip,
+        color_jitter=d.color_jitter,
     )
 
 
-def train(
-    cfg: TrainConfig,
-    output: str | Path,
-    resume: bool = False,
-    progress: bool = True,
-) -> TrainResult:
-    """Run (or resume) the recipe ``cfg``, writing everything under ``output``.
+class RunFolderError(SeganyError):
+    """The output folder holds an earlier run and neither resuming nor overwriting was asked for."""
 
-    Writes ``checkpoint.pt`` (resumable state), ``model.safetensors`` and ``model.pth`` (weights in
-    the official key layout), ``metrics.csv``, ``loss.png`` and ``recipe.toml``-equivalent
-    ``config.json``. Works unchanged under torchrun.
-    """
-    from segany.io.files import atomic_write_json
 
-    t_start = time.time()
-    info = dist_utils.init_distributed(cfg.loop.device)
-    loop = cfg.loop
-    if loop.threads:
-        torch.set_num_threads(loop.threads)
-    output = Path(output)
-    if info.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(output / "config.json", cfg.to_dict(), indent=2)
-    torch.manual_seed(loop.seed)
-    model = build_model(cfg).to(info.device).train()
-    dist_utils.broadcast_parameters(model)
-    depth = len(model.image_encoder.blocks)
-    optimizer = build_optimizer(model, cfg.optim, depth)
-    scheduler = build_scheduler(optimizer, cfg.optim)
-    start_step = 0
-    state = load_training_state(output, info.rank) if resume else None
-    if state is not None:
+class TrainingDiverged(SeganyError):
+    """The loss became NaN or infinite; the run stopped before that step's update."""
+
+
+# Files a run writes at its top level (the cache folder is kept on --overwrite: it only depends on the data).
+RUN_FILES = ("checkpoint.pt", "model.safetensors", "model.pth", "metrics.csv", "loss.png", "config.json")
+
+
+def check_run_folder(output: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an output folder holding an earlier run unless ``resume`` or ``overwrite`` is set, and a
+    path that is not a folder; nothing is written."""
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other: choose one")
+    if output.exists() and not output.is_dir():
+        raise RunFolderError(f"{output}: exists and is not a folder")
+    earlier = [n for n in RUN_FILES if (output / n).exists()] + [p.name for p in output.glob("rng-rank*.pt")]
+    if earlier and not (resume or overwrite):
+        raise RunFolderError(
+            f"{output}: holds an earlier run ({', '.join(earlier[:3])}); pass --resume to continue it "
+            "or --overwrite to replace it"
+        )
+
+
+def _clear_run_files(output: Path) -> None:
+    for name in RUN_FILES:
+        (output / name).unlink(missing_ok=True)
+    for p in output.glob("rng-rank*.pt"):
+        p.unlink()
+
+
+def _restore(state: dict[str, Any], model: Sam, optimizer: Any, scheduler: Any, cfg: TrainConfig, device: torch.device) -> int:
+    """Load a saved training state into the new model, optimiser and scheduler; returns its step."""
+    try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_step = int(state["step"])
-        # The recipe's lr and schedule win over the saved ones (identical when the recipe is
-        # unchanged), so a resumed run can change them, e.g. to extend or shorten training.
-        scheduler.base_lrs = [cfg.optim.lr * g["lr_scale"] for g in optimizer.param_groups]
-        for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
-            g["lr"] = base * lr_factor(start_step, cfg.optim)
-        set_rng_state(state["rng"], info.device)
-    else:
-        # Drop path differs per process (like independent GPUs); everything else is seeded per item.
-        torch.manual_seed(loop.seed * 1000 + info.rank)
-        np.random.seed(loop.seed * 1000 + info.rank)
-    del state
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise TrainingStateError(f"the saved state does not fit this recipe's model ({str(exc).splitlines()[0][:200]})") from None
+    start_step = int(state["step"])
+    # The recipe's lr and schedule win over the saved ones (identical when the recipe is
+    # unchanged), so a resumed run can change them, e.g. to extend or shorten training.
+    scheduler.base_lrs = [cfg.optim.lr * g["lr_scale"] for g in optimizer.param_groups]
+    for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        g["lr"] = base * lr_factor(start_step, cfg.optim)
+    set_rng_state(state["rng"], device)
+    return start_step
 
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else output / "cache"
-    dataset = build_dataset(cfg, model.image_size, cache_dir, info.is_main)
-    sampler = StepBatchSampler(
-        len(dataset), loop.global_batch, start_step, loop.steps, info.rank, info.world, loop.micro_batch, loop.seed
-    )
+
+def _make_loader(cfg: TrainConfig, dataset: TrainDataset, start_step: int, info: Any) -> tuple[DataLoader, StepBatchSampler]:
+    loop = cfg.loop
+    try:
+        sampler = StepBatchSampler(
+            len(dataset), loop.global_batch, start_step, loop.steps, info.rank, info.world, loop.micro_batch, loop.seed
+        )
+    except ValueError as exc:
+        raise ConfigError(f"loop.global_batch: {exc}") from None
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -159,6 +180,104 @@ def train(
         num_workers=cfg.data.num_workers,
         persistent_workers=False,
     )
+    return loader, sampler
+
+
+def _check_finite(out: Any, batch: list[dict[str, Any]], step: int, device: torch.device) -> None:
+    """Stop at once on a NaN or infinite loss, naming the step (1-based, as logged) and the images.
+    Every process takes the decision together, so none is left waiting in a collective."""
+    bad = not bool(torch.isfinite(out.loss.detach()).all())
+    if dist_utils.any_process(bad, device):
+        images = ", ".join(str(item["index"]) for item in batch)
+        value = float(out.loss.detach()) if bad else "finite here, not on another process"
+        raise TrainingDiverged(
+            f"loss is {value} at step {step + 1} (images {images}); the run stopped before "
+            "updating the weights, the last checkpoint is intact: lower optim.lr or set optim.grad_clip, then --resume"
+        )
+
+
+class _Window:
+    """Sums of the step statistics between two log lines."""
+
+    def __init__(self) -> None:
+        self.sums = {k: 0.0 for k in STAT_NAMES}
+        self.images = 0.0
+        self.t0 = time.time()
+
+    def add(self, out: Any) -> None:
+        for k in STAT_NAMES:
+            self.sums[k] += out.stats[k]
+        self.images += out.images
+
+    def row(self, step: int, lr: float, info: Any, t_start: float) -> dict[str, float]:
+        sums = dist_utils.all_reduce_sum([self.sums[k] for k in STAT_NAMES] + [self.images], info.device)
+        n = max(sums[-1], 1.0)
+        elapsed = time.time() - self.t0
+        return {
+            "step": step,
+            "lr": lr,
+            **{k: sums[i] / n for i, k in enumerate(STAT_NAMES)},
+            "images_per_s": sums[-1] / max(elapsed, 1e-9),
+            "elapsed_s": time.time() - t_start,
+        }
+
+
+def train(
+    cfg: TrainConfig,
+    output: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Run (or resume) the recipe ``cfg``, writing everything under ``output``.
+
+    Writes ``checkpoint.pt`` (resumable state), ``model.safetensors`` and ``model.pth`` (weights in
+    the official key layout), ``metrics.csv``, ``loss.png`` and ``config.json`` (the recipe). Works
+    unchanged under torchrun. Nothing is written until the recipe validates, the output folder is
+    accepted (an earlier run needs ``resume`` or ``overwrite``) and a resumed state has been read.
+
+    Raises:
+        ConfigError: a bad setting (named). RunFolderError: an earlier run in ``output``.
+        TrainingStateError: an unreadable saved state. TrainingDiverged: a non-finite loss.
+    """
+    from segany.io.files import atomic_write_json
+
+    t_start = time.time()
+    validate_config(cfg)
+    output = Path(output)
+    check_run_folder(output, resume, overwrite)
+    state = load_training_state(output, 0) if resume else None  # read (and checked) before anything is written
+    if resume and state is None:
+        print(f"segany train: {output} holds no checkpoint.pt: starting from step 0", flush=True)
+    info = dist_utils.init_distributed(cfg.loop.device)
+    if info.rank != 0 and resume:
+        state = load_training_state(output, info.rank)
+    loop = cfg.loop
+    if loop.threads:
+        torch.set_num_threads(loop.threads)
+    torch.manual_seed(loop.seed)
+    model = build_model(cfg).to(info.device).train()
+    dist_utils.broadcast_parameters(model)
+    depth = len(getattr(model.image_encoder, "blocks", ()))  # layer decay applies to ViT blocks only
+    optimizer = build_optimizer(model, cfg.optim, depth)
+    scheduler = build_scheduler(optimizer, cfg.optim)
+    if state is not None:
+        start_step = _restore(state, model, optimizer, scheduler, cfg, info.device)
+    else:
+        start_step = 0
+        # Drop path differs per process (like independent GPUs); everything else is seeded per item.
+        torch.manual_seed(loop.seed * 1000 + info.rank)
+        np.random.seed(loop.seed * 1000 + info.rank)
+    del state
+    if info.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            _clear_run_files(output)
+        atomic_write_json(output / "config.json", cfg.to_dict(), indent=2)
+
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else output / "cache"
+    dataset = build_dataset(cfg, model.image_size, cache_dir, info.is_main)
+    loader, sampler = _make_loader(cfg, dataset, start_step, info)
     params = [p for p in model.parameters() if p.requires_grad]
     log = MetricsLog(output / "metrics.csv", start_step) if info.is_main else None
     bar = None
@@ -174,20 +293,17 @@ def train(
             flush=True,
         )
 
-    window = {k: 0.0 for k in STAT_NAMES}
-    window_images = 0.0
-    window_t = time.time()
+    window = _Window()
     last_ckpt_t = time.time()
     last_metrics: dict[str, float] = {}
     step = start_step
     micro = 0
     for batch in loader:
         out = interactive_step(model, batch, loop, cfg.model.freeze_image_encoder)
+        _check_finite(out, batch, step, info.device)
         # Each process's share of the global mean over images; the all-reduce averages it.
         (out.loss * (info.world / loop.global_batch)).backward()
-        for k in STAT_NAMES:
-            window[k] += out.stats[k]
-        window_images += out.images
+        window.add(out)
         micro += 1
         if micro < sampler.accumulation:
             continue
@@ -201,24 +317,13 @@ def train(
         step += 1
 
         if step % loop.log_every == 0 or step == loop.steps:
-            sums = dist_utils.all_reduce_sum([window[k] for k in STAT_NAMES] + [window_images], info.device)
-            n = max(sums[-1], 1.0)
-            elapsed = time.time() - window_t
-            last_metrics = {k: sums[i] / n for i, k in enumerate(STAT_NAMES)}
-            row = {
-                "step": step,
-                "lr": optimizer.param_groups[-1]["lr"],
-                **last_metrics,
-                "images_per_s": sums[-1] / max(elapsed, 1e-9),
-                "elapsed_s": time.time() - t_start,
-            }
+            row = window.row(step, optimizer.param_groups[-1]["lr"], info, t_start)
+            last_metrics = {k: row[k] for k in STAT_NAMES}
             if log is not None:
                 log.write(row)
             if bar is not None:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", iou=f"{row['iou_last']:.3f}", img_s=f"{row['images_per_s']:.2f}")
-            window = {k: 0.0 for k in STAT_NAMES}
-            window_images = 0.0
-            window_t = time.time()
+            window = _Window()
         if bar is not None:
             bar.update(1)
         due = step % loop.checkpoint_every == 0 or step == loop.steps
@@ -231,8 +336,6 @@ def train(
         bar.close()
     weights = output / "model.safetensors" if info.is_main else None
     dist_utils.barrier()
-    if not math.isfinite(last_metrics.get("loss", 0.0)):
-        raise FloatingPointError(f"training diverged: loss {last_metrics['loss']} at step {step}")
     return TrainResult(step=step, metrics=last_metrics, weights=weights, seconds=time.time() - t_start)
 
 
