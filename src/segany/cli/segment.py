@@ -65,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.overlay, suffixes=(".png",), inputs=[args.image], what="--overlay")
         if Path(args.overlay).resolve() in {p.resolve() for p in paths}:
             raise PromptError(f"--overlay {args.overlay} is also a mask output")
+
+    # The image before torch is imported: a refused decompression bomb costs ~40 MB, not a torch start.
+    image = read_image(args.image)
     if args.backend == "torch":  # the onnx backend says itself that it runs on the CPU
         check_device(args.device)
-
-    image = read_image(args.image)
     h, w = image.shape[:2]
     for x, y, _ in points:
         if not (0 <= x < w and 0 <= y < h):

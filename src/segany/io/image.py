@@ -66,8 +66,16 @@ def _stretch_to_uint8(array: np.ndarray) -> np.ndarray:
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Greyscale ``(H, W)`` / ``(H, W, 1)``, RGB, RGBA ``(H, W, 4)`` (alpha dropped), uint8, 16-bit or
-    float -> ``(H, W, 3)`` uint8 RGB. Raises :class:`ImageError` for anything else."""
-    image = np.asarray(image)
+    float -> ``(H, W, 3)`` uint8 RGB. Raises :class:`ImageError` for anything else (other shapes,
+    empty images, strings, dates, objects that are not numbers)."""
+    try:
+        image = np.asarray(image)
+        if image.dtype == object:  # e.g. nested lists of mixed ints and floats: numbers or nothing
+            image = image.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ImageError(f"expected an array of numbers, got {type(exc).__name__}: {exc}") from None
+    if image.dtype.kind not in "biufc":
+        raise ImageError(f"expected an image of numbers, got an array of dtype {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:
@@ -120,6 +128,7 @@ def read_image(
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check is off (see above); any warning it still has is an error here.
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data": handled below
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as im:
                 _check_size(p, *im.size, cap if isinstance(cap, int) else None)
