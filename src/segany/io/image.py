@@ -60,7 +60,9 @@ def _stretch_to_uint8(array: np.ndarray) -> np.ndarray:
     lo, hi = float(finite.min()), float(finite.max())
     if hi <= lo:
         return np.zeros(array.shape, np.uint8)
-    a = np.nan_to_num((a - lo) / (hi - lo), nan=0.0)
+    # Halved so that hi - lo cannot overflow for values near the float64 limits.
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = np.nan_to_num((a / 2 - lo / 2) / (hi / 2 - lo / 2), nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -71,6 +73,8 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     try:
         image = np.asarray(image)
         if image.dtype == object:  # e.g. nested lists of mixed ints and floats: numbers or nothing
+            if not all(isinstance(v, (int, float, np.number)) for v in image.flat):
+                raise TypeError("it holds values that are not numbers (None, strings, ...)")
             image = image.astype(np.float64)
     except (TypeError, ValueError) as exc:
         raise ImageError(f"expected an array of numbers, got {type(exc).__name__}: {exc}") from None
