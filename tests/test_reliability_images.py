@@ -124,6 +124,7 @@ def test_bomb_refused_by_the_cli_under_a_memory_limit(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 30
 
 
+@pytest.mark.slow
 def test_lifting_the_cap_on_a_bomb_fails_cleanly_for_lack_of_memory(tmp_path: Path) -> None:
     """With the cap removed on purpose, decoding 729 Mpx under a 1 GB limit runs out of memory: that must
     still be one clear line with exit 2, not a crash."""
