@@ -221,12 +221,16 @@ def test_killed_writers_leftovers_are_swept(tmp_path: Path) -> None:
     users = tmp_path / ".notes.tmp"
     users.write_text("not ours")
 
-    atomic_write_bytes(tmp_path / "m.png", b"new")  # sweeps the leftovers of m.png only
-    assert not stale_file.exists() and stale_dir.exists() and live.exists()
-    removed = sweep_stale_temps(tmp_path)
-    assert sorted(p.name for p in removed) == sorted([stale_dir.name, legacy_old.name])
+    removed = sweep_stale_temps(tmp_path, "m.png")  # the leftovers of writes to m.png only
+    assert removed == [stale_file] and stale_dir.exists() and live.exists()
+    stale_file.write_bytes(b"partial")
+    atomic_write_bytes(tmp_path / "m.png", b"new")  # the first write into a folder sweeps all of it
+    assert not stale_file.exists() and not stale_dir.exists() and not legacy_old.exists()
     assert live.exists() and other_host.exists() and legacy_new.exists() and users.exists()
     assert (tmp_path / "m.png").read_bytes() == b"new"
+    stale_file.write_bytes(b"partial")
+    atomic_write_bytes(tmp_path / "n.png", b"new")  # once per folder and process: no rescan
+    assert stale_file.exists() and sweep_stale_temps(tmp_path) == [stale_file]
 
 
 # -- SIGTERM ----------------------------------------------------------------------------------------------

@@ -139,6 +139,18 @@ def sweep_stale_temps(folder: str | os.PathLike[str], name: str | None = None) -
     return removed
 
 
+_SWEPT: set[str] = set()
+
+
+def _sweep_once(folder: Path) -> None:
+    """Sweep ``folder`` at the first write into it by this process: leftovers come from processes that
+    died before, and scanning a folder of thousands of outputs at every write would be quadratic."""
+    key = os.path.abspath(folder)
+    if key not in _SWEPT:
+        sweep_stale_temps(folder)
+        _SWEPT.add(key)
+
+
 def _describe(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -159,7 +171,7 @@ def _stage(target: Path, data: bytes) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{target}: cannot create its folder {folder} ({_describe(exc)})") from exc
-    sweep_stale_temps(folder, target.name)
+    _sweep_once(folder)
     tmp = temp_path(target)
     try:
         # O_EXCL: never clobber someone else's temporary file; mode 0o666 is filtered by the umask.
@@ -193,8 +205,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and return the path.
 
     Missing parent folders are created. The new file gets the usual permissions (0o666 minus the
-    umask), unlike :mod:`tempfile` files, which would be private to the user. Leftover temporary files
-    of earlier, killed writes to the same path are removed first (:func:`sweep_stale_temps`).
+    umask), unlike :mod:`tempfile` files, which would be private to the user. At the first write into a
+    folder, leftover temporary files of earlier, killed writers are removed (:func:`sweep_stale_temps`).
 
     Raises:
         OutputError: (also an ``OSError``) the folder cannot be made, the disk is full, the path is a
