@@ -207,7 +207,7 @@ class Scratch:
         png_bomb(inn / "big19k.png", 19000, 19000)
         good = Image.open(inn / "good1.jpg").convert("RGB")
         arr = np.asarray(good)
-        Image.fromarray((arr[:, :, 0].astype(np.uint16) * 257)).save(inn / "grey16.png")
+        Image.fromarray(arr[:, :, 0].astype(np.uint16) * 257).save(inn / "grey16.png")
         try:
             import cv2
 
@@ -225,7 +225,7 @@ class Scratch:
         f = arr[:, :, 0].astype(np.float32)
         f[5, 5] = np.nan
         Image.fromarray(f).save(inn / "float_nan.tif")
-        Image.fromarray((arr[:, :, 1].astype(np.uint16) * 257)).save(inn / "grey16.tif")
+        Image.fromarray(arr[:, :, 1].astype(np.uint16) * 257).save(inn / "grey16.tif")
         good.save(inn / "anim.gif", save_all=True, append_images=[Image.fromarray(255 - arr)])
         exif = Image.Exif()
         exif[0x0112] = 6
@@ -321,7 +321,6 @@ class Scratch:
     def datasets(self) -> None:
         coco = json.loads((self.data / "COCO_MVal" / "annotations.json").read_text())
         imgs = [i for i in coco["images"] if (i["width"], i["height"]) == (480, 640)][:3]
-        ids = {i["id"] for i in imgs}
         anns = []
         for i in imgs:
             first = next(a for a in coco["annotations"] if a["image_id"] == i["id"])
@@ -876,7 +875,7 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     (root / "tmp").mkdir(exist_ok=True)
     (root / "home_onnx" / ".cache").mkdir(parents=True, exist_ok=True)
-    log = lambda msg: print(f"[audit] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(f"[audit] {msg}", file=sys.stderr, flush=True)
     scratch = Scratch(root, args.data, log)
     ids = {c.id for c in cases}
     log(f"{len(cases)} cases; scratch folder {root}")

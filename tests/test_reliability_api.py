@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
 from sam_testing import random_tiny
+
 from segany import SamPredictor
 from segany.errors import ImageError, OutputError
 from segany.io.files import atomic_write_json, read_json

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from reliability_helpers import child_env, dead_pid, run_limited, unprivileged_wrapper
+
 from segany.cli.main import main
 from segany.errors import OutputError
 from segany.io import files
@@ -142,7 +142,6 @@ def test_read_only_folder_fails_before_the_model(tmp_path: Path, image: Path) ->
             "eval": ["eval", "boxes", "--data", str(tmp_path), "-o", str(ro / "rep")],
         }
         for name, argv in runs.items():
-            start = time.perf_counter()
             result = run_limited(argv, memory_bytes=None, wrapper=wrapper, timeout=120)
             assert result.returncode == 2, (name, result.stderr)
             assert "cannot write" in result.stderr and "Permission denied" in result.stderr, result.stderr
@@ -170,7 +169,7 @@ def test_disk_full_leaves_nothing(
         real(fd, data)
 
     monkeypatch.setattr(files, "_write_fd", write)
-    rc, out, err = _segment(capsys, str(image), "-p", "5,5", "-o", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "o.png"))
+    rc, _, err = _segment(capsys, str(image), "-p", "5,5", "-o", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "o.png"))
     assert rc == 2 and err.count("\n") == 1
     assert "o.png: cannot write (No space left on device)" in err
     assert _left(tmp_path) == ["m.png"] and (tmp_path / "m.png").read_bytes() == b"earlier mask"
@@ -186,7 +185,7 @@ def test_atomic_write_many_rolls_back_new_files_when_a_rename_fails(tmp_path: Pa
 
 
 def test_unhandled_os_error_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    import segany.cli.info as info
+    from segany.cli import info
 
     def boom(args: object) -> int:
         raise PermissionError(errno.EACCES, "Permission denied", "/some/where")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_eval_protocols import GT, make_bsds, make_dataset, square
 
 from segany.cli.main import main
 from segany.io import FormatError
-from test_eval_protocols import GT, make_bsds, make_dataset, square
 
 
 def _eval(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
@@ -19,7 +19,7 @@ def _eval(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-def _edit(root: Path, change) -> Path:  # noqa: ANN001
+def _edit(root: Path, change) -> Path:
     path = root / "annotations.json"
     coco = json.loads(path.read_text())
     change(coco)

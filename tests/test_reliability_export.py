@@ -12,19 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from reliability_helpers import dead_pid
 from sam_testing import random_tiny
 
 ort = pytest.importorskip("onnxruntime")
 
-from segany.cli.main import main  # noqa: E402
-from segany.errors import CheckpointError  # noqa: E402
-from segany.export import backend  # noqa: E402
-from segany.export import onnx as onnx_export  # noqa: E402
-from segany.export.onnx import MANIFEST, ExportError, _check, export_onnx  # noqa: E402
-from segany.io import files  # noqa: E402
-from segany.io.checkpoint import save_checkpoint  # noqa: E402
+from segany.cli.main import main
+from segany.errors import CheckpointError
+from segany.export import backend
+from segany.export import onnx as onnx_export
+from segany.export.onnx import MANIFEST, ExportError, _check, export_onnx
+from segany.io import files
+from segany.io.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +77,7 @@ def test_unsupported_opset_is_named(capsys: pytest.CaptureFixture[str], tmp_path
 
 
 def test_failed_export_leaves_nothing(model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(module, args, path, *rest):  # noqa: ANN001
+    def broken(module, args, path, *rest):
         Path(path).write_bytes(b"half a graph")
         raise OSError(28, "No space left on device")
 
@@ -114,7 +113,7 @@ def test_nan_outputs_fail_the_check(tmp_path: Path) -> None:
     assert _check(path, layer, args, ["x"]) < 1e-6
 
 
-def _predict_ok(predictor) -> None:  # noqa: ANN001
+def _predict_ok(predictor) -> None:
     image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     predictor.set_image(image)
     masks, scores, _ = predictor.predict(point_coords=np.array([[10.0, 10.0]]), point_labels=np.array([1]))

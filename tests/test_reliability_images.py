@@ -16,10 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
-
 from reliability_helpers import png_bomb, run_limited
+
 from segany.errors import ImageError, SeganyError
-from segany.io.image import DEFAULT_MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, max_image_pixels, read_image, to_rgb_uint8
+from segany.io.image import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    MAX_PIXELS_ENV,
+    max_image_pixels,
+    read_image,
+    to_rgb_uint8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +152,7 @@ def test_lifting_the_cap_on_a_bomb_fails_cleanly_for_lack_of_memory(tmp_path: Pa
 
 def _odd_files(tmp_path: Path, photo: np.ndarray) -> dict[str, Path]:
     rgb = Image.fromarray(photo)
-    grey16 = Image.fromarray((photo[:, :, 0].astype(np.uint16) * 200))
+    grey16 = Image.fromarray(photo[:, :, 0].astype(np.uint16) * 200)
     floats = photo[:, :, 0].astype(np.float32)
     floats[3, 4] = np.nan
     pal = rgb.convert("P")
