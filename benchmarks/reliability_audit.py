@@ -427,7 +427,7 @@ class Scratch:
         self.p("ex/no_manifest/segany_onnx.json").unlink()
         self.p("ex/bad_manifest/segany_onnx.json").write_text('{"format": "segany-onnx",\n')
 
-    def tmpfs(self) -> None:
+    def mount_tmpfs(self) -> None:
         full = self.p("full")
         full.mkdir(exist_ok=True)
         if os.geteuid() != 0 or shutil.which("mount") is None:
@@ -890,7 +890,7 @@ def main() -> int:
     if any(i.startswith(("X", "N")) for i in ids):
         scratch.step("exports", scratch.exports)
     if any(i.startswith("D") for i in ids):
-        scratch.step("tmpfs", scratch.tmpfs)
+        scratch.step("tmpfs", scratch.mount_tmpfs)
     for ro in ("ro_out", "a_ro", "ex_ro"):
         if scratch.p(ro).exists():
             scratch.p(ro).chmod(0o555)
