@@ -120,7 +120,7 @@ def _predict_ok(predictor) -> None:
     assert masks.shape[1:] == (40, 50) and np.isfinite(scores).all()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", pytest.param("delete", marks=pytest.mark.slow)])
 def test_damaged_cache_is_rebuilt(
     model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy_export: list[Path], damage: str,
     capsys: pytest.CaptureFixture[str],
