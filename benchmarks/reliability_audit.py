@@ -229,7 +229,7 @@ class Scratch:
         good.save(inn / "anim.gif", save_all=True, append_images=[Image.fromarray(255 - arr)])
         exif = Image.Exif()
         exif[0x0112] = 6
-        Image.fromarray(np.ascontiguousarray(np.rot90(arr, 1))).save(inn / "exif6.jpg", exif=exif.tobytes())
+        good.save(inn / "exif6.jpg", exif=exif.tobytes())  # stored 480x640, shown 640x480
         o = self.p("o")
         (o / "dir.png").mkdir(parents=True, exist_ok=True)
         good.save(o / "self.png")
