@@ -492,7 +492,10 @@ def run_cli(scratch: Scratch, argv: list[str], *, limit: int = DEFAULT_LIMIT, ti
         r = subprocess.run(cmd, cwd=scratch.root, env=child_env(scratch), preexec_fn=pre, capture_output=True,
                            text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        r = subprocess.CompletedProcess(cmd, 124, exc.stdout or "", (exc.stderr or "") + "timeout")
+        def text(x: Any) -> str:  # TimeoutExpired carries bytes even with text=True
+            return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+
+        r = subprocess.CompletedProcess(cmd, 124, text(exc.stdout), text(exc.stderr) + "timeout")
     r.rss_mb = None  # type: ignore[attr-defined]
     try:
         r.rss_mb = int(rss_file.read_text().split()[-1]) / 1024  # type: ignore[attr-defined]
