@@ -18,8 +18,15 @@ class CheckpointError(SeganyError, ValueError):
 
 
 class ImageError(SeganyError, ValueError):
-    """An image is missing, unreadable or of an unsupported kind."""
+    """An image is missing, unreadable, too large or of an unsupported kind.
+
+    Also a :class:`ValueError`, as the official API raises for a bad image array."""
 
 
 class PromptError(SeganyError, ValueError):
     """A prompt (point, box, mask) is malformed or outside the image."""
+
+
+class OutputError(SeganyError, OSError):
+    """An output path cannot be written: its folder is missing or read-only, it is a folder where a
+    file is meant (or the reverse), it is one of the inputs, or the disk is full."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from segany.errors import PromptError, SeganyError
@@ -17,15 +18,18 @@ def parse_numbers(text: str, what: str, count: tuple[int, ...]) -> list[float]:
     if len(values) not in count:
         expected = " or ".join(str(c) for c in count)
         raise PromptError(f"malformed {what} {text!r}: expected {expected} numbers, got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise PromptError(f"malformed {what} {text!r}: every number must be finite (not nan or inf)")
     return values
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
     """``X,Y`` (foreground) or ``X,Y,LABEL`` with LABEL 1 (foreground) or 0 (background)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 3 and parts[2].lower() not in ("0", "1", "0.0", "1.0"):
+        raise PromptError(f"malformed point {text!r}: the label must be 1 (foreground) or 0 (background)")
     values = parse_numbers(text, "point", (2, 3))
     label = int(values[2]) if len(values) == 3 else 1
-    if len(values) == 3 and values[2] not in (0.0, 1.0):
-        raise PromptError(f"malformed point {text!r}: the label must be 1 (foreground) or 0 (background)")
     return values[0], values[1], label
 
 
@@ -119,7 +123,28 @@ def predictor_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+def check_device(device: str) -> str:
+    """``device`` if torch knows it and this machine has it; else a :class:`SeganyError` (exit 2)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise SeganyError(f"--device {device!r}: not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": torch.cuda.is_available,
+        "mps": lambda: bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
+        "xpu": lambda: bool(getattr(torch, "xpu", None)) and torch.xpu.is_available(),
+    }.get(dev.type)
+    if available is not None and not available():
+        raise SeganyError(f"--device {device}: no {dev.type} device is available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SeganyError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def load_model_from_args(args: argparse.Namespace) -> Any:
     from segany.build import load_model
 
-    return load_model(args.checkpoint, device=args.device)
+    return load_model(args.checkpoint, device=check_device(args.device))

@@ -122,9 +122,12 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if args.baseline and args.protocol not in BASELINES[args.baseline]:
         raise EvalError(f"the {args.baseline} baseline applies to {' and '.join(BASELINES[args.baseline])}, "
                         f"not to {args.protocol}")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise EvalError(f"report folder {out} exists and is not a folder")
+    from segany.cli._common import check_device
+    from segany.io.files import check_output_path
+
+    check_output_path(args.output, folder=True, what="report folder")
+    if args.checkpoint or not args.baseline:
+        check_device(args.device)
     for name in ("limit", "max_per_image", "max_clicks", "points_per_side", "max_proposals", "nthresh", "cases",
                  "threads", "min_group", "bootstrap"):
         v = getattr(args, name)

@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     from segany.build import load_model
     from segany.export.onnx import export_onnx
+    from segany.io.files import check_output_path
 
+    # Before the model is loaded: a read-only folder or a file in the way fails at once, not after minutes.
+    check_output_path(args.output, folder=True)
     model = load_model(None if args.checkpoint == "default" else args.checkpoint)
     result = export_onnx(
         model,

@@ -8,10 +8,14 @@ torch and friends inside ``run`` so that ``segany --help`` answers instantly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from types import ModuleType
 
 from segany.errors import SeganyError
@@ -59,6 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (what ``timeout``, ``docker stop`` and job schedulers send),
+    so that it unwinds like Ctrl-C: every ``finally`` and cleanup handler runs, temporary files go."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM like SIGINT while a command runs (main thread only; the old handler comes back)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line naming the path for an operating-system error that no command translated."""
+    names = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,13 +99,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args._run(args) or 0)
     except SeganyError as exc:
         print(f"segany {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"segany {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"segany {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"segany {args.command}: error: not enough memory for this input", file=sys.stderr)
+        return 2
+    except OSError as exc:  # read-only folder, disk full, ...: the environment, not a bug
+        if os.environ.get("SEGANY_DEBUG"):
+            raise
+        print(f"segany {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
     except Exception as exc:  # a bug: still one line, but say how to get the traceback
         if os.environ.get("SEGANY_DEBUG"):
             raise

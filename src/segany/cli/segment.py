@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from segany.cli._common import add_backend_arguments, add_model_arguments, parse_box, parse_point, predictor_from_args
+from segany.cli._common import (
+    add_backend_arguments,
+    add_model_arguments,
+    check_device,
+    parse_box,
+    parse_point,
+    predictor_from_args,
+)
 
 HELP = "segment an object in an image from points and/or a box"
 EXAMPLES = """example:
@@ -17,7 +24,9 @@ EXAMPLES = """example:
   segany segment photo.jpg --point 320,240 -o mask.png --backend onnx   # onnxruntime (exports once)
 
 Points are X,Y in pixels (foreground) or X,Y,LABEL with LABEL 1 (foreground) or 0 (background).
-Masks are written as 8-bit PNGs (255 inside the object); scores are the model's predicted IoU."""
+Masks are written as 8-bit PNGs (255 inside the object); scores are the model's predicted IoU.
+Output paths are checked before the model runs, and the masks and overlay are written all or nothing.
+Images over 300 megapixels are refused before decoding; SEGANY_MAX_IMAGE_PIXELS=N changes the cap."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from segany.errors import PromptError
-    from segany.io.files import atomic_write_bytes
+    from segany.io.files import atomic_write_many, check_output_path
     from segany.io.image import read_image
 
     points = [parse_point(p) for p in args.point]
@@ -48,10 +57,19 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".png":
         raise PromptError(f"output {out} must be a .png file")
-    if not out.parent.exists():
-        raise PromptError(f"output folder {out.parent} does not exist")
+    paths = [out] if not args.multimask else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(3)]
+    # Every output is checked before the image is read or the model runs ("fail before working").
+    for path in paths:
+        check_output_path(path, suffixes=(".png",), inputs=[args.image], create=False)
+    if args.overlay:
+        check_output_path(args.overlay, suffixes=(".png",), inputs=[args.image], what="--overlay")
+        if Path(args.overlay).resolve() in {p.resolve() for p in paths}:
+            raise PromptError(f"--overlay {args.overlay} is also a mask output")
 
+    # The image before torch is imported: a refused decompression bomb costs ~40 MB, not a torch start.
     image = read_image(args.image)
+    if args.backend == "torch":  # the onnx backend says itself that it runs on the CPU
+        check_device(args.device)
     h, w = image.shape[:2]
     for x, y, _ in points:
         if not (0 <= x < w and 0 <= y < h):
@@ -76,33 +94,33 @@ def run(args: argparse.Namespace) -> int:
     else:
         paths = [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(masks))]
 
+    files: dict[Path, bytes] = {}
     results = []
     for path, mask, score in zip(paths, masks, scores):
-        atomic_write_bytes(path, _png_bytes(mask))
+        files[path] = _png_bytes(mask)
         ys, xs = np.nonzero(mask)
         bbox = (
             [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
             if len(xs)
             else None
         )
-        results.append({"mask": str(path), "score": round(float(score), 4), "area": int(mask.sum()), "bbox": bbox})
+        # A non-finite score (e.g. from NaN weights) is null in JSON: NaN is not valid JSON.
+        value = round(float(score), 4) if np.isfinite(score) else None
+        results.append({"mask": str(path), "score": value, "area": int(mask.sum()), "bbox": bbox})
     if args.overlay:
-        from segany.io.overlay import overlay_masks
+        from segany.io.overlay import overlay_masks, png_bytes
 
-        from PIL import Image
-        import io as _io
-
-        picture = overlay_masks(image, masks[:1] if len(masks) > 1 else masks)
-        buf = _io.BytesIO()
-        Image.fromarray(picture).save(buf, format="PNG")
-        atomic_write_bytes(args.overlay, buf.getvalue())
+        files[Path(args.overlay)] = png_bytes(overlay_masks(image, masks[:1] if len(masks) > 1 else masks))
+    # All or nothing: a full disk or a read-only overlay folder leaves no mask of a failed command.
+    atomic_write_many(files)
 
     if args.json:
         json.dump({"image": str(args.image), "width": w, "height": h, "masks": results}, sys.stdout, indent=2)
         print()
     else:
         for r in results:
-            print(f"{r['mask']}: score {r['score']:.3f}, area {r['area']} px")
+            score = "nan" if r["score"] is None else f"{r['score']:.3f}"
+            print(f"{r['mask']}: score {score}, area {r['area']} px")
         if args.overlay:
             print(f"overlay: {args.overlay}")
     return 0

@@ -59,12 +59,24 @@ def load_bsds_boundaries(mat_path: str | Path) -> list[np.ndarray]:
     """
     from scipy.io import loadmat
 
-    data = loadmat(str(mat_path), squeeze_me=True, struct_as_record=False)
+    from segany.io import FormatError
+
+    try:
+        data = loadmat(str(mat_path), squeeze_me=True, struct_as_record=False)
+    except Exception as exc:  # noqa: BLE001 - scipy raises OSError, ValueError, IndexError, ... for bad files
+        raise FormatError(f"{mat_path}: not a readable MATLAB file (truncated or corrupt?): "
+                          f"{type(exc).__name__}: {exc}") from None
     if "groundTruth" not in data:
-        raise ValueError(f"{mat_path}: no 'groundTruth' variable (not a BSDS500 ground-truth file)")
+        raise FormatError(f"{mat_path}: no 'groundTruth' variable (not a BSDS500 ground-truth file)")
     # squeeze_me turns a single annotator's cell into a bare struct.
-    entries = np.atleast_1d(data["groundTruth"])
-    return [np.asarray(e.Boundaries).astype(bool) for e in entries]
+    try:
+        entries = np.atleast_1d(data["groundTruth"])
+        maps = [np.asarray(e.Boundaries).astype(bool) for e in entries]
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise FormatError(f"{mat_path}: 'groundTruth' does not hold BSDS500 'Boundaries' maps ({exc})") from None
+    if not maps or any(m.ndim != 2 for m in maps):
+        raise FormatError(f"{mat_path}: 'groundTruth' does not hold 2-D boundary maps")
+    return maps
 
 
 # --------------------------------------------------------------------------- thinning

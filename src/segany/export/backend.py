@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +41,39 @@ def _int8_suits_this_cpu(folder: Path) -> bool:
     # Exports from before the weight type was recorded used unsigned weights.
     have = manifest.get("int8_weights") or ("u8" if manifest.get("quantize") == "int8" else None)
     return (folder / "encoder.int8.onnx").is_file() and have == int8_weight_type("auto")
+
+
+def _cached_export_is_sound(folder: Path) -> bool:
+    """Whether a cached export looks whole: its manifest parses and every graph it lists is there with
+    the size the manifest recorded (a graph cut short by a full disk or a killed copy fails this).
+    Cheap: nothing is loaded; a graph that is whole but corrupt is caught when onnxruntime loads it."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        sizes = manifest.get("file_bytes") or {}
+        for name in files.values():
+            if name == MANIFEST:
+                continue
+            size = (folder / name).stat().st_size
+            if name in sizes and size != int(sizes[name]):
+                return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def _load_export(folder: Path, make: Any) -> OnnxPredictor:
+    """``make(folder)``, with onnxruntime's refusal of a truncated or corrupt graph (``InvalidProtobuf``,
+    ``Fail``, ...: exceptions outside segany's) turned into a :class:`CheckpointError` naming the folder."""
+    try:
+        return make(folder)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors derive from Exception only
+        if type(exc).__module__.startswith("onnxruntime"):
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"{folder}: an ONNX graph cannot be loaded (truncated or corrupt?): {first}") from None
+        raise
 
 
 def predictor_for(
@@ -104,7 +139,7 @@ def predictor_for(
         if decoder_precision != "fp32" or compile_decoder:
             option = "decoder_precision" if decoder_precision != "fp32" else "compile_decoder"
             raise ValueError(f"{path} is an ONNX export: its decoder runs in onnxruntime; {option} needs a checkpoint")
-        return OnnxPredictor(path, precision=precision, num_threads=num_threads)
+        return _load_export(path, lambda f: OnnxPredictor(f, precision=precision, num_threads=num_threads))
 
     def model() -> Sam:
         if isinstance(model_or_path, Sam):
@@ -128,11 +163,25 @@ def predictor_for(
     if folder is None and path is not None and path.is_file():
         folder = _cache_folder(path)
         if is_export_folder(folder) and (quantize is None or _int8_suits_this_cpu(folder)):
-            return predictor(folder, model() if decoder == "torch" else None)
+            sam_or_none = model() if decoder == "torch" else None
+            if _cached_export_is_sound(folder):
+                try:
+                    return _load_export(folder, lambda f: predictor(f, sam_or_none))
+                except CheckpointError:
+                    pass
+            # A cache is ours to repair: a cut or corrupt graph (a full disk, a killed copy) is exported again.
+            print(f"segany: the cached ONNX export {folder} is damaged; exporting again", file=sys.stderr)
+            shutil.rmtree(folder, ignore_errors=True)
     sam = model()
+    temporary = folder is None
     if folder is None:
         folder = Path(tempfile.mkdtemp(prefix="segany-onnx-"))
     from segany.export.onnx import export_onnx
 
-    export_onnx(sam, folder, quantize=quantize)
-    return predictor(folder, sam if decoder == "torch" else None)
+    try:
+        export_onnx(sam, folder, quantize=quantize)
+        # onnxruntime holds the graphs in memory once the sessions exist, so a temporary export can go now.
+        return _load_export(folder, lambda f: predictor(f, sam if decoder == "torch" else None))
+    finally:
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -19,8 +19,10 @@ the TorchScript exporter for older opsets (the official export's default is 17).
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+import shutil
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,7 @@ class OnnxExport:
     folder: Path
     files: dict[str, Path] = field(default_factory=dict)
     max_abs_diff: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 # -- example inputs ------------------------------------------------------------------------------
@@ -161,10 +164,52 @@ def _check(path: Path, module: nn.Module, args: tuple[torch.Tensor, ...], names:
         w = w.detach().numpy()
         if g.shape != w.shape:
             raise ExportError(f"{path.name}: output shape {g.shape} != PyTorch {w.shape}")
-        if w.dtype.kind == "f":
-            scale = max(1.0, float(abs(w).max())) if w.size else 1.0
-            worst = max(worst, float(abs(g - w).max()) / scale if w.size else 0.0)
+        if w.dtype.kind == "f" and w.size:
+            scale = max(1.0, float(abs(w).max()))
+            diff = float(abs(g - w).max()) / scale
+            # max() would drop a NaN (max(0.1, nan) is 0.1), so non-finite outputs are reported as such.
+            if not math.isfinite(diff):
+                return math.nan
+            worst = max(worst, diff)
     return worst
+
+
+def _max_opset() -> int:
+    """The newest opset both torch's exporter and the installed onnx know."""
+    import onnx
+
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET as torch_max
+    except ImportError:  # a private constant; without it trust onnx
+        torch_max = 10**6
+    return int(min(torch_max, onnx.defs.onnx_opset_version()))
+
+
+def _check_opset(opset: int) -> None:
+    import importlib.util
+
+    if opset < 13:
+        raise ExportError(f"opset {opset} is too old; use 13 or newer (official default: 17)")
+    newest = _max_opset()
+    if opset > newest:
+        raise ExportError(f"opset {opset} is newer than this torch/onnx can write (at most {newest}; official default: 17)")
+    if opset >= 18 and importlib.util.find_spec("onnxscript") is None:
+        raise ExportError(f"opset {opset} uses the torch.export exporter, which needs onnxscript "
+                          "(pip install onnxscript), or use --opset 17")
+
+
+def _sweep_old_staging(out: Path) -> None:
+    """Remove staging folders that killed exports left in ``out`` (see segany.io.files.sweep_stale_temps;
+    ``.export-*`` folders of older versions record no process, so only those an hour old go)."""
+    from segany.io.files import LEGACY_TEMP_AGE_S, sweep_stale_temps
+
+    sweep_stale_temps(out)
+    for old in out.glob(".export-*"):
+        try:
+            if old.is_dir() and time.time() - old.stat().st_mtime > LEGACY_TEMP_AGE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
 
 
 # -- public API ----------------------------------------------------------------------------------
@@ -211,8 +256,7 @@ def export_onnx(
         weights = int8_weight_type(int8_weights) if quantize == "int8" else None
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
-    if opset < 13:
-        raise ExportError(f"opset {opset} is too old; use 13 or newer (official default: 17)")
+    _check_opset(opset)
     # Export on the CPU in eval mode, then give the caller's model back as it was.
     device, training = model.device, model.training
     try:
@@ -237,7 +281,45 @@ def _export_all(
     check: bool,
     tolerance: float,
 ) -> OnnxExport:
-    out.mkdir(parents=True, exist_ok=True)
+    from segany.io.files import temp_path
+
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output {out} exists and is not a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _sweep_old_staging(out)
+        staging = temp_path(out / "export")
+        staging.mkdir()
+    except OSError as exc:
+        raise ExportError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+    try:
+        return _export_into(model, out, staging, opset, quantize, int8_weights, return_single_mask,
+                            use_stability_score, return_extra_metrics, encoder, check, tolerance)
+    except BaseException:
+        if created:  # a failed export into a new folder leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_into(
+    model: Sam,
+    out: Path,
+    tmp: Path,
+    opset: int,
+    quantize: str | None,
+    int8_weights: Literal["s8", "u8"] | None,
+    return_single_mask: bool,
+    use_stability_score: bool,
+    return_extra_metrics: bool,
+    encoder: bool,
+    check: bool,
+    tolerance: float,
+) -> OnnxExport:
+    """:func:`_export_all` once ``out`` exists: graphs are staged in ``tmp`` (a temporary folder in
+    ``out``) and moved into ``out`` only when all of them were written and checked."""
     examples = _example_inputs(model)
     s = model.image_encoder.img_size
     result = OnnxExport(folder=out)
@@ -283,34 +365,38 @@ def _export_all(
         ),
     ]
 
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
-        staged: dict[str, Path] = {}
-        for name, module, args, inputs, outputs, dynamic in graphs:
-            path = Path(tmp) / f"{name}.onnx"
-            try:
-                _export_graph(module, args, path, inputs, outputs, dynamic, opset, {"height": s, "width": s})
-            except Exception as exc:  # exporter failures are long; keep the first line
-                raise ExportError(f"exporting {name} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
-            if check:
-                diff = _check(path, module, args, inputs)
-                result.max_abs_diff[name] = diff
-                if diff > tolerance:
-                    raise ExportError(f"{name}.onnx differs from PyTorch by {diff:.2e} (> {tolerance:.0e})")
-            staged[name] = path
-        if int8_weights is not None:
-            from segany.export.quantize import quantize_int8
+    # Graphs are staged in tmp (see _export_all, which removes it) and moved into out once all passed.
+    staged: dict[str, Path] = {}
+    for name, module, args, inputs, outputs, dynamic in graphs:
+        path = Path(tmp) / f"{name}.onnx"
+        try:
+            _export_graph(module, args, path, inputs, outputs, dynamic, opset, {"height": s, "width": s})
+        except Exception as exc:  # exporter failures are long; keep the first line
+            raise ExportError(f"exporting {name} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        if check:
+            diff = _check(path, module, args, inputs)
+            result.max_abs_diff[name] = diff
+            if math.isnan(diff):
+                raise ExportError(f"{name}.onnx: the model's outputs are not finite (NaN or inf weights?)")
+            if diff > tolerance:
+                raise ExportError(f"{name}.onnx differs from PyTorch by {diff:.2e} (> {tolerance:.0e})")
+        staged[name] = path
+    if int8_weights is not None:
+        from segany.export.quantize import quantize_int8
 
-            # The encoder and segany's fast decoder split (the graphs the onnxruntime predictor runs);
-            # only products with constant weights become int8 (see segany.export.quantize).
-            for name in [n for n in staged if n in ("encoder", "image_cache", "decoder_lowres")]:
-                q = Path(tmp) / f"{name}.int8.onnx"
-                quantize_int8(staged[name], q, int8_weights)
-                staged[f"{name}.int8"] = q
-        for name, path in staged.items():
-            for produced in sorted(Path(tmp).glob(path.name + "*")):  # the graph and any weight side file
-                os.replace(produced, out / produced.name)
-            result.files[name] = out / path.name
+        # The encoder and segany's fast decoder split (the graphs the onnxruntime predictor runs);
+        # only products with constant weights become int8 (see segany.export.quantize).
+        for name in [n for n in staged if n in ("encoder", "image_cache", "decoder_lowres")]:
+            q = Path(tmp) / f"{name}.int8.onnx"
+            quantize_int8(staged[name], q, int8_weights)
+            staged[f"{name}.int8"] = q
+    for name, path in staged.items():
+        for produced in sorted(Path(tmp).glob(path.name + "*")):  # the graph and any weight side file
+            os.replace(produced, out / produced.name)
+        result.files[name] = out / path.name
 
+    # File sizes let a reader (the export cache of segany.export.backend) spot a truncated graph.
+    result.sizes = {name: path.stat().st_size for name, path in result.files.items()}
     manifest = _manifest(
         model, result, opset, quantize, int8_weights, return_single_mask, use_stability_score, return_extra_metrics
     )
@@ -352,6 +438,7 @@ def _manifest(
         "quantize": quantize,
         "int8_weights": int8_weights,
         "files": {name: path.name for name, path in result.files.items()},
+        "file_bytes": {path.name: result.sizes[name] for name, path in result.files.items() if name in result.sizes},
         "max_abs_diff_vs_torch": result.max_abs_diff,
         "config": config,
     }

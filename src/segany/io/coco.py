@@ -11,6 +11,7 @@ It keeps the annotations' segmentations as they are (masks are decoded only when
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -159,7 +160,9 @@ def _is_well_formed(ann: Any, images: Mapping[int, dict[str, Any]]) -> bool:
             and type(ann["area"]) in _NUMBER_TYPES
             and type(bbox) is list
             and len(bbox) == 4
-            and all(type(v) in _NUMBER_TYPES for v in bbox)
+            and all(type(v) in _NUMBER_TYPES and math.isfinite(v) for v in bbox)
+            and bbox[2] >= 0
+            and bbox[3] >= 0
             and type(ann.get("iscrowd", 0)) is int
             and ann.get("iscrowd", 0) in (0, 1)
             and type(ann.get("category_id", 1)) is int
@@ -192,6 +195,8 @@ def _check_annotation(ann: Any, images: Mapping[int, dict[str, Any]], where: str
         ann.setdefault("bbox", rle_to_bbox(rle))
     ann["area"] = json_float(ann["area"], where, "area")
     ann["bbox"] = json_floats(ann["bbox"], where, "bbox", 4)
+    if ann["bbox"][2] < 0 or ann["bbox"][3] < 0:
+        raise FormatError(f"{where}: 'bbox' [x, y, width, height] has a negative size: {ann['bbox']}")
     return ann
 
 

@@ -64,10 +64,20 @@ class Instance:
     category_id: int
     rle: dict[str, Any]
     attributes: dict[str, Any] = field(default_factory=dict)  # e.g. BSDS500 "annotator"
+    source: str = ""  # where the annotation comes from (file, image), for error messages
 
     def mask(self) -> np.ndarray:
-        """Decode the mask (not cached, to keep memory flat): bool (H, W)."""
-        return decode_rle(self.rle)
+        """Decode the mask (not cached, to keep memory flat): bool (H, W).
+
+        Raises:
+            FormatError: the RLE is invalid; the message names the file, the image and the annotation id.
+        """
+        try:
+            return decode_rle(self.rle)
+        except FormatError as exc:
+            if not self.source:
+                raise
+            raise FormatError(f"{self.source}: annotation id {self.id}: {exc}") from exc
 
 
 @dataclass
@@ -149,16 +159,21 @@ class Sample:
         return union
 
 
-def _instance(ann: Mapping[str, Any], height: int, width: int) -> Instance:
+def _instance(ann: Mapping[str, Any], height: int, width: int, source: str = "") -> Instance:
     """Instance from a validated COCO (or SA-1B) annotation dict."""
+    try:
+        rle = to_coco_rle(ann["segmentation"], height, width)
+    except FormatError as exc:
+        raise FormatError(f"{source}: annotation id {ann['id']}: {exc}" if source else str(exc)) from exc
     return Instance(
         id=int(ann["id"]),
         bbox=[float(v) for v in ann["bbox"]],
         area=float(ann["area"]),
         iscrowd=int(ann.get("iscrowd", 0)),
         category_id=int(ann.get("category_id", 1)),
-        rle=to_coco_rle(ann["segmentation"], height, width),
+        rle=rle,
         attributes={k: v for k, v in ann.items() if k not in _ANNOTATION_FIELDS},
+        source=source,
     )
 
 
@@ -245,10 +260,12 @@ class SegmentationDataset:
             given = Path(images_dir) if images_dir is not None else None
             self.image_dir = given or (folder / "images" if (folder / "images").is_dir() else folder)
             self.layout = "coco"
+            self._annotations_file = self.root
             self._load_coco(self.root, folder / "splits.json")
         elif self.root.is_dir() and (self.root / "annotations.json").is_file():
             self.image_dir = Path(images_dir) if images_dir is not None else self.root / "images"
             self.layout = "coco"
+            self._annotations_file = self.root / "annotations.json"
             self._load_coco(self.root / "annotations.json", self.root / "splits.json")
         elif self.root.is_dir() and any(self.root.glob("sa_*.tar")):
             self.image_dir = self.root
@@ -365,7 +382,7 @@ class SegmentationDataset:
                 path=self.image_dir / img["file_name"],
                 height=h,
                 width=w,
-                annotations=[_instance(a, h, w) for a in anns],
+                annotations=[_instance(a, h, w, f"{self._annotations_file} ({img['file_name']})") for a in anns],
                 attributes={k: v for k, v in img.items() if k not in _IMAGE_FIELDS},
                 ignore_path=self._ignore_path(img),
             )

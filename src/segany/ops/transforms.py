@@ -9,9 +9,10 @@ from PIL import Image
 
 
 def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
-    """Size ``(h, w)`` after scaling so the longer side equals ``long_side``, rounded to nearest."""
+    """Size ``(h, w)`` after scaling so the longer side equals ``long_side``, rounded to nearest (at
+    least 1 pixel: a 2000x1 strip would otherwise round to an empty side; the official code crashes)."""
     scale = long_side * 1.0 / max(old_h, old_w)
-    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+    return max(1, int(old_h * scale + 0.5)), max(1, int(old_w * scale + 0.5))
 
 
 class ResizeLongestSide:
