@@ -26,7 +26,6 @@ import datetime as dt
 import glob
 import os
 import platform
-import re
 import shutil
 import socket
 import subprocess
@@ -127,7 +126,9 @@ def rle_for(h: int, w: int, k: int, rng: np.random.Generator) -> dict[str, Any]:
     return encode_mask(m)
 
 
-async def annotator(client: Any, index: int, stop_at: float, stats: dict[str, list[float]], log: dict[str, Any]) -> None:
+async def annotator(
+    client: Any, index: int, stop_at: float, stats: dict[str, list[float]], log: dict[str, Any]
+) -> None:
     import httpx
 
     rng = np.random.default_rng(index)
@@ -296,9 +297,12 @@ def table(results: list[dict[str, Any]]) -> str:
         cells = [f"{pct(r['stats'][e], 50):.0f} / {pct(r['stats'][e], 95):.0f}" for e in ENDPOINTS]
         before, after, hwm = (v / 1024 for v in r["rss"])
         checks = "pass" if not r["problems"] else "; ".join(r["problems"][:3])
-        lines.append(f"| {r['backend']} | {r['users']} x {r['seconds']:.0f} | {r['images']} | {r['objects']} | "
-                     f"{requests / r['seconds']:.0f} | {len(r['errors'])} ({len(r['retries'])}) | {checks} | " + " | ".join(cells)
-                     + f" | {before:.0f} -> {after:.0f} ({hwm:.0f}) |")
+        lines.append(
+            f"| {r['backend']} | {r['users']} x {r['seconds']:.0f} | {r['images']} | {r['objects']} | "
+            f"{requests / r['seconds']:.0f} | {len(r['errors'])} ({len(r['retries'])}) | {checks} | "
+            + " | ".join(cells)
+            + f" | {before:.0f} -> {after:.0f} ({hwm:.0f}) |"
+        )
     return "\n".join(lines)
 
 
@@ -328,7 +332,9 @@ def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=120.0)
-    parser.add_argument("--images", type=int, default=1500, help="images in the project (the annotators stop if all are done)")
+    parser.add_argument(
+        "--images", type=int, default=1500, help="images in the project (the annotators stop if all are done)"
+    )
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
     backends = ["sqlite", "postgresql"] if args.db == "both" else [args.db]

@@ -146,8 +146,12 @@ def main() -> None:
             with ServerThread(make_app(st)) as srv:
                 for label, query in (("1 thread", "threads=1"), ("default threads", "")):
                     lat, info = page_times(browser, srv.url, query, args.clicks, np.random.default_rng(2))
-                    rows.append((name, f"page, click to paint, {label} ({info['threads']}, isolated={info['isolated']})", lat))
-                    rows.append((name, f"page, decoder run only (session.run in the worker), {label}", info["decode_ms"]))
+                    rows.append(
+                        (name, f"page, click to paint, {label} ({info['threads']}, isolated={info['isolated']})", lat)
+                    )
+                    rows.append(
+                        (name, f"page, decoder run only (session.run in the worker), {label}", info["decode_ms"])
+                    )
                     for row in rows[-2:]:
                         _print_row(*row)
             rows.append((name, "segany Python (SamPredictor.predict, torch)", segany_ms))

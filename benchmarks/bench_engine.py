@@ -76,7 +76,9 @@ def _timed(execute: Callable[[list[Any]], Iterator[dict[str, Any]]], stamps: lis
     return run
 
 
-def measure(model: str, checkpoint: str | None, images: list[Path], executor: str, workers: int, tmp: Path) -> dict[str, Any]:
+def measure(
+    model: str, checkpoint: str | None, images: list[Path], executor: str, workers: int, tmp: Path
+) -> dict[str, Any]:
     import argparse as ap
 
     from segany.cli._common import predictor_from_args
@@ -142,8 +144,10 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"1 thread per worker, {stamp}\n")
+    print(
+        f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"1 thread per worker, {stamp}\n"
+    )
     print("| model | executor | cores | images | masks | wall incl. start-up (s) | steady images/hour "
           "| images/hour/core | s per image in the worker |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")

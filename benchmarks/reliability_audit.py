@@ -294,8 +294,14 @@ class Scratch:
         (ck / "trunc_header.safetensors").write_bytes(sdata[:50])
         key = "mask_decoder.iou_prediction_head.layers.0.weight"
         save_file({**state, key: torch.zeros(state[key].shape[0], 100)}, str(ck / "wrong_shape.safetensors"))
-        save_file({k: v for k, v in state.items() if "output_hypernetworks_mlps" not in k}, str(ck / "missing_keys.safetensors"))
-        save_file({k: v for k, v in state.items() if k != "image_encoder.patch_embed.proj.weight"}, str(ck / "missing_patch.safetensors"))
+        save_file(
+            {k: v for k, v in state.items() if "output_hypernetworks_mlps" not in k},
+            str(ck / "missing_keys.safetensors"),
+        )
+        save_file(
+            {k: v for k, v in state.items() if k != "image_encoder.patch_embed.proj.weight"},
+            str(ck / "missing_patch.safetensors"),
+        )
         save_file({**state, "image_encoder.something_new": torch.zeros(3)}, str(ck / "extra_key.safetensors"))
         resnet = {"conv1.weight": torch.zeros(8, 3, 7, 7), "bn1.weight": torch.ones(8), "bn1.bias": torch.zeros(8),
                   "bn1.running_mean": torch.zeros(8), "fc.weight": torch.zeros(10, 8)}
@@ -304,7 +310,10 @@ class Scratch:
         (ck / "empty.pth").write_bytes(b"")
         (ck / "empty.safetensors").write_bytes(b"")
         (ck / "adir.pth").mkdir(exist_ok=True)
-        nan = {k: (torch.full_like(v, float("nan")) if k.startswith("mask_decoder.iou_prediction_head") else v) for k, v in state.items()}
+        nan = {
+            k: (torch.full_like(v, float("nan")) if k.startswith("mask_decoder.iou_prediction_head") else v)
+            for k, v in state.items()
+        }
         save_file(nan, str(ck / "nan_weights.safetensors"))
         save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(ck / "fp16.safetensors"))
         shutil.copy(default, ck / "real_safetensors_named.pth")
@@ -569,19 +578,29 @@ def _stale(scratch: Scratch, folder: str) -> list[str]:
     root = scratch.p(folder)
     if not root.exists():
         return []
-    return [str(p.relative_to(scratch.root)) for p in root.rglob(".*") if p.name.endswith(".tmp") or p.name.startswith(".export")]
+    return [
+        str(p.relative_to(scratch.root))
+        for p in root.rglob(".*")
+        if p.name.endswith(".tmp") or p.name.startswith(".export")
+    ]
 
 
 POST: dict[str, Callable[[Scratch], tuple[bool, str]]] = {
     "S50": lambda s: (not s.p("o/s50.png").exists(), "no mask of the failed command"),
-    "S53": lambda s: (s.p("o/self.png").stat().st_size > 10_000 and s.p("o/self.png").read_bytes()[:4] == b"\x89PNG", "input intact"),
+    "S53": lambda s: (
+        s.p("o/self.png").stat().st_size > 10_000 and s.p("o/self.png").read_bytes()[:4] == b"\x89PNG",
+        "input intact",
+    ),
     "D01": lambda s: (not s.p("full/d01.png").exists(), "no mask of the failed command"),
     "A25": lambda s: (not s.p("nest/masks/masks").exists(), "no masks of masks"),
     "A05": lambda s: (s.p("a_out_bomb/c_good2.json").exists(), "good image after the bomb done"),
     "A06": lambda s: (not _stale(s, "k_out_pngmid"), "stale temps swept"),
     "A07": lambda s: (not _stale(s, "k_out_png2"), "stale temps swept"),
     "A08": lambda s: (not _stale(s, "k_out_sa1b"), "stale temps swept"),
-    "A09": lambda s: (not _stale(s, "k_out_coco") and s.p("k_out_coco/coco_instances.json").exists(), "swept, coco written"),
+    "A09": lambda s: (
+        not _stale(s, "k_out_coco") and s.p("k_out_coco/coco_instances.json").exists(),
+        "swept, coco written",
+    ),
     "T25": lambda s: (not _stale(s, "runs/killed"), "stale temps swept"),
     "X11": lambda s: (not s.p("ex/x11").exists(), "no empty folder left"),
 }
@@ -646,30 +665,151 @@ def run_command_case(scratch: Scratch, case: Case) -> Result:
 
 KILLS: dict[str, tuple[list[str], str, Callable[[Scratch], bool], int]] = {
     # id: (argv, folder watched, condition, signal)
-    "K2": (["auto", "k_in", "-o", "k_out_pngmid", "--format", "png", "--points-per-side", "8", "--pred-iou-thresh", "0",
-            "--stability-score-thresh", "0", "--no-progress"], "k_out_pngmid",
-           lambda s: any(p.name.endswith(".tmp") for p in s.p("k_out_pngmid").glob(".*")), signal.SIGKILL),
-    "K3": (["auto", "k_in", "-o", "k_out_png2", "--format", "png", "--points-per-side", "8", "--pred-iou-thresh", "0",
-            "--stability-score-thresh", "0", "--no-progress"], "k_out_png2",
-           lambda s: sum(1 for d in s.p("k_out_png2").iterdir() if not d.name.startswith(".")) >= 2
-           and any(len(list(d.glob("*.png"))) >= 10 for d in s.p("k_out_png2").glob(".*.tmp")), signal.SIGKILL),
-    "K4": (["auto", "k_in", "-o", "k_out_sa1b", "--format", "sa1b", "--points-per-side", "8", "--pred-iou-thresh", "0",
-            "--stability-score-thresh", "0", "--no-progress"], "k_out_sa1b",
-           lambda s: len(list(s.p("k_out_sa1b").glob("*.json"))) >= 3, signal.SIGKILL),
-    "K5": (["auto", "k_in", "-o", "k_out_coco", "--format", "coco", "--points-per-side", "8", "--pred-iou-thresh", "0",
-            "--stability-score-thresh", "0", "--no-progress"], "k_out_coco",
-           lambda s: len(list(s.p("k_out_coco").glob("*.json"))) >= 2, signal.SIGKILL),
-    "K6": (["auto", "k_in", "-o", "k_out_int", "--format", "png", "--points-per-side", "8", "--pred-iou-thresh", "0",
-            "--stability-score-thresh", "0", "--no-progress"], "k_out_int",
-           lambda s: any(p.name.endswith(".tmp") for p in s.p("k_out_int").glob(".*")), signal.SIGINT),
-    "K7": (["auto", "k_in", "-o", "k_out_term", "--format", "png", "--points-per-side", "8", "--pred-iou-thresh", "0",
-            "--stability-score-thresh", "0", "--no-progress"], "k_out_term",
-           lambda s: any(p.name.endswith(".tmp") for p in s.p("k_out_term").glob(".*")), signal.SIGTERM),
-    "K8": (["train", "tr/good.toml", "loop.steps=8", "loop.num_rounds=2", "data.limit_per_dataset=2",
-            "loop.checkpoint_every=1", "--output", "runs/killed", "--no-progress"], "runs/killed",
-           lambda s: any(p.name.endswith(".tmp") for p in s.p("runs/killed").glob(".*")), signal.SIGKILL),
-    "X15": (["export", "default", "-o", "ex/kill"], "ex/kill",
-            lambda s: any(e.stat().st_size > 100_000 for e in s.p("ex/kill").glob(".export*/encoder.onnx")), signal.SIGKILL),
+    "K2": (
+        [
+            "auto",
+            "k_in",
+            "-o",
+            "k_out_pngmid",
+            "--format",
+            "png",
+            "--points-per-side",
+            "8",
+            "--pred-iou-thresh",
+            "0",
+            "--stability-score-thresh",
+            "0",
+            "--no-progress",
+        ],
+        "k_out_pngmid",
+        lambda s: any(p.name.endswith(".tmp") for p in s.p("k_out_pngmid").glob(".*")),
+        signal.SIGKILL,
+    ),
+    "K3": (
+        [
+            "auto",
+            "k_in",
+            "-o",
+            "k_out_png2",
+            "--format",
+            "png",
+            "--points-per-side",
+            "8",
+            "--pred-iou-thresh",
+            "0",
+            "--stability-score-thresh",
+            "0",
+            "--no-progress",
+        ],
+        "k_out_png2",
+        lambda s: (
+            sum(1 for d in s.p("k_out_png2").iterdir() if not d.name.startswith(".")) >= 2
+            and any(len(list(d.glob("*.png"))) >= 10 for d in s.p("k_out_png2").glob(".*.tmp"))
+        ),
+        signal.SIGKILL,
+    ),
+    "K4": (
+        [
+            "auto",
+            "k_in",
+            "-o",
+            "k_out_sa1b",
+            "--format",
+            "sa1b",
+            "--points-per-side",
+            "8",
+            "--pred-iou-thresh",
+            "0",
+            "--stability-score-thresh",
+            "0",
+            "--no-progress",
+        ],
+        "k_out_sa1b",
+        lambda s: len(list(s.p("k_out_sa1b").glob("*.json"))) >= 3,
+        signal.SIGKILL,
+    ),
+    "K5": (
+        [
+            "auto",
+            "k_in",
+            "-o",
+            "k_out_coco",
+            "--format",
+            "coco",
+            "--points-per-side",
+            "8",
+            "--pred-iou-thresh",
+            "0",
+            "--stability-score-thresh",
+            "0",
+            "--no-progress",
+        ],
+        "k_out_coco",
+        lambda s: len(list(s.p("k_out_coco").glob("*.json"))) >= 2,
+        signal.SIGKILL,
+    ),
+    "K6": (
+        [
+            "auto",
+            "k_in",
+            "-o",
+            "k_out_int",
+            "--format",
+            "png",
+            "--points-per-side",
+            "8",
+            "--pred-iou-thresh",
+            "0",
+            "--stability-score-thresh",
+            "0",
+            "--no-progress",
+        ],
+        "k_out_int",
+        lambda s: any(p.name.endswith(".tmp") for p in s.p("k_out_int").glob(".*")),
+        signal.SIGINT,
+    ),
+    "K7": (
+        [
+            "auto",
+            "k_in",
+            "-o",
+            "k_out_term",
+            "--format",
+            "png",
+            "--points-per-side",
+            "8",
+            "--pred-iou-thresh",
+            "0",
+            "--stability-score-thresh",
+            "0",
+            "--no-progress",
+        ],
+        "k_out_term",
+        lambda s: any(p.name.endswith(".tmp") for p in s.p("k_out_term").glob(".*")),
+        signal.SIGTERM,
+    ),
+    "K8": (
+        [
+            "train",
+            "tr/good.toml",
+            "loop.steps=8",
+            "loop.num_rounds=2",
+            "data.limit_per_dataset=2",
+            "loop.checkpoint_every=1",
+            "--output",
+            "runs/killed",
+            "--no-progress",
+        ],
+        "runs/killed",
+        lambda s: any(p.name.endswith(".tmp") for p in s.p("runs/killed").glob(".*")),
+        signal.SIGKILL,
+    ),
+    "X15": (
+        ["export", "default", "-o", "ex/kill"],
+        "ex/kill",
+        lambda s: any(e.stat().st_size > 100_000 for e in s.p("ex/kill").glob(".export*/encoder.onnx")),
+        signal.SIGKILL,
+    ),
 }
 
 
@@ -712,7 +852,7 @@ def run_kill_case(scratch: Scratch, case: Case) -> Result:
 
 # API cases ------------------------------------------------------------------------------------------
 
-API_SCRIPT = r'''
+API_SCRIPT = r"""
 import json, sys, traceback
 import numpy as np
 import segany
@@ -809,7 +949,7 @@ for cid, fn in list(cases.items()) + list(torch_cases().items()):
                "value_or_type_error": isinstance(exc, (ValueError, TypeError)), "msg": str(exc).splitlines()[0][:100] if str(exc) else "",
                "deep": "/model/" in where}
     print(json.dumps(rec), flush=True)
-'''
+"""
 
 
 def run_api_cases(scratch: Scratch, cases: list[Case]) -> list[Result]:
@@ -843,15 +983,23 @@ def run_api_cases(scratch: Scratch, cases: list[Case]) -> list[Result]:
             continue
         audited_raised = case.exit.strip().startswith("raised")
         if case.id in API_MUST_RAISE:
-            ok = rec["outcome"] == "raised" and (rec.get("segany") or rec.get("value_or_type_error")) and not rec.get("deep")
+            ok = (
+                rec["outcome"] == "raised"
+                and (rec.get("segany") or rec.get("value_or_type_error"))
+                and not rec.get("deep")
+            )
             exp = "a clear error (SeganyError/ValueError/TypeError)"
         elif audited_raised:
-            ok = rec["outcome"] == "raised" and (rec.get("segany") or rec.get("value_or_type_error") or rec["type"] == "RuntimeError")
+            ok = rec["outcome"] == "raised" and (
+                rec.get("segany") or rec.get("value_or_type_error") or rec["type"] == "RuntimeError"
+            )
             exp = "raised (as audited)"
         else:
             ok = rec["outcome"] == "returned"
             exp = "returned (as audited)"
-        got = rec["outcome"] + (f" {rec['type']}: {rec['msg']}" if rec["outcome"] == "raised" else f", scores {rec['scores']}")
+        got = rec["outcome"] + (
+            f" {rec['type']}: {rec['msg']}" if rec["outcome"] == "raised" else f", scores {rec['scores']}"
+        )
         results.append(Result(case, exp, got[:110], bool(ok)))
     return results
 
@@ -862,7 +1010,12 @@ def run_api_cases(scratch: Scratch, cases: list[Case]) -> list[Result]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--audit", type=Path, default=DEFAULT_AUDIT, help="the audit Markdown file")
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("SEGANY_SHARED_DATA", _shared() / "data")), help="the shared data sets")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("SEGANY_SHARED_DATA", _shared() / "data")),
+        help="the shared data sets",
+    )
     ap.add_argument("--only", nargs="*", default=[], help="id prefixes to run (e.g. S C I)")
     ap.add_argument("--ids", nargs="*", default=[], help="exact ids to run")
     ap.add_argument("--keep", type=Path, help="scratch folder to use and keep (default: a temporary one)")

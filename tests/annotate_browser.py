@@ -63,7 +63,9 @@ def wait_result(page: Any, before: int) -> None:
     """Wait until a paint newer than ``before`` shows a decoded state."""
     page.wait_for_function(
         "(n) => window.__segany.S.paints > n && (window.__segany.S.cur.result || !window.__segany.S.cur.points.length && !window.__segany.S.cur.box)",
-        arg=before, timeout=30000)
+        arg=before,
+        timeout=30000,
+    )
 
 
 def click(page: Any, x: float, y: float, button: str = "left", shift: bool = False) -> None:
@@ -89,8 +91,10 @@ def drag(page: Any, x0: float, y0: float, x1: float, y1: float, wait: bool = Tru
         wait_result(page, before)
 
 
-_B64 = ("(m) => { let s = ''; for (let i = 0; i < m.length; i += 0x8000) s += String.fromCharCode(...m.subarray(i, i + 0x8000));"
-        " return btoa(s); }")
+_B64 = (
+    "(m) => { let s = ''; for (let i = 0; i < m.length; i += 0x8000) s += String.fromCharCode(...m.subarray(i, i + 0x8000));"
+    " return btoa(s); }"
+)
 
 
 def display_mask(page: Any) -> np.ndarray:
@@ -105,7 +109,8 @@ def canvas_alpha(page: Any, canvas_id: str = "mask-layer") -> np.ndarray:
     b64, h, w = page.evaluate(
         f"(() => {{ const c = document.getElementById('{canvas_id}'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
         f" const a = new Uint8Array(d.length / 4); for (let i = 0; i < a.length; i++) a[i] = d[4 * i + 3];"
-        f" return [({_B64})(a), c.height, c.width]; }})()")
+        f" return [({_B64})(a), c.height, c.width]; }})()"
+    )
     return np.frombuffer(base64.b64decode(b64), dtype=np.uint8).reshape(h, w)
 
 
@@ -114,7 +119,8 @@ def state(page: Any) -> dict[str, Any]:
         "(() => { const S = window.__segany.S; const r = S.cur.result; return {points: S.cur.points, labels: S.cur.labels,"
         " box: S.cur.box, cand: S.cur.cand, wh: S.wh, ww: S.ww, H: S.H, W: S.W,"
         " ious: r ? Array.from(r.ious) : null, tokens: r ? r.tokens : null, fed: S.cur.feed !== null,"
-        " lowShape: r ? r.lowShape : null, queue: S.queue ? S.queue.items.length : 0}; })()")
+        " lowShape: r ? r.lowShape : null, queue: S.queue ? S.queue.items.length : 0}; })()"
+    )
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

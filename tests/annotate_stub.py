@@ -70,7 +70,9 @@ def ort_decode(
         "image_embeddings": embedding.astype(np.float32),
         "point_coords": scaled[None].astype(np.float32),
         "point_labels": np.array([labs], dtype=np.float32),
-        "mask_input": (np.zeros((1, 1, low, low)) if mask_input is None else mask_input.reshape(1, 1, low, low)).astype(np.float32),
+        "mask_input": (np.zeros((1, 1, low, low)) if mask_input is None else mask_input.reshape(1, 1, low, low)).astype(
+            np.float32
+        ),
         "has_mask_input": np.array([0.0 if mask_input is None else 1.0], dtype=np.float32),
         "orig_im_size": np.array(out_size or original_size, dtype=np.float32),
     }
@@ -211,13 +213,20 @@ def make_app(state: StubState) -> Any:
 
     @app.get("/api/images/{image_id}/embedding.npy")
     def embedding(image_id: int) -> Response:
-        return Response(npy_bytes(image(image_id).embedding), media_type="application/octet-stream",
-                        headers={"X-Segany-Model": state.model_id, "Cache-Control": "private, max-age=31536000, immutable"})
+        return Response(
+            npy_bytes(image(image_id).embedding),
+            media_type="application/octet-stream",
+            headers={"X-Segany-Model": state.model_id, "Cache-Control": "private, max-age=31536000, immutable"},
+        )
 
     def mask_fields(body: dict[str, Any]) -> dict[str, Any]:
         m = decode_rle(body["rle"])
         ys, xs = np.nonzero(m)
-        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)] if len(xs) else [0, 0, 0, 0]
+        bbox = (
+            [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+            if len(xs)
+            else [0, 0, 0, 0]
+        )
         return {"rle": body["rle"], "bbox": bbox, "area": int(m.sum())}
 
     def use_category(name: str) -> None:
@@ -342,7 +351,9 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def build_state(model: Any, decoder_path: Path, photos: list[np.ndarray], model_id: str = "stubmodel0000001") -> StubState:
+def build_state(
+    model: Any, decoder_path: Path, photos: list[np.ndarray], model_id: str = "stubmodel0000001"
+) -> StubState:
     """Images (RGB uint8 arrays) with their embeddings from ``model`` (segany's predictor)."""
     from segany.inference.predictor import SamPredictor
 
@@ -352,7 +363,9 @@ def build_state(model: Any, decoder_path: Path, photos: list[np.ndarray], model_
         predictor.set_image(photo)
         emb = predictor.get_image_embedding().detach().cpu().numpy().astype(np.float32)
         images.append(StubImage(i, png_bytes(photo), photo.shape[1], photo.shape[0], emb))
-    return StubState(model_id=model_id, image_size=model.image_encoder.img_size, decoder=decoder_path.read_bytes(), images=images)
+    return StubState(
+        model_id=model_id, image_size=model.image_encoder.img_size, decoder=decoder_path.read_bytes(), images=images
+    )
 
 
 def json_dumps(obj: Any) -> str:

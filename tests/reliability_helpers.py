@@ -82,7 +82,9 @@ def unprivileged_wrapper() -> list[str] | None:
     probe = subprocess.run(
         [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all", "true"], capture_output=True
     )
-    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"] if probe.returncode == 0 else None
+    return (
+        [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"] if probe.returncode == 0 else None
+    )
 
 
 def dead_pid() -> int:

@@ -27,7 +27,10 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
         module = model.get_submodule(module_name) if module_name else model
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and leaf == "running_var":
             value = 1.0 + 0.2 * noise.abs()  # variances must stay positive
-        elif isinstance(module, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)) or type(module).__name__ == "LayerNorm2d":
+        elif (
+            isinstance(module, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm))
+            or type(module).__name__ == "LayerNorm2d"
+        ):
             value = (1.0 + 0.2 * noise) if leaf == "weight" else 0.2 * noise
         elif t.ndim >= 2 and leaf == "weight" and not isinstance(module, nn.Embedding):
             fan_in = t[0].numel() if not isinstance(module, nn.ConvTranspose2d) else t.shape[0]

@@ -118,7 +118,9 @@ def accept(page, category="thing"):
     page.fill("#category", category)
     page.locator("#stage").focus()
     page.keyboard.press("Enter")
-    page.wait_for_function("() => window.__segany.S.queue.items.length === 0 && !window.__segany.S.cur.points.length", timeout=30000)
+    page.wait_for_function(
+        "() => window.__segany.S.queue.items.length === 0 && !window.__segany.S.cur.points.length", timeout=30000
+    )
 
 
 # -- the decoder in the page --------------------------------------------------------------------------
@@ -240,7 +242,9 @@ def test_brush_and_eraser_paint_exact_discs(page, stub, ort_session):
     r = float(page.evaluate("window.__segany.S.radius"))
     before = paints(page)
     page.mouse.click(*to_page(page, 100.3, 200.6))
-    page.wait_for_function("(n) => window.__segany.S.paints > n && window.__segany.S.cur.strokes.length === 1", arg=before)
+    page.wait_for_function(
+        "(n) => window.__segany.S.paints > n && window.__segany.S.cur.strokes.length === 1", arg=before
+    )
     cx, cy = page.evaluate("window.__segany.S.cur.strokes[0].pts[0]")
     accept(page, "painted")
     (obj,) = saved_objects(st)
@@ -253,7 +257,9 @@ def test_brush_and_eraser_paint_exact_discs(page, stub, ort_session):
     page.keyboard.press("x")
     before = paints(page)
     page.mouse.click(*to_page(page, 150, 300))
-    page.wait_for_function("(n) => window.__segany.S.paints > n && window.__segany.S.cur.strokes.length === 1", arg=before)
+    page.wait_for_function(
+        "(n) => window.__segany.S.paints > n && window.__segany.S.cur.strokes.length === 1", arg=before
+    )
     ex, ey = page.evaluate("window.__segany.S.cur.strokes[0].pts[0]")
     accept(page, "erased")
     obj = saved_objects(st)[-1]
@@ -511,7 +517,9 @@ def test_page_screenshot(page, stub, tmp_path):
         if server:  # a small file for the repository
             from PIL import Image
 
-            Image.open(out).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(out, optimize=True)
+            Image.open(out).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(
+                out, optimize=True
+            )
     finally:
         if server:
             server.__exit__(None, None, None)

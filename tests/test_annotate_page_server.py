@@ -166,7 +166,9 @@ def test_sign_in_then_save_with_csrf_on_a_server_with_auth(browser, tmp_path, te
 
     root = tmp_path / "photos"
     root.mkdir()
-    Image.fromarray(read_image(next(p for p in test_images if p.name == "coco_grey_000000431848.jpg"))).save(root / "x.png")
+    Image.fromarray(read_image(next(p for p in test_images if p.name == "coco_grey_000000431848.jpg"))).save(
+        root / "x.png"
+    )
     app = create_app(Settings(root=root, model=random_tiny(seed=11), background=False, export_decoder=False, auth=True))
     auth.add_user(app.state.server.db, "ann", "annotator", password="correct horse")
     context = browser.new_context(viewport={"width": 1280, "height": 800})
@@ -187,7 +189,9 @@ def test_sign_in_then_save_with_csrf_on_a_server_with_auth(browser, tmp_path, te
             page.fill("#category", "signed")
             page.locator("#stage").focus()
             page.keyboard.press("Enter")
-            page.wait_for_function("() => window.__segany.S.queue.items.length === 0 && window.__segany.S.objects.length === 1")
+            page.wait_for_function(
+                "() => window.__segany.S.queue.items.length === 0 && window.__segany.S.objects.length === 1"
+            )
             (obj,) = page.evaluate("window.__segany.S.objects")
             assert obj["user"] == "ann" and obj["category"] == "signed"
             assert page.locator("#error-banner").is_hidden()

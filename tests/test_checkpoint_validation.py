@@ -107,7 +107,9 @@ def test_mixed_checkpoints_are_refused(tmp_path):
 
 
 def test_truncated_mobile_sam_is_refused(tmp_path):
-    config = PRESETS["mobile_sam"].replace(tiny_vit_dims=(8, 16, 24, 32), tiny_vit_depths=(1, 1, 1, 1), tiny_vit_heads=(2, 2, 2, 2))
+    config = PRESETS["mobile_sam"].replace(
+        tiny_vit_dims=(8, 16, 24, 32), tiny_vit_depths=(1, 1, 1, 1), tiny_vit_heads=(2, 2, 2, 2)
+    )
     path = save_checkpoint(build_sam(config), tmp_path / "mobile_sam.pt")
     cut = tmp_path / "mobile_cut.pt"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
@@ -136,7 +138,9 @@ def _cli(args: list[str], cwd: Path, memory_gb: float = 6.0) -> subprocess.Compl
         "from segany.cli.main import main; sys.exit(main(sys.argv[1:]))" % (limit, limit)
     )
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def test_info_refuses_inflated_file_with_exit_2_under_a_memory_limit(tmp_path):

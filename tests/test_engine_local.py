@@ -64,7 +64,9 @@ def report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
-def test_each_bad_image_is_recorded_and_the_batch_goes_on(tmp_path: Path, checkpoint: Path, test_images, capsys) -> None:
+def test_each_bad_image_is_recorded_and_the_batch_goes_on(
+    tmp_path: Path, checkpoint: Path, test_images, capsys
+) -> None:
     folder = tmp_path / "in"
     write_images(folder, test_images, 2)
     (folder / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
@@ -109,7 +111,9 @@ def test_empty_candidates_never_carry_nan_scores(test_images) -> None:
     assert records and all(np.isfinite(r["stability_score"]) and r["area"] > 0 for r in records)
 
 
-def test_outputs_under_the_input_folder_are_never_taken_as_images(tmp_path: Path, checkpoint: Path, test_images, capsys) -> None:
+def test_outputs_under_the_input_folder_are_never_taken_as_images(
+    tmp_path: Path, checkpoint: Path, test_images, capsys
+) -> None:
     folder = tmp_path / "photos"
     write_images(folder, test_images, 2)
     args = [str(folder), "-o", str(folder / "masks"), "-c", str(checkpoint), "--format", "png", "--overlay", *KNOBS]
@@ -196,7 +200,9 @@ def test_killed_driver_rerun_finishes_without_recomputing(tmp_path: Path, checkp
     assert report(out)["done"] == 0 and report(out)["skipped"] == 8
 
 
-def test_ray_flags_without_ray_give_one_line(tmp_path: Path, checkpoint: Path, test_images, monkeypatch, capsys) -> None:
+def test_ray_flags_without_ray_give_one_line(
+    tmp_path: Path, checkpoint: Path, test_images, monkeypatch, capsys
+) -> None:
     from segany.engine import executors
 
     folder = tmp_path / "in"

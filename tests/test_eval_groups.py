@@ -169,7 +169,9 @@ def _eval(*argv: object) -> int:
 @pytest.mark.parametrize("protocol", ["points", "boxes", "proposals"])
 def test_cli_group_by_every_object_protocol(protocol: str, attributed: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "r"
-    extra = ["--max-clicks", "3"] if protocol == "points" else ["--points-per-side", "4"] if protocol == "proposals" else []
+    extra = (
+        ["--max-clicks", "3"] if protocol == "points" else ["--points-per-side", "4"] if protocol == "proposals" else []
+    )
     assert _eval(protocol, "--data", attributed, "-c", tiny_ckpt, "-o", out, "--group-by", "kind",
                  "--group-by", "site", "--min-group", "2", *extra) == 0
     res = json.loads((out / "results.json").read_text())

@@ -81,13 +81,17 @@ def reference_hq(config: SamConfig):
 def _batched_input(size: int, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     image = torch.randint(0, 256, (3, size, size - 32), generator=g).float()
-    return [{
-        "image": image,
-        "original_size": (size + 40, size - 10),
-        "point_coords": torch.tensor([[[40.0, 60.0], [size * 0.6, size * 0.3]], [[size * 0.5, size * 0.5], [5.0, 9.0]]]),
-        "point_labels": torch.tensor([[1, 0], [1, 1]]),
-        "boxes": torch.tensor([[10.0, 20.0, size * 0.7, size * 0.8], [0.0, 0.0, size * 0.4, size * 0.5]]),
-    }]
+    return [
+        {
+            "image": image,
+            "original_size": (size + 40, size - 10),
+            "point_coords": torch.tensor(
+                [[[40.0, 60.0], [size * 0.6, size * 0.3]], [[size * 0.5, size * 0.5], [5.0, 9.0]]]
+            ),
+            "point_labels": torch.tensor([[1, 0], [1, 1]]),
+            "boxes": torch.tensor([[10.0, 20.0, size * 0.7, size * 0.8], [0.0, 0.0, size * 0.4, size * 0.5]]),
+        }
+    ]
 
 
 def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str, tol: float = 1e-4) -> None:
@@ -134,7 +138,9 @@ def test_mobile_sam_matches_reference_end_to_end(tmp_path):
         sparse, dense = ours.prompt_encoder(points, batch["boxes"], None)
         low, iou = ours.mask_decoder(embedding, ours.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
         sparse, dense = ref.prompt_encoder(points, batch["boxes"], None)
-        want_low, want_iou = ref.mask_decoder(ref_embedding, ref.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+        want_low, want_iou = ref.mask_decoder(
+            ref_embedding, ref.prompt_encoder.get_dense_pe(), sparse, dense, multimask
+        )
         _assert_close(low, want_low, "low-res logits")
         _assert_close(iou, want_iou, "IoU")
 

@@ -42,7 +42,9 @@ def _hf_model(seed: int = 0):
     model = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
     randomize_(model, seed)
     # transformers ties the prompt encoder's positional matrix to the shared one.
-    model.prompt_encoder.shared_embedding.positional_embedding.data = model.shared_image_embedding.positional_embedding.data
+    model.prompt_encoder.shared_embedding.positional_embedding.data = (
+        model.shared_image_embedding.positional_embedding.data
+    )
     return model.eval()
 
 

@@ -194,7 +194,9 @@ def test_load_model_by_name_downloads_once_then_uses_the_cache(server, weights, 
     assert torch.equal(model.mask_decoder.iou_token.weight, random_tiny(seed=11).mask_decoder.iou_token.weight)
     load_model("tiny")
     assert len(server.requests) == 1  # found in the cache
-    assert not load_model("tiny", pretrained=False).mask_decoder.iou_token.weight.equal(model.mask_decoder.iou_token.weight)
+    assert not load_model("tiny", pretrained=False).mask_decoder.iou_token.weight.equal(
+        model.mask_decoder.iou_token.weight
+    )
 
 
 def test_torch_hub_folder_is_searched(weights, tmp_path):

@@ -66,7 +66,9 @@ def _left(folder: Path) -> list[str]:
         (["-b", "1,2,3"], "expected 4 numbers"),
     ],
 )
-def test_bad_prompts(capsys: pytest.CaptureFixture[str], tmp_path: Path, image: Path, prompt: list[str], message: str) -> None:
+def test_bad_prompts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image: Path, prompt: list[str], message: str
+) -> None:
     rc, _, err = _segment(capsys, str(image), *prompt, "-o", str(tmp_path / "m.png"))
     assert rc == 2 and message in err and err.count("\n") == 1 and "internal error" not in err
     assert _left(tmp_path) == []
@@ -96,7 +98,9 @@ def test_output_path_checks(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
     for out, message in cases.items():
         rc, _, err = _segment(capsys, str(image), "-p", "5,5", "-o", str(tmp_path / out))
         assert rc == 2 and message in err, (out, err)
-    rc, _, err = _segment(capsys, str(image), "-p", "5,5", "-o", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "o.xyz"))
+    rc, _, err = _segment(
+        capsys, str(image), "-p", "5,5", "-o", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "o.xyz")
+    )
     assert rc == 2 and "--overlay" in err and ".png" in err  # S48
     rc, _, err = _segment(capsys, str(image), "-p", "5,5", "-o", str(image))  # S53
     assert rc == 2 and "is the input" in err
@@ -137,7 +141,16 @@ def test_read_only_folder_fails_before_the_model(tmp_path: Path, image: Path) ->
     try:
         runs = {
             "segment": ["segment", str(image), "-p", "5,5", "-o", str(ro / "m.png")],
-            "overlay": ["segment", str(image), "-p", "5,5", "-o", str(tmp_path / "m.png"), "--overlay", str(ro / "o.png")],
+            "overlay": [
+                "segment",
+                str(image),
+                "-p",
+                "5,5",
+                "-o",
+                str(tmp_path / "m.png"),
+                "--overlay",
+                str(ro / "o.png"),
+            ],
             "export": ["export", "tiny", "-o", str(ro / "sub")],
             "eval": ["eval", "boxes", "--data", str(tmp_path), "-o", str(ro / "rep")],
         }
@@ -169,7 +182,9 @@ def test_disk_full_leaves_nothing(
         real(fd, data)
 
     monkeypatch.setattr(files, "_write_fd", write)
-    rc, _, err = _segment(capsys, str(image), "-p", "5,5", "-o", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "o.png"))
+    rc, _, err = _segment(
+        capsys, str(image), "-p", "5,5", "-o", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "o.png")
+    )
     assert rc == 2 and err.count("\n") == 1
     assert "o.png: cannot write (No space left on device)" in err
     assert _left(tmp_path) == ["m.png"] and (tmp_path / "m.png").read_bytes() == b"earlier mask"
@@ -184,7 +199,9 @@ def test_atomic_write_many_rolls_back_new_files_when_a_rename_fails(tmp_path: Pa
     assert (tmp_path / "a").read_bytes() == b"1"
 
 
-def test_unhandled_os_error_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unhandled_os_error_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from segany.cli import info
 
     def boom(args: object) -> int:
@@ -260,7 +277,9 @@ sys.exit(m.main(["sleepy", sys.argv[1]]))
 """
 
 
-@pytest.mark.parametrize("sig, status, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize(
+    "sig, status, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
 def test_sigterm_like_sigint(tmp_path: Path, sig: signal.Signals, status: int, word: str) -> None:
     """Audit K7: SIGTERM (timeout, docker stop, schedulers) killed the process with no message and left
     its temporary files; now it unwinds like Ctrl-C."""

@@ -58,7 +58,9 @@ def test_manifest_records_file_sizes(exported: Path) -> None:
     import json
 
     manifest = json.loads((exported / MANIFEST).read_text())
-    assert manifest["file_bytes"] == {name: (exported / name).stat().st_size for name in manifest["files"].values() if name != MANIFEST}
+    assert manifest["file_bytes"] == {
+        name: (exported / name).stat().st_size for name in manifest["files"].values() if name != MANIFEST
+    }
     assert not [p for p in exported.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
@@ -160,12 +162,16 @@ def test_broken_export_folder_is_a_clear_error(
     from PIL import Image
 
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
-    rc = main(["segment", str(image), "-p", "3,3", "--backend", "onnx", "-c", str(broken), "-o", str(tmp_path / "m.png")])
+    rc = main(
+        ["segment", str(image), "-p", "3,3", "--backend", "onnx", "-c", str(broken), "-o", str(tmp_path / "m.png")]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "cannot be loaded" in err and "internal error" not in err
 
 
-def test_temporary_export_is_removed(model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy_export: list[Path]) -> None:
+def test_temporary_export_is_removed(
+    model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy_export: list[Path]
+) -> None:
     """Audit N07: every '-c tiny --backend onnx' run left a 3 MB folder in the temp folder."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     _predict_ok(backend.predictor_for(model, "onnx"))

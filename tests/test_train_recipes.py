@@ -163,7 +163,9 @@ def test_a_state_from_another_model_is_refused(tmp_path: Path, shared_data: Path
     recipe = _recipe(tmp_path, shared_data)
     out = tmp_path / "run"
     train(load_config(recipe, ["loop.steps=1"]), out, progress=False)
-    assert main(["train", str(recipe), "model.preset=conv_small", "--output", str(out), "--resume", "--no-progress"]) == 2
+    assert (
+        main(["train", str(recipe), "model.preset=conv_small", "--output", str(out), "--resume", "--no-progress"]) == 2
+    )
 
 
 def test_a_non_finite_loss_stops_the_run_at_its_step(

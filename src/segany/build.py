@@ -70,7 +70,8 @@ def load_model(
     else:
         if name is not None and not Path(name).exists() and "." not in Path(name).name:
             raise CheckpointError(
-                f"{name}: neither a file nor a known checkpoint name ({', '.join(hub.WEIGHTS)}; tiny for random weights)"
+                f"{name}: neither a file nor a known checkpoint name "
+                f"({', '.join(hub.WEIGHTS)}; tiny for random weights)"
             )
         model = load_checkpoint(path_or_name)
     model = model.to(device)

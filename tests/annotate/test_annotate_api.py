@@ -157,7 +157,9 @@ def test_object_input_checks(make_client) -> None:
         r = c.post("/api/images/1/objects", json=body)
         assert r.status_code == 400, (body, r.text)
         assert "\n" not in r.json()["detail"]
-    assert c.post("/api/images/1/objects", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    assert (
+        c.post("/api/images/1/objects", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    )
 
 
 def test_next_hands_out_each_image_once_under_concurrency(make_client) -> None:
@@ -268,7 +270,9 @@ def test_stats_and_prefill_sources(make_client, tmp_path) -> None:
         m[k * 7: k * 7 + 5, 2:50] = True
         records.append({"segmentation": m, "predicted_iou": 0.95, "stability_score": 0.97,
                         "crop_box": [0, 0, 60, 40], "point_coords": [[10.0, k * 7 + 2.0]]})
-    sa1b = write_sa1b(tmp_path / "img000.json", {"image_id": 7, "width": 60, "height": 40, "file_name": "img000.png"}, records)
+    sa1b = write_sa1b(
+        tmp_path / "img000.json", {"image_id": 7, "width": 60, "height": 40, "file_name": "img000.png"}, records
+    )
     report = prefill.import_file(server.db, 1, server.local, sa1b)
     assert (report.added, report.existing) == (5, 0)
     assert prefill.import_file(server.db, 1, server.local, sa1b).existing == 5  # idempotent
@@ -280,7 +284,12 @@ def test_stats_and_prefill_sources(make_client, tmp_path) -> None:
     assert edited["source"] == "auto_edited"
     assert c.delete(f"/api/objects/{objs[1]['id']}", headers={"If-Match": '"1"'}).status_code == 204
     for seconds in (10.0, 20.0):
-        assert c.post("/api/images/1/objects", json={"rle": _rle(40, 60, (30, 20, 40, 30)), "seconds": seconds}).status_code == 201
+        assert (
+            c.post(
+                "/api/images/1/objects", json={"rle": _rle(40, 60, (30, 20, 40, 30)), "seconds": seconds}
+            ).status_code
+            == 201
+        )
     assert c.post("/api/images/1/submit").json()["state"] == "submitted"
     st = c.get("/api/projects/1/stats").json()
     assert st["seconds_per_manual_mask"]["count"] == 2 and st["seconds_per_manual_mask"]["median"] == 15.0

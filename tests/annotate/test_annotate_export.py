@@ -131,7 +131,9 @@ def test_cli_export_prefill_user(tmp_path, tiny_model, capsys) -> None:
     np.testing.assert_array_equal(decode_rle(data["annotations"][0]["segmentation"]), m)
     assert main(["annotate", "export", str(root), "-o", str(tmp_path / "s"), "--format", "sa1b"]) == 0
     assert (tmp_path / "s" / "img000.json").is_file()
-    assert main(["annotate", "export", str(root), "-o", str(tmp_path / "p.json"), "--format", "sa1b", "--polygons"]) == 2
+    assert (
+        main(["annotate", "export", str(root), "-o", str(tmp_path / "p.json"), "--format", "sa1b", "--polygons"]) == 2
+    )
 
 
 def test_prefill_generate_strict(make_sqlite_client, tiny_model) -> None:

@@ -80,7 +80,9 @@ def test_loopback_only_without_auth(make_sqlite_client) -> None:
     assert r.status_code == 421 and "loopback" in r.json()["detail"]
     r = c.post("/api/images/1/objects", json={"rle": _rle()}, headers={"Origin": "http://evil.example"})
     assert r.status_code == 403
-    assert c.post("/api/images/1/objects", json={"rle": _rle()}, headers={"Origin": "http://127.0.0.1"}).status_code == 201
+    assert (
+        c.post("/api/images/1/objects", json={"rle": _rle()}, headers={"Origin": "http://127.0.0.1"}).status_code == 201
+    )
     assert c.post("/api/login", json={"username": "a", "password": "b"}).status_code == 400
     data = c.app.state.server.data_dir
     assert data.stat().st_mode & 0o777 == 0o700
@@ -140,9 +142,19 @@ def test_cookie_session_needs_csrf_and_origin(make_client) -> None:
     assert csrf and csrf == r.json()["csrf"]
     body = {"rle": _rle()}
     assert c.post("/api/images/1/objects", json=body, headers={"Origin": "http://127.0.0.1"}).status_code == 403
-    assert c.post("/api/images/1/objects", json=body, headers={"X-CSRF-Token": "x" + csrf, "Origin": "http://127.0.0.1"}).status_code == 403
+    assert (
+        c.post(
+            "/api/images/1/objects", json=body, headers={"X-CSRF-Token": "x" + csrf, "Origin": "http://127.0.0.1"}
+        ).status_code
+        == 403
+    )
     assert c.post("/api/images/1/objects", json=body, headers={"X-CSRF-Token": csrf}).status_code == 403  # no Origin
-    assert c.post("/api/images/1/objects", json=body, headers={"X-CSRF-Token": csrf, "Origin": "http://evil.example"}).status_code == 403
+    assert (
+        c.post(
+            "/api/images/1/objects", json=body, headers={"X-CSRF-Token": csrf, "Origin": "http://evil.example"}
+        ).status_code
+        == 403
+    )
     ok = c.post("/api/images/1/objects", json=body, headers={"X-CSRF-Token": csrf, "Origin": "http://127.0.0.1"})
     assert ok.status_code == 201 and ok.json()["user"] == "ann"
     assert c.post("/api/logout", headers={"X-CSRF-Token": csrf, "Origin": "http://127.0.0.1"}).status_code == 204
@@ -175,13 +187,18 @@ def test_role_matrix_and_review_cycle(make_client) -> None:
     assert c.post(f"/api/images/{iid}/review", json={"decision": "accept"}, headers=_h(t["ann"])).status_code == 403
     assert c.post(f"/api/images/{iid}/review", json={"decision": "maybe"}, headers=_h(t["rev"])).status_code == 400
     # Reject with a comment: it goes back to its annotator, who fixes and resubmits; then accept.
-    r = c.post(f"/api/images/{iid}/review", json={"decision": "reject", "comment": "missed the cat"}, headers=_h(t["rev"]))
+    r = c.post(
+        f"/api/images/{iid}/review", json={"decision": "reject", "comment": "missed the cat"}, headers=_h(t["rev"])
+    )
     assert r.json()["state"] == "rejected" and r.json()["review_comment"] == "missed the cat"
     back = c.post("/api/projects/1/next", headers=_h(t["ann"])).json()
     assert back["id"] == iid and back["review_comment"] == "missed the cat"
     assert c.post(f"/api/images/{iid}/objects", json={"rle": rle}, headers=_h(t["ann"])).status_code == 201
     assert c.post(f"/api/images/{iid}/submit", headers=_h(t["ann"])).json()["state"] == "submitted"
-    assert c.post(f"/api/images/{iid}/review", json={"decision": "accept"}, headers=_h(t["rev"])).json()["state"] == "accepted"
+    assert (
+        c.post(f"/api/images/{iid}/review", json={"decision": "accept"}, headers=_h(t["rev"])).json()["state"]
+        == "accepted"
+    )
     # Someone with both roles cannot accept their own work.
     own = c.post("/api/projects/1/next", headers=_h(t["both"])).json()["id"]
     c.post(f"/api/images/{own}/submit", headers=_h(t["both"]))
@@ -230,7 +247,9 @@ def live(tmp_path, tiny_model, monkeypatch):  # type: ignore[no-untyped-def]
     thread.join(10)
 
 
-def _raw(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+def _raw(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.putrequest(method, path, skip_accept_encoding=True)
     for k, v in (headers or {}).items():
@@ -252,10 +271,19 @@ def test_traversal_and_symlinks(live) -> None:
 
     names = [im["file_name"] for im in store.list_images(app.state.server.db, 1, None)]
     assert "link.png" not in names and len(names) == 2  # the symlink out of the folder is not imported
-    for path in ["/static/../../../../etc/passwd", "/static/..%2f..%2f..%2fetc%2fpasswd", "/static/....//....//etc/passwd",
-                 "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/static//etc/passwd", "/static/%2fetc%2fpasswd",
-                 "/api/images/..%2f..%2fetc%2fpasswd/file", "/api/images/%2e%2e/file", "/../../etc/passwd",
-                 "//etc/passwd", "/static/..\\..\\etc\\passwd"]:
+    for path in [
+        "/static/../../../../etc/passwd",
+        "/static/..%2f..%2f..%2fetc%2fpasswd",
+        "/static/....//....//etc/passwd",
+        "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/static//etc/passwd",
+        "/static/%2fetc%2fpasswd",
+        "/api/images/..%2f..%2fetc%2fpasswd/file",
+        "/api/images/%2e%2e/file",
+        "/../../etc/passwd",
+        "//etc/passwd",
+        "/static/..\\..\\etc\\passwd",
+    ]:
         status, body = _raw(port, "GET", path)
         assert status in (400, 404, 405), (path, status)
         assert b"root:" not in body and b"Traceback" not in body
@@ -276,7 +304,12 @@ def _png_bomb(side: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", raw)
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_uploads(live) -> None:

@@ -157,7 +157,11 @@ def create_app(settings: Settings | Server) -> FastAPI:
         if "admin" not in who.roles:
             raise forbidden("only an admin adds users")
         name, roles, password = body.get("name"), body.get("roles", "annotator"), body.get("password")
-        if not isinstance(name, str) or not isinstance(roles, str) or not (password is None or isinstance(password, str)):
+        if (
+            not isinstance(name, str)
+            or not isinstance(roles, str)
+            or not (password is None or isinstance(password, str))
+        ):
             raise bad_request("a user needs 'name', 'roles' (comma-separated) and optionally 'password'")
         user_id = auth.add_user(srv.db, name, roles, password)
         return {"id": user_id, "name": name, "roles": auth.parse_roles(roles).split(",")}

@@ -133,8 +133,16 @@ def same_origin(headers: Any, scheme: str, allowed: tuple[str, ...] = ()) -> boo
     return origin is not None and (origin == f"{scheme}://{host}" or origin in allowed)
 
 
-def authenticate(db: Database, method: str, headers: Any, cookies: dict[str, str], scheme: str,
-                 auth_on: bool, local: Principal, allowed_origins: tuple[str, ...] = ()) -> tuple[Principal, str | None]:
+def authenticate(
+    db: Database,
+    method: str,
+    headers: Any,
+    cookies: dict[str, str],
+    scheme: str,
+    auth_on: bool,
+    local: Principal,
+    allowed_origins: tuple[str, ...] = (),
+) -> tuple[Principal, str | None]:
     """The caller and the CSRF token of its session (None for tokens and the local user)."""
     unsafe = method.upper() not in SAFE_METHODS
     origin = headers.get("origin")

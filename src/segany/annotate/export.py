@@ -66,7 +66,9 @@ def mask_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[float]]
     return rings or None
 
 
-def _rows(db: Database, project_id: int, states: tuple[str, ...] | None) -> tuple[str, list[Image], dict[int, list[Object]], dict[int, str]]:
+def _rows(
+    db: Database, project_id: int, states: tuple[str, ...] | None
+) -> tuple[str, list[Image], dict[int, list[Object]], dict[int, str]]:
     with db.read() as s:
         project = s.get(Project, project_id)
         if project is None:
@@ -134,7 +136,9 @@ def export_coco(
     return report
 
 
-def export_sa1b(db: Database, project_id: int, out_dir: str | Path, states: tuple[str, ...] | None = None) -> ExportReport:
+def export_sa1b(
+    db: Database, project_id: int, out_dir: str | Path, states: tuple[str, ...] | None = None
+) -> ExportReport:
     """One SA-1B JSON file per image, at ``out_dir/<image path without suffix>.json``."""
     _, images, objects, _ = _rows(db, project_id, states)
     out = Path(out_dir)

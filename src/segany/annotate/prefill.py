@@ -63,7 +63,9 @@ def _add(db: Database, user: store.Principal, image: tuple[int, int, int, str], 
         report.existing += 1
 
 
-def import_file(db: Database, project_id: int, user: store.Principal, path: Path, min_iou: float = 0.0) -> PrefillReport:
+def import_file(
+    db: Database, project_id: int, user: store.Principal, path: Path, min_iou: float = 0.0
+) -> PrefillReport:
     """Import one SA-1B per-image file or one COCO instances file."""
     from segany.io.coco import load_coco
     from segany.io.sa1b import read_sa1b
@@ -100,10 +102,23 @@ def import_file(db: Database, project_id: int, user: store.Principal, path: Path
         score = float(entry.get("predicted_iou", entry.get("score", 1.0)))
         if score < min_iou:
             continue
-        extra = {"predicted_iou": score, "stability_score": float(entry.get("stability_score", 1.0)),
-                 "crop_box": entry.get("crop_box") or [0, 0, image[2], image[1]], "point_coords": entry.get("point_coords") or []}
+        extra = {
+            "predicted_iou": score,
+            "stability_score": float(entry.get("stability_score", 1.0)),
+            "crop_box": entry.get("crop_box") or [0, 0, image[2], image[1]],
+            "point_coords": entry.get("point_coords") or [],
+        }
         category = names.get(entry.get("category_id"))
-        _add(db, user, image, entry["segmentation"], extra, None, None if category in (None, "object") else category, report)
+        _add(
+            db,
+            user,
+            image,
+            entry["segmentation"],
+            extra,
+            None,
+            None if category in (None, "object") else category,
+            report,
+        )
     return report
 
 
@@ -119,8 +134,12 @@ def generate(db: Database, project_id: int, user: store.Principal, root: Path, m
     generator = SamAutomaticMaskGenerator(model, **{**STRICT, **(settings or {})})
     report = PrefillReport()
     with db.read() as s:
-        todo = [(im.id, im.height, im.width, im.sha256, im.path)
-                for im in s.scalars(select(Image).where(Image.project_id == project_id, Image.state == "todo").order_by(Image.id))]
+        todo = [
+            (im.id, im.height, im.width, im.sha256, im.path)
+            for im in s.scalars(
+                select(Image).where(Image.project_id == project_id, Image.state == "todo").order_by(Image.id)
+            )
+        ]
     for image_id, h, w, sha, rel in tqdm(todo, desc="pre-fill", disable=not progress):
         path = inside(root, root / rel)
         if path is None:
@@ -129,8 +148,11 @@ def generate(db: Database, project_id: int, user: store.Principal, root: Path, m
         for record in generator.generate(read_image(path)):
             seg = record["segmentation"]
             rle = seg if isinstance(seg, dict) else encode_mask(seg)
-            extra = {"predicted_iou": float(record["predicted_iou"]), "stability_score": float(record["stability_score"]),
-                     "crop_box": [float(v) for v in record["crop_box"]],
-                     "point_coords": [[float(x), float(y)] for x, y in record["point_coords"]]}
+            extra = {
+                "predicted_iou": float(record["predicted_iou"]),
+                "stability_score": float(record["stability_score"]),
+                "crop_box": [float(v) for v in record["crop_box"]],
+                "point_coords": [[float(x), float(y)] for x, y in record["point_coords"]],
+            }
             _add(db, user, (image_id, h, w, sha), rle, extra, model_id, None, report)
     return report

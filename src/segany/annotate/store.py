@@ -92,7 +92,9 @@ def sync_folder(db: Database, project_id: int, root: Path, max_pixels: int) -> i
     with db.read() as s:
         known = {
             row.path: (row.file_size, row.mtime_ns)
-            for row in s.execute(select(Image.path, Image.file_size, Image.mtime_ns).where(Image.project_id == project_id))
+            for row in s.execute(
+                select(Image.path, Image.file_size, Image.mtime_ns).where(Image.project_id == project_id)
+            )
         }
         hashes = set(s.scalars(select(Image.sha256).where(Image.project_id == project_id)))
     added = 0
@@ -239,7 +241,11 @@ def _claim_state() -> Any:
 
 def release_lock(db: Database, image_id: int, user: Principal) -> None:
     with db.write() as s:
-        s.execute(update(Image).where(Image.id == image_id, Image.lock_owner == user.id).values(lock_owner=None, lock_expires=None))
+        s.execute(
+            update(Image)
+            .where(Image.id == image_id, Image.lock_owner == user.id)
+            .values(lock_owner=None, lock_expires=None)
+        )
 
 
 # -- objects -------------------------------------------------------------------------------------
@@ -502,7 +508,9 @@ def submit(db: Database, image_id: int, user: Principal) -> dict[str, Any]:
         return image_record(s, image)
 
 
-def review(db: Database, image_id: int, user: Principal, decision: str, comment: str | None, auth_on: bool) -> dict[str, Any]:
+def review(
+    db: Database, image_id: int, user: Principal, decision: str, comment: str | None, auth_on: bool
+) -> dict[str, Any]:
     if decision not in ("accept", "reject"):
         raise bad_request("decision must be 'accept' or 'reject'")
     if not user.has("reviewer"):
@@ -538,16 +546,23 @@ def project_list(db: Database) -> list[dict[str, Any]]:
         rows = []
         for p in s.scalars(select(Project).order_by(Project.id)):
             total = s.scalar(select(func.count()).select_from(Image).where(Image.project_id == p.id)) or 0
-            done = s.scalar(
-                select(func.count()).select_from(Image).where(Image.project_id == p.id, Image.state.in_(("submitted", "accepted")))
-            ) or 0
+            done = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(Image)
+                    .where(Image.project_id == p.id, Image.state.in_(("submitted", "accepted")))
+                )
+                or 0
+            )
             rows.append({"id": p.id, "name": p.name, "images": int(total), "done": int(done)})
         return rows
 
 
 def categories(db: Database, project_id: int) -> list[dict[str, Any]]:
     with db.read() as s:
-        rows = s.scalars(select(Category).where(Category.project_id == project_id).order_by(Category.fixed.desc(), Category.name))
+        rows = s.scalars(
+            select(Category).where(Category.project_id == project_id).order_by(Category.fixed.desc(), Category.name)
+        )
         return [{"id": c.id, "name": c.name, "fixed": c.fixed} for c in rows]
 
 

@@ -83,15 +83,34 @@ _OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     ),
     (("--cases",), dict(type=int, default=3, help="best and worst cases pictured per method (default: 3)")),
     (("--threads",), dict(type=int, metavar="N", help="CPU threads for torch and OpenCV (default: their own)")),
-    (("--group-by",), dict(action="append", default=[], metavar="KEY",
-                           help="also report every metric per group of KEY, with 95%% bootstrap intervals: an "
-                                "annotation or image key of the data, a column of --groups, 'size' or 'category'; "
-                                "repeatable")),
-    (("--groups",), dict(metavar="CSV", help="table of groups: an image_id (or file_name) column and one column "
-                                             "per grouping key")),
-    (("--min-group",), dict(type=int, default=20, metavar="N",
-                            help="groups with fewer objects (images for edges) are flagged too small (default: 20)")),
-    (("--bootstrap",), dict(type=int, default=1000, metavar="N", help="bootstrap resamples per interval (default: 1000)")),
+    (
+        ("--group-by",),
+        dict(
+            action="append",
+            default=[],
+            metavar="KEY",
+            help="also report every metric per group of KEY, with 95%% bootstrap intervals: an "
+            "annotation or image key of the data, a column of --groups, 'size' or 'category'; "
+            "repeatable",
+        ),
+    ),
+    (
+        ("--groups",),
+        dict(metavar="CSV", help="table of groups: an image_id (or file_name) column and one column per grouping key"),
+    ),
+    (
+        ("--min-group",),
+        dict(
+            type=int,
+            default=20,
+            metavar="N",
+            help="groups with fewer objects (images for edges) are flagged too small (default: 20)",
+        ),
+    ),
+    (
+        ("--bootstrap",),
+        dict(type=int, default=1000, metavar="N", help="bootstrap resamples per interval (default: 1000)"),
+    ),
     (("--quiet",), dict(action="store_true", help="no progress bar")),
 ]
 

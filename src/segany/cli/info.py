@@ -17,7 +17,8 @@ EXAMPLES = """examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint",
-        help="a .pth/.pt/.safetensors file, a Hugging Face model folder, or a name (vit_b, mobile_sam, sam_hq_vit_l, tiny, ...)",
+        help="a .pth/.pt/.safetensors file, a Hugging Face model folder, or a name "
+        "(vit_b, mobile_sam, sam_hq_vit_l, tiny, ...)",
     )
     parser.add_argument("--json", action="store_true", help="print as JSON")
 
@@ -141,7 +142,10 @@ def _print(info: dict[str, Any]) -> None:
         print("location:      " + (info["cached"] or f"not downloaded yet: would go to {info['download_to']}"))
         print(f"address:       {info['url']}")
     elif info["format"] != "preset (random weights)":
-        print("release:       " + (f"{info['release']} (checksum matches)" if info["release"] else "no known release (by checksum)"))
+        print(
+            "release:       "
+            + (f"{info['release']} (checksum matches)" if info["release"] else "no known release (by checksum)")
+        )
     print(f"family:        {info['family']}, architecture {info['architecture']}")
     print(f"parameters:    {info['parameters'] / 1e6:.2f} M "
           f"(encoder {parts['image_encoder'] / 1e6:.2f} M, prompt encoder {parts['prompt_encoder'] / 1e6:.3f} M, "
@@ -154,8 +158,11 @@ def _print(info: dict[str, Any]) -> None:
         print(f"encoder:       TinyViT, widths {c['tiny_vit_dims']}, depths {c['tiny_vit_depths']}, "
               f"heads {c['tiny_vit_heads'][1:]}, windows {c['tiny_vit_windows'][1:]}")
     else:
-        print(f"encoder:       ViT, width {c['encoder_embed_dim']}, depth {c['encoder_depth']}, heads {c['encoder_num_heads']}, "
-              f"patch {c['patch_size']}, window {c['window_size']}, global blocks {c['encoder_global_attn_indexes']}")
+        print(
+            f"encoder:       ViT, width {c['encoder_embed_dim']}, depth {c['encoder_depth']}, "
+            f"heads {c['encoder_num_heads']}, "
+            f"patch {c['patch_size']}, window {c['window_size']}, global blocks {c['encoder_global_attn_indexes']}"
+        )
     print(f"decoder:       width {c['prompt_embed_dim']}, depth {c['decoder_depth']}, heads {c['decoder_num_heads']}, "
           f"MLP {c['decoder_mlp_dim']}, {c['num_multimask_outputs']} multimask outputs"
           + (", HQ token and feature fusion" if c["hq"] else ""))

@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", nargs="+", metavar="DATA", help="data sets (folders, COCO JSON files, tar shards)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created)")
     parser.add_argument("--names", default=None, help="comma-separated names for the data sets (default: folder names)")
-    parser.add_argument("--by", default=None, metavar="KEY", help="also count images and masks per value of this image attribute")
+    parser.add_argument(
+        "--by", default=None, metavar="KEY", help="also count images and masks per value of this image attribute"
+    )
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images of each data set")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
@@ -60,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
         raise SeganyError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
     result: dict = {"datasets": {s.name: s.to_json() for s in stats}}
     if args.by:
-        result["by"] = {"key": args.by, "datasets": {s.name: {v: dict(c) for v, c in sorted(s.by.items())} for s in stats}}
+        result["by"] = {
+            "key": args.by,
+            "datasets": {s.name: {v: dict(c) for v, c in sorted(s.by.items())} for s in stats},
+        }
     atomic_write_json(out / "stats.json", result, indent=1)
     plot_distributions(stats, out / "distributions.png")
     plot_centres(stats, out / "centres.png")

@@ -129,7 +129,9 @@ def units(source: str | Path) -> list[Unit]:
     if not shards and not files:
         raise FormatError(f"{path}: no annotations.json, SA-1B JSON files or sa_*.tar shards")
     found: list[Unit] = [("tar", [str(s)]) for s in shards]
-    return found + [("json", [str(f) for f in files[i : i + _FILES_PER_UNIT]]) for i in range(0, len(files), _FILES_PER_UNIT)]
+    return found + [
+        ("json", [str(f) for f in files[i : i + _FILES_PER_UNIT]]) for i in range(0, len(files), _FILES_PER_UNIT)
+    ]
 
 
 def iter_unit(unit: Unit) -> Iterator[ImageMasks]:
@@ -166,7 +168,9 @@ class DatasetStats:
     concavity: np.ndarray = field(default_factory=lambda: np.zeros(len(CONCAVITY_BINS) - 1, np.int64))
     centres: np.ndarray = field(default_factory=lambda: np.zeros((CENTRE_GRID, CENTRE_GRID), np.int64))
     megapixels: np.ndarray = field(default_factory=lambda: np.zeros(len(MEGAPIXEL_EDGES), np.int64))
-    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("relative_size", "concavity", "width", "height"), 0.0))
+    sums: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("relative_size", "concavity", "width", "height"), 0.0)
+    )
     by: dict[str, Counter[str]] = field(default_factory=dict)  # attribute value -> Counter(images=, masks=)
     keys: set[str] = field(default_factory=set)
 

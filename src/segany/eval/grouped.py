@@ -50,7 +50,9 @@ def _boxes(result: Any, samples: Mapping[int, Any], key: GroupKey) -> tuple[list
     return groups, {"mIoU": ious}, {}
 
 
-def _proposals(result: Any, samples: Mapping[int, Any], key: GroupKey) -> tuple[list[str], dict[str, list[float]], dict]:
+def _proposals(
+    result: Any, samples: Mapping[int, Any], key: GroupKey
+) -> tuple[list[str], dict[str, list[float]], dict]:
     from pycocotools import mask as mask_utils
 
     groups: list[str] = []
@@ -62,7 +64,9 @@ def _proposals(result: Any, samples: Mapping[int, Any], key: GroupKey) -> tuple[
             continue
         rles = im.rles[:100]
         if rles:
-            ious = np.asarray(mask_utils.iou(rles, [a.rle for a in objs], [0] * len(objs))).reshape(len(rles), len(objs))
+            ious = np.asarray(mask_utils.iou(rles, [a.rle for a in objs], [0] * len(objs))).reshape(
+                len(rles), len(objs)
+            )
             best = ious.max(axis=0)
         else:
             best = np.zeros(len(objs))

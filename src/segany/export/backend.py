@@ -72,7 +72,9 @@ def _load_export(folder: Path, make: Any) -> OnnxPredictor:
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors derive from Exception only
         if type(exc).__module__.startswith("onnxruntime"):
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"{folder}: an ONNX graph cannot be loaded (truncated or corrupt?): {first}") from None
+            raise CheckpointError(
+                f"{folder}: an ONNX graph cannot be loaded (truncated or corrupt?): {first}"
+            ) from None
         raise
 
 

@@ -192,7 +192,9 @@ def _check_opset(opset: int) -> None:
         raise ExportError(f"opset {opset} is too old; use 13 or newer (official default: 17)")
     newest = _max_opset()
     if opset > newest:
-        raise ExportError(f"opset {opset} is newer than this torch/onnx can write (at most {newest}; official default: 17)")
+        raise ExportError(
+            f"opset {opset} is newer than this torch/onnx can write (at most {newest}; official default: 17)"
+        )
     if opset >= 18 and importlib.util.find_spec("onnxscript") is None:
         raise ExportError(f"opset {opset} uses the torch.export exporter, which needs onnxscript "
                           "(pip install onnxscript), or use --opset 17")

@@ -12,7 +12,6 @@ import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -67,7 +66,9 @@ def _read_file(p: Path) -> object:
                 f"{p}: refused: the file is a pickle of more than plain tensors, and loading it could run code"
             ) from None
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): {first[:160]}") from None
+        raise CheckpointError(
+            f"{p}: not a readable PyTorch checkpoint (truncated or corrupt?): {first[:160]}"
+        ) from None
 
 
 def read_state_dict(path: str | os.PathLike[str], notes: dict[str, object] | None = None) -> dict[str, torch.Tensor]:
@@ -205,7 +206,9 @@ def _infer(state: dict[str, torch.Tensor], name: str) -> SamConfig:
 def _infer_vit(state: dict[str, torch.Tensor]) -> SamConfig:
     patch_w = state["image_encoder.patch_embed.proj.weight"]  # (D, 3, p, p)
     if patch_w.ndim != 4:
-        raise CheckpointError(f"cannot infer the architecture: image_encoder.patch_embed.proj.weight has shape {tuple(patch_w.shape)}")
+        raise CheckpointError(
+            f"cannot infer the architecture: image_encoder.patch_embed.proj.weight has shape {tuple(patch_w.shape)}"
+        )
     embed_dim, patch = int(patch_w.shape[0]), int(patch_w.shape[-1])
     pos = state.get("image_encoder.pos_embed")  # (1, g, g, D)
     block_ids = _indices(state, r"^image_encoder\.blocks\.(\d+)\.", "encoder blocks")

@@ -346,9 +346,13 @@ class SegmentationDataset:
             if json_path.name in skip or json_path.name.endswith(".done.json"):
                 continue
             name = json_path.relative_to(self.root).with_suffix("")
-            found = [c for r in roots for c in sorted(r.glob(f"{name.as_posix()}.*")) if c.suffix.lower() in IMAGE_SUFFIXES]
+            found = [
+                c for r in roots for c in sorted(r.glob(f"{name.as_posix()}.*")) if c.suffix.lower() in IMAGE_SUFFIXES
+            ]
             if not found:
-                raise FormatError(f"{json_path}: its image {name}.* is not in the run's inputs ({', '.join(map(str, inputs))})")
+                raise FormatError(
+                    f"{json_path}: its image {name}.* is not in the run's inputs ({', '.join(map(str, inputs))})"
+                )
             pairs.append((found[0], json_path))
         if not pairs:
             raise FormatError(f"{self.root}: a segany auto folder without loose SA-1B files")

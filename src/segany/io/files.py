@@ -236,7 +236,7 @@ def atomic_write_many(items: Mapping[str | os.PathLike[str], bytes]) -> list[Pat
         raise
     created: list[Path] = []
     try:
-        for i, (tmp, target) in enumerate(staged):
+        for i, (tmp, target) in enumerate(staged):  # noqa: B007 (i is read in the except clause)
             existed = target.exists()
             _commit(tmp, target)
             if not existed:

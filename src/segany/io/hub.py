@@ -176,7 +176,10 @@ def fetch(release: Release, target: Path, progress: bool = True, timeout: float 
         part = target.with_name(target.name + ".part")
         handle = open(part, "ab")
     except OSError as exc:
-        raise CheckpointError(f"{target.parent}: cannot write the checkpoint cache ({exc.strerror}); set SEGANY_CHECKPOINTS to a writable folder") from None
+        raise CheckpointError(
+            f"{target.parent}: cannot write the checkpoint cache ({exc.strerror}); "
+            "set SEGANY_CHECKPOINTS to a writable folder"
+        ) from None
     with handle:
         _lock(handle, release, target)
         try:
@@ -204,7 +207,9 @@ def _lock(handle: object, release: Release, target: Path) -> None:
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[attr-defined]
     except OSError:
-        raise CheckpointError(f"{release.name}: another process is downloading {target}; wait for it to finish") from None
+        raise CheckpointError(
+            f"{release.name}: another process is downloading {target}; wait for it to finish"
+        ) from None
 
 
 def _transfer(release: Release, part: Path, handle: object, progress: bool, timeout: float, target: Path) -> None:

@@ -141,7 +141,7 @@ def build_sam(config: SamConfig) -> Sam:
         if config.patch_size != ConvImageEncoder.stride:
             raise ValueError(f"a conv encoder has stride {ConvImageEncoder.stride}; patch_size is {config.patch_size}")
         encoder = ConvImageEncoder(
-            config.image_size, tuple(config.conv_widths), tuple(config.conv_depths), config.prompt_embed_dim
+            config.image_size, tuple(config.conv_widths), tuple(config.conv_depths), config.prompt_embed_dim  # type: ignore[arg-type]
         )
     elif config.encoder == "tiny_vit":
         encoder = TinyViT(

@@ -44,7 +44,10 @@ class ResidualBlock(nn.Module):
 
 
 class Stage(nn.Module):
-    """A stride-2 3x3 conv (``cin -> cout``) and ``depth`` residual blocks: ``(B, cin, H, W) -> (B, cout, H/2, W/2)``."""
+    """A stride-2 3x3 conv (``cin -> cout``) and ``depth`` residual blocks.
+
+    ``(B, cin, H, W) -> (B, cout, H/2, W/2)``.
+    """
 
     def __init__(self, cin: int, cout: int, depth: int) -> None:
         super().__init__()
@@ -84,7 +87,9 @@ class ConvImageEncoder(nn.Module):
         self.register_buffer("input_size", torch.tensor(img_size, dtype=torch.int64))
         self.gradient_checkpointing = False  # accepted for the training loop's sake; convolutions are cheap
         w0, w1, w2, w3 = widths
-        self.stem = nn.Sequential(_conv_bn(3, w0, stride=2), nn.ReLU(inplace=True), _conv_bn(w0, w0), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            _conv_bn(3, w0, stride=2), nn.ReLU(inplace=True), _conv_bn(w0, w0), nn.ReLU(inplace=True)
+        )
         self.stages = nn.ModuleList([Stage(w0, w1, depths[0]), Stage(w1, w2, depths[1]), Stage(w2, w3, depths[2])])
         # The stride-8 features carry the finer boundaries; a strided conv brings them to the grid.
         self.fuse_fine = _conv_bn(w2, w3, stride=2)

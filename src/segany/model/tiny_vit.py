@@ -107,7 +107,8 @@ class WindowAttention(nn.Module):
         # The checkpoint's qkv output is laid out per head as [q | k | v].
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (B', heads, N, head_dim)
-        bias = self.attention_biases[:, self.bias_index].to(q.dtype)  # (heads, N, N)
+        index: torch.Tensor = self.bias_index  # type: ignore[assignment]
+        bias = self.attention_biases[:, index].to(q.dtype)  # (heads, N, N)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
@@ -255,7 +256,7 @@ class TinyViT(nn.Module):
             for block in stage.blocks:  # type: ignore[union-attr]
                 x = self._run(block, x)
             if stage.downsample is not None:  # type: ignore[union-attr]
-                x = stage.downsample(x)  # type: ignore[union-attr]
+                x = stage.downsample(x)  # type: ignore[union-attr,operator]
             if i == 1:
                 early = x
         b, _, d = x.shape
