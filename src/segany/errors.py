@@ -19,5 +19,6 @@ class ImageError(SeganyError):
     """An image is missing, unreadable or of an unsupported kind."""
 
 
-class PromptError(SeganyError):
-    """A prompt (point, box, mask) is malformed or outside the image."""
+class PromptError(SeganyError, ValueError):
+    """A prompt (point, box, mask) is malformed or outside the image (also a ``ValueError``, as the
+    official package's checks raise for bad arguments)."""
