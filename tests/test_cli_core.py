@@ -127,7 +127,7 @@ def test_segment_bf16_decoder(tmp_path, checkpoint, image, capsys):
     prompt = ["--point", "200,150", "-c", str(checkpoint), "--json"]
     assert main(["segment", str(image), *prompt, "-o", str(tmp_path / "fp32.png")]) == 0
     want = json.loads(capsys.readouterr().out)["masks"][0]["score"]
-    runs = [["--decoder-precision", "bf16"]]
+    runs = [["--decoder-precision", "bf16"], ["--decoder", "bf16"]]
     try:
         import onnxruntime  # noqa: F401
 
@@ -163,7 +163,8 @@ def _refused_on_onnx(tmp_path, checkpoint, image, capsys, option: str, *value: s
     args = ["--point", "200,150", "-c", str(checkpoint), option, *value, "--backend", "onnx", "-o", str(tmp_path / "x.png")]
     rc = main(["segment", str(image), *args])
     err = capsys.readouterr().err
-    assert rc == 2 and f"{option} applies to the torch backend" in err and "Traceback" not in err
+    assert rc == 2 and option in err and "applies to the torch backend" in err and "Traceback" not in err
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("option", ["--compile-decoder", "--compile-encoder"])
@@ -186,3 +187,30 @@ def test_segment_bf16_encoder(tmp_path, checkpoint, image, capsys):
     iou, score_diff = _segment_twice(tmp_path, checkpoint, image, capsys, "--encoder-precision", "bf16")
     assert iou > 0.95 and score_diff < 0.05
     _refused_on_onnx(tmp_path, checkpoint, image, capsys, "--encoder-precision", "bf16")
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--onnx-precision", "int8"], "--onnx-precision"),  # onnx backend only
+        (["--precision", "fp32"], "--onnx-precision"),  # its older name
+        (["--decoder", "onnx"], "--decoder"),  # the exported graphs: onnx backend only
+        (["--num-threads", "2"], "--num-threads"),
+        (["--decoder", "fast", "--decoder-precision", "bf16"], "disagree"),
+    ],
+)
+def test_inference_flags_that_do_not_apply_are_refused(tmp_path, checkpoint, image, capsys, flags, named):
+    """Each inference flag says where it applies; elsewhere it is refused with one line and exit 2, before
+    any work (no output written)."""
+    out = tmp_path / "x.png"
+    rc = main(["segment", str(image), "--point", "200,150", "-c", str(checkpoint), *flags, "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and named in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("prompt", [["--box", "nan,nan,nan,nan"], ["--box=-inf,-inf,100,100"], ["--point", "10,10,nan"]])
+def test_non_finite_prompts_are_refused(tmp_path, checkpoint, image, capsys, prompt):
+    rc = main(["segment", str(image), *prompt, "-c", str(checkpoint), "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "internal error" not in err and err.count("\n") == 1

@@ -16,7 +16,7 @@ from segany.errors import SeganyError
 HELP = "generate masks for every object in images (automatic mask generation)"
 EXAMPLES = """examples:
   segany auto photos/ -o masks/ --checkpoint sam_vit_b_01ec64.pth
-  segany auto photos/ -o masks/ --backend onnx --precision int8   # onnxruntime, int8 encoder
+  segany auto photos/ -o masks/ --backend onnx --onnx-precision int8   # onnxruntime, int8 encoder
   segany auto 'photos/**/*.jpg' -o masks/ --preset sa1b --format coco --overlay
   segany auto a.jpg b.png -o out/ --format png --points-per-side 16 --pred-iou-thresh 0.8
 
