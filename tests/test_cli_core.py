@@ -214,3 +214,15 @@ def test_non_finite_prompts_are_refused(tmp_path, checkpoint, image, capsys, pro
     rc = main(["segment", str(image), *prompt, "-c", str(checkpoint), "-o", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and "internal error" not in err and err.count("\n") == 1
+
+
+def test_info_system_recommends_settings(capsys):
+    """``segany info --system``: CPU features and recommended settings as flags the CLI accepts."""
+    assert main(["info", "--system", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "cpu" in info and info["devices"][0] == "cpu"
+    assert info["recommended"][0]["exact"] and info["recommended"][0]["flags"] == "(defaults)"
+    assert all(r["python"].startswith("InferenceOptions(") for r in info["recommended"])
+    assert main(["info", "--system"]) == 0
+    assert "recommended" in capsys.readouterr().out
+    assert main(["info"]) == 2 and "--system" in capsys.readouterr().err
