@@ -51,7 +51,8 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     backend it applies to; ``segany info --system`` says which pay off on this machine, and
     benchmarks/RESULTS.md what they gain and cost."""
     group = parser.add_argument_group(
-        "inference options", "which of these pay off on this machine: 'segany info --system'; figures: benchmarks/RESULTS.md"
+        "inference options",
+        "which of these pay off on this machine: 'segany info --system'; figures: benchmarks/RESULTS.md",
     )
     group.add_argument(
         "--backend", choices=("torch", "onnx"), default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "show a checkpoint's architecture, parameter count and file format, or this machine's recommended settings"
+HELP = "show a checkpoint's architecture, parameters and file format, or (--system) this machine's best settings"
 EXAMPLES = """example:
   segany info sam_vit_b_01ec64.pth
   segany info my_finetuned.safetensors --json
@@ -13,7 +13,7 @@ EXAMPLES = """example:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", nargs="?", help="a .pth or .safetensors file, or a preset name (vit_b, tiny, ...)")
+    parser.add_argument("checkpoint", nargs="?", help="a .pth or .safetensors file, or a preset name (vit_b, tiny...)")
     parser.add_argument(
         "--system", action="store_true",
         help="instead of a checkpoint: this CPU's features, the accelerators PyTorch sees, and the recommended "

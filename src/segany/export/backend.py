@@ -99,7 +99,8 @@ def predictor_for(
             raise CheckpointError(f"{path} is an ONNX export; use backend='onnx' or pass a checkpoint")
         from segany.build import load_model
 
-        return SamPredictor(model_or_path if isinstance(model_or_path, Sam) else load_model(model_or_path), options=options)
+        sam = model_or_path if isinstance(model_or_path, Sam) else load_model(model_or_path)
+        return SamPredictor(sam, options=options)
 
     torch_decoder = options.decoder != "onnx"
     if path is not None and is_export_folder(path):

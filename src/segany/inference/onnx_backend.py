@@ -4,7 +4,8 @@
 and has the predictor's API: ``set_image``, ``predict``, ``predict_torch``, ``get_image_embedding``,
 ``get_embedding`` / ``set_image_embedding``, ``reset_image``, ``transform``, ``model.mask_threshold``.
 It adds :meth:`OnnxPredictor.predict_low_res` (batched prompts -> low-resolution logits and scores), the
-one call the automatic mask generator needs. Use :func:`segany.export.backend.predictor_for` to get either backend (exporting when needed).
+one call the automatic mask generator needs. Use :func:`segany.export.backend.predictor_for` to get
+either backend (exporting when needed).
 
 Per image, the encoder graph and the decoder's image cache graph run once; per prompt batch only the
 small ``decoder_lowres`` graph runs, then :func:`segany.ops.postprocess.upscale_logits` maps logits
@@ -171,10 +172,13 @@ class OnnxPredictor(PredictorBase):
                 f"the export's is {self.exported_model_id})"
             )
         if use_torch:
+            assert decoder_model is not None
             torch_options = dataclasses.replace(opts, backend="torch", onnx_precision="auto", num_threads=None)
             self._torch_decoder = SamPredictor(decoder_model, options=torch_options)
             if self._torch_decoder._embedding_shape() != self._embedding_shape():
-                raise CheckpointError(f"{self.folder}: decoder_model is not the exported model (embedding shapes differ)")
+                raise CheckpointError(
+                    f"{self.folder}: decoder_model is not the exported model (embedding shapes differ)"
+                )
         else:
             self._cache_graph = session("image_cache")
             self._decoder = session("decoder_lowres")
@@ -305,7 +309,8 @@ class OnnxPredictor(PredictorBase):
                 parts_l.append(np.full((b, 1), _PAD, dtype=np.float32))
         if not parts_c:
             return np.zeros((b, 0, 2), dtype=np.float32), np.zeros((b, 0), dtype=np.float32)
-        return np.ascontiguousarray(np.concatenate(parts_c, axis=1)), np.ascontiguousarray(np.concatenate(parts_l, axis=1))
+        coords = np.ascontiguousarray(np.concatenate(parts_c, axis=1))
+        return coords, np.ascontiguousarray(np.concatenate(parts_l, axis=1))
 
 
 def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:

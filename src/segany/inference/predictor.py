@@ -435,7 +435,8 @@ class SamPredictor(PredictorBase):
         compile_encoder: bool | None = None,
     ) -> None:
         if not all(hasattr(sam_model, part) for part in ("image_encoder", "prompt_encoder", "mask_decoder")):
-            raise TypeError(f"SamPredictor needs a SAM model (e.g. segany.load_model(...)), not {type(sam_model).__name__}")
+            kind = type(sam_model).__name__
+            raise TypeError(f"SamPredictor needs a SAM model (e.g. segany.load_model(...)), not {kind}")
         self.options = InferenceOptions.build(
             options,
             decoder=decoder,
@@ -583,7 +584,8 @@ class SamPredictor(PredictorBase):
             if mask_input is not None:
                 masks = mask_input[start : start + step] if mask_input.shape[0] > 1 else mask_input
                 chunk_state = decoder.prepare(image.features, masks.to(self.device, torch.float32))
-            parts.append(decode(decoder, chunk_state, sparse[start : start + step], multimask_output, skip_below, mask_size))
+            prompts = sparse[start : start + step]
+            parts.append(decode(decoder, chunk_state, prompts, multimask_output, skip_below, mask_size))
         if len(parts) == 1:
             return parts[0]
         if not parts:

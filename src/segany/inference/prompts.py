@@ -41,8 +41,8 @@ def _labels(labels: np.ndarray | torch.Tensor, what: str = "point_labels") -> No
             _finite(labels, what)
             if not bool((labels == np.round(labels)).all()):
                 raise PromptError(f"{what} must be whole numbers, one of {LABELS}")
-        bad = ~np.isin(labels.astype(np.int64), LABELS)
-        found = labels[bad].ravel()[:1].tolist() if bool(bad.any()) else None
+        outside = ~np.isin(labels.astype(np.int64), LABELS)
+        found = labels[outside].ravel()[:1].tolist() if bool(outside.any()) else None
     if found:
         raise PromptError(f"{what} must be one of {LABELS} (1 foreground, 0 background, -1 padding), got {found[0]}")
 
@@ -133,7 +133,8 @@ def check_batch(
     if mask_input is not None:
         expected = (1, *mask_input_size)
         if mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != expected:
-            raise PromptError(f"mask_input must have shape (B, {', '.join(map(str, expected))}), got {tuple(mask_input.shape)}")
+            shape = ", ".join(map(str, expected))
+            raise PromptError(f"mask_input must have shape (B, {shape}), got {tuple(mask_input.shape)}")
         _finite(mask_input, "mask_input")
         if mask_input.shape[0] != 1:
             batch.append(("mask_input", mask_input.shape[0]))

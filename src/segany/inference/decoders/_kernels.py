@@ -67,10 +67,11 @@ class Scratch:
         return buf
 
 
-def conv_as_matrix(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+def conv_as_matrix(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """A 2x2/stride-2 transposed convolution as an ``(in, 4 * out)`` matrix with columns ``(dy, dx, out
     channel)`` and its bias repeated to match. Rebuilt on every call (a few hundred kB) so that later
     changes to the model's weights are seen."""
+    assert isinstance(conv, nn.ConvTranspose2d)
     w = conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1)
     b = conv.bias.repeat(4) if conv.bias is not None else torch.zeros(w.shape[1], dtype=w.dtype, device=w.device)
     return w, b
@@ -158,7 +159,8 @@ def upscale_to_image(
     for dy2, w in enumerate(halves):
         y = torch.addmm(bias, rows, w) if y_buf is None else torch.addmm(bias, rows, w, out=y_buf)
         y = activate_(act2, y)  # (B*4N, 2*c2)
-        logits = torch.bmm(y.view(b, n * 8, c2), hyper_t, out=dots) if dots is not None else torch.bmm(y.view(b, n * 8, c2), hyper_t)
+        y = y.view(b, n * 8, c2)
+        logits = torch.bmm(y, hyper_t, out=dots) if dots is not None else torch.bmm(y, hyper_t)
         out[:, :, :, :, dy2, :] = logits.view(b, gh, 2, 4 * gw, m).permute(0, 4, 1, 2, 3)
     return out.view(b, m, 4 * gh, 4 * gw)
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from dataclasses import dataclass
+from typing import Any
 
 from segany.inference.decoders._kernels import heads_first, upscale_to_image
 from segany.inference.decoders.compile import compile_methods
@@ -88,7 +89,7 @@ class BFloat16ClickDecoder(FastMaskDecoder):
         if not supports(model):
             raise ValueError("the bfloat16 decoder needs the standard mask decoder")
         super().__init__(model, scratch=True)
-        dec = model.mask_decoder
+        dec: Any = model.mask_decoder
         self.heads = dec.transformer.num_heads
         self.image_pe = self.image_pe.to(BF16)  # (1, N, C)
         # The token MLPs (2048 wide) are 2.5x faster in bfloat16; the 256-wide token products are
@@ -170,7 +171,7 @@ class BFloat16ClickDecoder(FastMaskDecoder):
 
     # -- decoder -----------------------------------------------------------------------------------
 
-    def _mlp(self, index: int, layer: torch.nn.Module, queries: torch.Tensor) -> torch.Tensor:
+    def _mlp(self, index: int, layer: Any, queries: torch.Tensor) -> torch.Tensor:
         return self.mlps[index](queries)
 
     def _hypernetworks(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -195,7 +196,7 @@ class BFloat16ClickDecoder(FastMaskDecoder):
         """Image rows ``(B, N, C)`` and ``hyper (B, M, c2)`` -> float32 logits ``(B, M, 4g, 4g)``: the
         first transposed convolution on channel-last rows, then
         :func:`~segany.inference.decoders._kernels.upscale_to_image`."""
-        _, norm, act1, _, act2 = self.model.mask_decoder.output_upscaling
+        _, norm, act1, _, act2 = list[Any](self.model.mask_decoder.output_upscaling)
         b, n, _ = keys.shape
         out = self.buffer("up1", (b * n, self.w1.shape[1]), keys)
         if out is None:
@@ -204,7 +205,9 @@ class BFloat16ClickDecoder(FastMaskDecoder):
             first = torch.addmm(self.b1, keys.reshape(b * n, -1), self.w1, out=out)
         norm_args = (norm.weight.to(BF16), norm.bias.to(BF16), norm.eps)
         halves = (self.w2[0], self.w2[1])
-        return upscale_to_image(first, norm_args, act1, halves, self.b2, act2, hyper, self.grid, torch.float32, self.buffer)
+        return upscale_to_image(
+            first, norm_args, act1, halves, self.b2, act2, hyper, self.grid, torch.float32, self.buffer
+        )
 
 
 class BFloat16Decoder:

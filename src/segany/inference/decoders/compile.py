@@ -74,7 +74,8 @@ class CompiledCall:
                 result = self.eager(*args)
                 first_line = (str(error).strip().splitlines() or [""])[0][:200]
                 self.failed = f"{type(error).__name__}: {first_line}"
-                warnings.warn(f"torch.compile failed, {self.doing} without it ({self.failed})", RuntimeWarning, stacklevel=3)
+                message = f"torch.compile failed, {self.doing} without it ({self.failed})"
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
                 return result
         return self.eager(*args)
 

@@ -24,6 +24,7 @@ All modules trace cleanly for ONNX export (no data-dependent Python control flow
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,11 +74,12 @@ def embed_points(model: Sam, coords: torch.Tensor, labels: torch.Tensor) -> torc
     2 and 3 box top-left and bottom-right corners, -1 padding ("not a point": no position, learned
     vector only). Any other label gets the positional encoding only. Labels may be float or int.
     """
-    pe_layer = model.prompt_encoder.pe_layer
+    pe_layer: Any = model.prompt_encoder.pe_layer
     size = float(model.image_encoder.img_size)
     pe = pe_layer._encode((coords + 0.5) / size)
     labels = labels.to(pe.dtype).unsqueeze(-1)
     out = pe * (labels != -1).to(pe.dtype) + model.prompt_encoder.not_a_point_embed.weight * (labels == -1).to(pe.dtype)
+    emb: Any
     for i, emb in enumerate(model.prompt_encoder.point_embeddings):
         out = out + emb.weight * (labels == i).to(pe.dtype)
     return out
@@ -86,10 +88,12 @@ def embed_points(model: Sam, coords: torch.Tensor, labels: torch.Tensor) -> torc
 class DecoderImageCache(nn.Module):
     """Image embedding (+ mask prompt) -> :class:`ImageCache` fields (as a tuple, for export)."""
 
+    image_pe: torch.Tensor
+
     def __init__(self, model: Sam) -> None:
         super().__init__()
         self.model = model
-        layer = model.mask_decoder.transformer.layers[0]
+        layer: Any = model.mask_decoder.transformer.layers[0]
         self.t2i: Attention = layer.cross_attn_token_to_image
         self.i2t: Attention = layer.cross_attn_image_to_token
         self.register_buffer("image_pe", flat_dense_pe(model), persistent=False)
@@ -132,6 +136,9 @@ class FastMaskDecoder(nn.Module):
     ``(B, M)`` IoU) up to float rounding. The cache may have batch 1 (shared by every prompt) or B.
     """
 
+    image_pe: torch.Tensor
+    eye: torch.Tensor
+
     def __init__(self, model: Sam, scratch: bool = False) -> None:
         super().__init__()
         self.model = model
@@ -144,7 +151,8 @@ class FastMaskDecoder(nn.Module):
         self.register_buffer("image_pe", flat_dense_pe(model), persistent=False)
         heads = dec.transformer.num_heads
         self.register_buffer("eye", torch.eye(heads), persistent=False)
-        self.grid = tuple(model.prompt_encoder.image_embedding_size)
+        gh, gw = model.prompt_encoder.image_embedding_size
+        self.grid = (int(gh), int(gw))
 
     # -- attention variants ------------------------------------------------------------------
 
@@ -230,6 +238,7 @@ class FastMaskDecoder(nn.Module):
         here lets a caller upscale only the prompts whose IoU predictions it will keep.
         """
         dec = self.decoder
+        layer: Any
         b = sparse.shape[0]
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         prompt = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # (B, T, C)
@@ -266,13 +275,14 @@ class FastMaskDecoder(nn.Module):
 
     # Hooks for variants with other weights or kernels (:mod:`segany.inference.decoders.bf16`).
 
-    def _mlp(self, index: int, layer: nn.Module, queries: torch.Tensor) -> torch.Tensor:
+    def _mlp(self, index: int, layer: Any, queries: torch.Tensor) -> torch.Tensor:
         """The token MLP of two-way layer ``index``."""
         return layer.mlp(queries)
 
     def _hypernetworks(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mask tokens ``(B, M, C)`` -> hypernetwork outputs ``(B, M, c2)``, one MLP per token."""
-        return torch.stack([mlp(tokens[:, j, :]) for j, mlp in enumerate(self.decoder.output_hypernetworks_mlps)], dim=1)
+        mlps = self.decoder.output_hypernetworks_mlps
+        return torch.stack([mlp(tokens[:, j, :]) for j, mlp in enumerate(mlps)], dim=1)
 
     def upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """Upscale image rows ``(B, N, C)`` 4x and dot with ``hyper (B, M, c)`` -> ``(B, M, 4g, 4g)``."""
@@ -294,14 +304,16 @@ class FastMaskDecoder(nn.Module):
         the products run on plain tensors and one permutation puts the logits in place."""
         b, n, _ = x.shape
         gh, gw = self.grid
-        _, norm, act1, up2, act2 = self.decoder.output_upscaling
+        _, norm, act1, up2, act2 = list[Any](self.decoder.output_upscaling)
         w2, b2 = conv_as_matrix(up2)
         c1, c2 = up2.in_channels, up2.out_channels
         m = hyper.shape[1]
         if self.scratch and not torch.is_grad_enabled():
             halves = (w2[:, : 2 * c2], w2[:, 2 * c2 :])  # columns (dx2, channel) for dy2 = 0, 1
             norm_args = (norm.weight, norm.bias, norm.eps)
-            return upscale_to_image(x, norm_args, act1, halves, b2[: 2 * c2], act2, hyper, self.grid, x.dtype, self.buffer)
+            return upscale_to_image(
+                x, norm_args, act1, halves, b2[: 2 * c2], act2, hyper, self.grid, x.dtype, self.buffer
+            )
         x = x.reshape(b, n * 4, c1)  # rows (pixel, dy, dx)
         x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
         x = act2(torch.addmm(b2, x.view(b * n * 4, c1), w2))  # (B*4N, 4 * c2): columns (dy2, dx2, channel)

@@ -31,6 +31,7 @@ Shapes: ``N`` image rows, ``C`` width, ``h`` heads, ``e`` head width (internal w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ __all__ = ["ImplicitRows", "LowRankCache", "LowRankClickDecoder", "LowRankDecode
 
 def supports_lowrank(model: Sam) -> bool:
     """The standard decoder with exactly two two-way layers, the first without positional terms."""
-    layers = model.mask_decoder.transformer.layers
+    layers: Any = model.mask_decoder.transformer.layers
     return supports(model) and len(layers) == 2 and layers[0].skip_first_layer_pe and not layers[1].skip_first_layer_pe
 
 
@@ -122,7 +123,7 @@ class LowRankClickDecoder:
     @torch.no_grad()
     def cache(self, first: ImageCache) -> LowRankCache:
         """Per-image products from the fast decoder's cache (batch 1, no mask prompt)."""
-        tr = self.model.mask_decoder.transformer
+        tr: Any = self.model.mask_decoder.transformer
         l1, l2 = tr.layers
         h = self.heads
         x0 = first.src[0]  # (N, C)
@@ -173,7 +174,7 @@ class LowRankClickDecoder:
         Every prompt x image matrix is ``(B, rows, N)`` with rows ordered ``head * T + token``, so that
         products with the cached image side are wide (``N`` columns) and softmaxes over tokens run
         across contiguous image rows."""
-        dec = self.model.mask_decoder
+        dec: Any = self.model.mask_decoder
         tr = dec.transformer
         l1, l2 = tr.layers
         fast = self.fast
@@ -195,7 +196,7 @@ class LowRankClickDecoder:
         queries = l1.norm2(queries + attn)
         queries = l1.norm3(queries + l1.mlp(queries))
         # Layer 1, image->token: attention weights A1 (B, h*T, N) and the vectors they mix, VO1.
-        a = l1.cross_attn_image_to_token
+        a: Any = l1.cross_attn_image_to_token
         a1 = _softmax_over_tokens(wide(_scaled_heads(a.k_proj(queries + prompt), h), c.q1), h)
         v1 = heads_first(a.v_proj(queries), h)  # (B, h, T, e)
         vo1 = block_rows(v1, eye) @ a.out_proj.weight.t() + a.out_proj.bias / h  # (B, h*T, C)
@@ -326,9 +327,8 @@ class ImplicitRows:
 
     def take(self, index: torch.Tensor) -> ImplicitRows:
         """The rows of the prompts ``index`` (1-D) only."""
-        return ImplicitRows(
-            self.s1[index], self.s2[index], self.mu2[index], self.coef[index], self.basis_g[index], self.gamma, self.beta
-        )
+        s1, s2, mu2 = self.s1[index], self.s2[index], self.mu2[index]
+        return ImplicitRows(s1, s2, mu2, self.coef[index], self.basis_g[index], self.gamma, self.beta)
 
 
 def _scaled_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

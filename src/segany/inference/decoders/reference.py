@@ -7,6 +7,7 @@ was replaced (research code), and what ``decoder="auto"`` uses off the CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -36,7 +37,7 @@ class ReferenceDecoder:
 
     def __init__(self, model: Sam) -> None:
         self.model = model
-        self._decode = self._model_decoder
+        self._decode: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._model_decoder
 
     @torch.no_grad()
     def prepare(self, features: torch.Tensor, mask_input: torch.Tensor | None = None) -> ReferenceState:
@@ -44,7 +45,9 @@ class ReferenceDecoder:
         return ReferenceState(features, self.model.prompt_encoder.get_dense_pe(), dense)
 
     @torch.no_grad()
-    def run(self, state: ReferenceState, sparse: torch.Tensor, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(
+        self, state: ReferenceState, sparse: torch.Tensor, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._decode(state.features, state.image_pe, sparse, state.dense, multimask_output)
 
     def upscale(self, state: ReferenceState, pending: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
