@@ -367,3 +367,22 @@ def test_compile_decoder_reaches_the_pytorch_decoder(model, folder, tmp_path):
     assert predictor_for(model, compile_encoder=True).compile_encoder and not predictor_for(model).compile_encoder
     with pytest.raises(ValueError, match="compile_encoder=True .*applies to the torch backend"):
         predictor_for(model, backend="onnx", export_dir=tmp_path / "c", compile_encoder=True)
+
+
+def test_exports_carry_the_model_identity(model, folder, image):
+    """The manifest names the exported model (segany.io.identity.model_id): another model is refused as the
+    hybrid predictor's decoder, and the export's embeddings carry the identity too."""
+    from segany.io.identity import model_id
+
+    manifest = json.loads((folder / "segany_onnx.json").read_text())
+    assert manifest["model_id"] == model_id(model)
+    other = random_tiny(seed=12)  # same architecture and shapes, other weights
+    with pytest.raises(CheckpointError, match="not the exported model"):
+        OnnxPredictor(folder, decoder_model=other)
+    p = OnnxPredictor(folder)
+    p.set_image(image)
+    embedding = p.get_embedding()
+    assert embedding.model_id == model_id(model)
+    SamPredictor(model).set_image_embedding(embedding)
+    with pytest.raises(ImageError, match="made by model"):
+        SamPredictor(other).set_image_embedding(embedding)

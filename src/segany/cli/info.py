@@ -73,7 +73,8 @@ def _print_system(info: dict[str, object]) -> None:
         kind = "exact" if r["exact"] else "approximate"
         print(f"  {r['purpose']} [{kind}]: {r['why']}")
         print(f"    CLI:    {r['flags']}")
-        print(f"    Python: SamPredictor(model, options={r['python']})")
+        call = "predictor_for(CHECKPOINT, " if "backend='onnx'" in r["python"] else "SamPredictor(model, "
+        print(f"    Python: {call}options={r['python']})")
 
 
 def run(args: argparse.Namespace) -> int:
