@@ -145,7 +145,7 @@ def test_predictor_sees_weights_loaded_after_it_was_built(test_images):
 
 def test_prompts_decoded_in_chunks_give_the_same_results(predictor, monkeypatch):
     """On a CPU prompts are decoded a few at a time (cache-sized temporaries); chunking changes nothing."""
-    from segany.inference.decoders.fast import FastDecoder
+    from segany.inference.decoders.fast import FastMaskDecoder
 
     g = torch.Generator().manual_seed(2)
     coords = torch.rand(5, 2, 2, generator=g) * predictor.model.image_size
@@ -155,8 +155,8 @@ def test_prompts_decoded_in_chunks_give_the_same_results(predictor, monkeypatch)
     chunked = SamPredictor(predictor.model, options=InferenceOptions(decode_chunk=2))
     chunked.set_image_embedding(predictor.get_embedding())
     calls = []
-    run = FastDecoder.run
-    monkeypatch.setattr(FastDecoder, "run", lambda self, state, sparse, *a: calls.append(len(sparse)) or run(self, state, sparse, *a))
+    run = FastMaskDecoder.run_transformer
+    monkeypatch.setattr(FastMaskDecoder, "run_transformer", lambda self, *a: calls.append(len(a[-1])) or run(self, *a))
     for m, (want_low, want_iou) in zip((None, masks), whole):
         got_low, got_iou = chunked.predict_low_res(coords, labels, mask_input=m)
         torch.testing.assert_close(got_low, want_low, atol=1e-5, rtol=0)

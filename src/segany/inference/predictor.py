@@ -388,7 +388,7 @@ class PredictorBase:
         coords, labels, box_t, mask_t = prompts
         batch = check_batch(coords, labels, box_t, mask_t, self._mask_input_size())
         masks = self._num_mask_tokens() - 1 if multimask_output else 1
-        gh, gw = self._embedding_shape()[2:]
+        gh, gw = image.features.shape[-2:]
         per_prompt = masks * (16 * gh * gw * 4 + full_size[0] * full_size[1])
         limit = self.options.max_mask_bytes
         if batch * per_prompt > limit:
@@ -540,11 +540,13 @@ class SamPredictor(PredictorBase):
         return (1, self.model.prompt_encoder.embed_dim, grid[0], grid[1])
 
     def _mask_input_size(self) -> tuple[int, int]:
-        size = self.model.prompt_encoder.mask_input_size
+        gh, gw = self.model.prompt_encoder.image_embedding_size
+        # A replaced prompt encoder (research code, tests) may not say: the standard one's 4x the grid.
+        size = getattr(self.model.prompt_encoder, "mask_input_size", (4 * gh, 4 * gw))
         return (int(size[0]), int(size[1]))
 
     def _num_mask_tokens(self) -> int:
-        return int(self.model.mask_decoder.num_mask_tokens)
+        return int(getattr(self.model.mask_decoder, "num_mask_tokens", 4))  # a replaced decoder: SAM's 4
 
     def _model_id(self) -> str | None:
         return model_id(self.model)
@@ -564,19 +566,16 @@ class SamPredictor(PredictorBase):
         skip_below: float | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         decoder, state = image.decoding
-        points = None
+        coords = labels = None
         if point_coords is not None and point_labels is not None:
-            points = (point_coords.to(self.device, torch.float32), point_labels.to(self.device))
+            coords, labels = point_coords.to(self.device, torch.float32), point_labels.to(self.device)
         boxes = boxes.to(self.device, torch.float32) if boxes is not None else None
-        sparse, _ = self.model.prompt_encoder(points, boxes, None)
-        if sparse.shape[0] != batch:  # mask prompts only: the same (empty) sparse prompt for each
-            sparse = sparse.expand(batch, -1, -1)
         gh, gw = self.model.prompt_encoder.image_embedding_size
         mask_size = (4 * gh, 4 * gw)
         # On a CPU, a few prompts at a time: the decoder's temporaries then stay in cache, which makes
         # large batches (the automatic generator's 64) up to twice as fast per prompt. Same results.
         step = self.options.decode_chunk or (
-            max(1, CPU_ROWS_PER_CALL // (gh * gw)) if sparse.device.type == "cpu" else max(1, batch)
+            max(1, CPU_ROWS_PER_CALL // (gh * gw)) if self.device.type == "cpu" else max(1, batch)
         )
         parts = []
         for start in range(0, batch, step):
@@ -584,8 +583,10 @@ class SamPredictor(PredictorBase):
             if mask_input is not None:
                 masks = mask_input[start : start + step] if mask_input.shape[0] > 1 else mask_input
                 chunk_state = decoder.prepare(image.features, masks.to(self.device, torch.float32))
-            prompts = sparse[start : start + step]
-            parts.append(decode(decoder, chunk_state, prompts, multimask_output, skip_below, mask_size))
+            part = slice(start, start + step)
+            points = None if coords is None or labels is None else (coords[part], labels[part])
+            chunk_boxes = None if boxes is None else boxes[part]
+            parts.append(decode(decoder, chunk_state, points, chunk_boxes, multimask_output, skip_below, mask_size))
         if len(parts) == 1:
             return parts[0]
         if not parts:

@@ -1,8 +1,8 @@
 """The click decoders: sparse prompt tokens -> low-resolution mask logits and IoU predictions.
 
 Every decoder implements :class:`ClickDecoder`: ``prepare`` once per image (and per batch of mask
-prompts), ``run`` the prompt-dependent transformer per prompt batch, ``upscale`` the prompts whose masks
-are wanted. :class:`segany.inference.predictor.SamPredictor` picks one with ``decoder=``:
+prompts), ``run`` the prompt encoder and the prompt-dependent transformer per prompt batch, ``upscale``
+the prompts whose masks are wanted. :class:`segany.inference.predictor.SamPredictor` picks one with ``decoder=``:
 
 ============  =====  ===============================================================================
 name          exact  what
@@ -27,11 +27,13 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 
+from segany.inference.decoders._kernels import Points, sparse_prompts
 from segany.inference.decoders.fast import supports
 from segany.model import Sam
 
 __all__ = [
     "DECODERS",
+    "Points",
     "ClickDecoder",
     "DecoderChoice",
     "DecoderName",
@@ -39,6 +41,7 @@ __all__ = [
     "build_decoder",
     "decode",
     "resolve_decoder",
+    "sparse_prompts",
 ]
 
 DecoderName = Literal["reference", "fast", "lowrank", "bf16"]
@@ -56,9 +59,10 @@ P = TypeVar("P")  # its pending (not yet upscaled) output of one prompt batch
 class ClickDecoder(Protocol[S, P]):
     """What :class:`~segany.inference.predictor.SamPredictor` needs from a click decoder.
 
-    Shapes: embedding ``(1, C, g, g)``; mask prompts ``(B or 1, 1, 4g, 4g)``; sparse prompt tokens
-    ``(B, K, C)``; ``M`` masks per prompt (3, or 1 without ``multimask_output``). Inference only: no
-    autograd. Safe to call from several threads at once (per-call temporaries, per-thread buffers)."""
+    Shapes: embedding ``(1, C, g, g)``; mask prompts ``(B or 1, 1, 4g, 4g)``; points ``(B, N, 2)`` and
+    labels ``(B, N)``, boxes ``(B, 4)``, in the resized frame; ``M`` masks per prompt (3, or 1 without
+    ``multimask_output``). Inference only: no autograd. Safe to call from several threads at once
+    (per-call temporaries, per-thread buffers)."""
 
     name: str
     exact: bool  # the model's logits to float rounding
@@ -67,8 +71,11 @@ class ClickDecoder(Protocol[S, P]):
         """Per-image (or per mask-prompt batch) work, done once and reused by every prompt batch."""
         ...
 
-    def run(self, state: S, sparse: torch.Tensor, multimask_output: bool) -> tuple[P, torch.Tensor]:
-        """The prompt-dependent transformer: a pending output and the IoU predictions ``(B, M)``."""
+    def run(
+        self, state: S, points: Points | None, boxes: torch.Tensor | None, multimask_output: bool
+    ) -> tuple[P, torch.Tensor]:
+        """The prompt encoder and the prompt-dependent transformer: a pending output and the IoU
+        predictions ``(B, M)``."""
         ...
 
     def upscale(self, state: S, pending: P, index: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,7 +129,8 @@ def build_decoder(name: DecoderName, model: Sam, *, compiled: bool = False) -> C
 def decode(
     decoder: ClickDecoder[S, Any],
     state: S,
-    sparse: torch.Tensor,
+    points: Points | None,
+    boxes: torch.Tensor | None,
     multimask_output: bool,
     skip_below: float | None,
     mask_size: tuple[int, int],
@@ -131,7 +139,7 @@ def decode(
 
     ``skip_below``: a prompt whose IoU predictions are all ``<= skip_below`` is not upscaled (the dearest
     part of a decoder); its logits are :data:`SKIPPED_LOGIT`."""
-    pending, iou = decoder.run(state, sparse, multimask_output)
+    pending, iou = decoder.run(state, points, boxes, multimask_output)
     if skip_below is None:
         return decoder.upscale(state, pending), iou
     keep = torch.nonzero((iou > skip_below).any(dim=1)).squeeze(1)

@@ -17,6 +17,7 @@ from torch import nn
 from segany.model import Sam
 
 __all__ = [
+    "Points",
     "SCRATCH_LIMIT",
     "Scratch",
     "activate_",
@@ -25,8 +26,11 @@ __all__ = [
     "conv_as_matrix",
     "flat_dense_pe",
     "heads_first",
+    "sparse_prompts",
     "upscale_to_image",
 ]
+
+Points = tuple[torch.Tensor, torch.Tensor]  # coordinates (B, N, 2) in the resized frame, labels (B, N)
 
 SCRATCH_LIMIT = 1 << 23  # elements (32 MiB in float32): the upscaling of a few prompts at a time
 
@@ -65,6 +69,13 @@ class Scratch:
         if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
             buf = buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
+
+
+def sparse_prompts(model: Sam, points: Points | None, boxes: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """The model's sparse prompt tokens ``(batch, K, C)`` for points and boxes (the same empty prompt for
+    each of ``batch`` mask prompts when there are neither)."""
+    sparse, _ = model.prompt_encoder(points, boxes, None)
+    return sparse.expand(batch, -1, -1) if sparse.shape[0] == 1 and batch > 1 else sparse
 
 
 def conv_as_matrix(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from dataclasses import dataclass
 from typing import Any
 
-from segany.inference.decoders._kernels import heads_first, upscale_to_image
+from segany.inference.decoders._kernels import Points, heads_first, sparse_prompts, upscale_to_image
 from segany.inference.decoders.compile import compile_methods
 from segany.inference.decoders.fast import DecoderImageCache, FastMaskDecoder, ImageCache, supports
 from segany.model import Sam
@@ -219,6 +219,7 @@ class BFloat16Decoder:
     exact = False
 
     def __init__(self, model: Sam) -> None:
+        self.model = model
         self.image_cache = DecoderImageCache(model)
         self.module = BFloat16ClickDecoder(model)
 
@@ -228,8 +229,9 @@ class BFloat16Decoder:
 
     @torch.no_grad()
     def run(
-        self, state: BF16ImageCache, sparse: torch.Tensor, multimask_output: bool
+        self, state: BF16ImageCache, points: Points | None, boxes: torch.Tensor | None, multimask_output: bool
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        sparse = sparse_prompts(self.model, points, boxes, state.src.shape[0])
         keys, hyper, iou = self.module.run_transformer(state.src, state.k1, state.v1, state.q1, sparse)
         sel = slice(1, None) if multimask_output else slice(0, 1)
         return (keys, hyper[:, sel]), iou[:, sel]

@@ -31,12 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from segany.inference.decoders._kernels import (
+    Points,
     Scratch,
     block_rows,
     block_rows_token_major,
     conv_as_matrix,
     flat_dense_pe,
     heads_first,
+    sparse_prompts,
     upscale_to_image,
 )
 from segany.inference.decoders.compile import compile_methods
@@ -334,6 +336,7 @@ class FastDecoder:
     def __init__(self, model: Sam) -> None:
         if not supports(model):
             raise ValueError("decoder='fast' needs the standard mask decoder; use decoder='reference'")
+        self.model = model
         self.image_cache = DecoderImageCache(model)
         self.module = FastMaskDecoder(model, scratch=True)
 
@@ -343,8 +346,15 @@ class FastDecoder:
 
     @torch.no_grad()
     def run(
+        self, state: ImageCache, points: Points | None, boxes: torch.Tensor | None, multimask_output: bool
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return self.run_sparse(state, sparse_prompts(self.model, points, boxes, state.src.shape[0]), multimask_output)
+
+    @torch.no_grad()
+    def run_sparse(
         self, state: ImageCache, sparse: torch.Tensor, multimask_output: bool
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """:meth:`run` on encoded sparse prompt tokens ``(B, K, C)``."""
         keys, hyper, iou = self.module.run_transformer(state.src, state.k1, state.v1, state.q1, sparse)
         sel = slice(1, None) if multimask_output else slice(0, 1)
         return (keys, hyper[:, sel]), iou[:, sel]

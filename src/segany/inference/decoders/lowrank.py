@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from segany.inference.decoders._kernels import block_rows, conv_as_matrix, heads_first
+from segany.inference.decoders._kernels import Points, block_rows, conv_as_matrix, heads_first, sparse_prompts
 from segany.inference.decoders.compile import compile_methods
 from segany.inference.decoders.fast import FastDecoder, FastMaskDecoder, ImageCache, supports
 from segany.model import Sam
@@ -392,12 +392,12 @@ class LowRankDecoder:
 
     @torch.no_grad()
     def run(
-        self, state: LowRankState, sparse: torch.Tensor, multimask_output: bool
+        self, state: LowRankState, points: Points | None, boxes: torch.Tensor | None, multimask_output: bool
     ) -> tuple[tuple[ImplicitRows | torch.Tensor, torch.Tensor], torch.Tensor]:
+        sparse = sparse_prompts(self.module.model, points, boxes, state.first.src.shape[0])
         tokens = 1 + self.num_mask_tokens + sparse.shape[1]
         if state.lowrank is None or tokens > self.max_tokens:
-            pending, iou = self.fast.run(state.first, sparse, multimask_output)
-            return pending, iou
+            return self.fast.run_sparse(state.first, sparse, multimask_output)
         rows, hyper, iou = self.module.run_transformer(state.lowrank, sparse)
         sel = slice(1, None) if multimask_output else slice(0, 1)
         return (rows, hyper[:, sel]), iou[:, sel]

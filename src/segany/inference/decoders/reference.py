@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from segany.inference.decoders._kernels import Points
 from segany.inference.decoders.compile import CompiledCall
 from segany.model import Sam
 
@@ -19,12 +20,12 @@ __all__ = ["ReferenceDecoder", "ReferenceState"]
 
 @dataclass
 class ReferenceState:
-    """The embedding ``(1, C, g, g)``, the dense positional encoding ``(1, C, g, g)`` and the dense prompt
-    embedding ``(1 or B, C, g, g)`` (no mask, or the mask prompts of one batch)."""
+    """The embedding ``(1, C, g, g)``, the dense positional encoding ``(1, C, g, g)`` and the mask
+    prompts of one batch ``(B or 1, 1, 4g, 4g)`` (None: no mask)."""
 
     features: torch.Tensor
     image_pe: torch.Tensor
-    dense: torch.Tensor
+    mask_input: torch.Tensor | None
 
 
 class ReferenceDecoder:
@@ -41,14 +42,15 @@ class ReferenceDecoder:
 
     @torch.no_grad()
     def prepare(self, features: torch.Tensor, mask_input: torch.Tensor | None = None) -> ReferenceState:
-        _, dense = self.model.prompt_encoder(None, None, mask_input)
-        return ReferenceState(features, self.model.prompt_encoder.get_dense_pe(), dense)
+        return ReferenceState(features, self.model.prompt_encoder.get_dense_pe(), mask_input)
 
     @torch.no_grad()
     def run(
-        self, state: ReferenceState, sparse: torch.Tensor, multimask_output: bool
+        self, state: ReferenceState, points: Points | None, boxes: torch.Tensor | None, multimask_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._decode(state.features, state.image_pe, sparse, state.dense, multimask_output)
+        # All prompts through the model's own prompt encoder in one call, as the official predictor does.
+        sparse, dense = self.model.prompt_encoder(points, boxes, state.mask_input)
+        return self._decode(state.features, state.image_pe, sparse, dense, multimask_output)
 
     def upscale(self, state: ReferenceState, pending: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         return pending if index is None else pending[index]
