@@ -96,8 +96,8 @@ def section(rows: list[tuple[str, str, float, float]], rounds: int, clicks: int)
         lines.append(f"| {model} | {name} | {seconds * 1e3:.1f} ms | {ratio:.2f}x |")
     lines += [
         "",
-        "How `decoder=\"auto\"` chooses: on a CPU, the exact decoder that was faster than the model's own on "
-        "every machine measured, `fast` (this table; `bench_cpu.py` times it against the official package). "
+        "How `decoder=\"auto\"` chooses: on a CPU, `fast`: exact, and faster than the official click in every "
+        "CPU run of `bench_cpu.py` (its default-model rows click with it). "
         "`lowrank` is exact but opt-in: over `fast` it gained 10-20% per float32 ViT-B click in the A/B runs "
         "that introduced it (AMD EPYC, 64x64 grid), nothing on small grids, and it is unused with `bf16`; "
         "where this table does not show it faster than `fast`, do not use it. `bf16` is approximate and "
