@@ -13,7 +13,7 @@ the tiny model by a synthetic one (three discs around each point, tests/test_amg
 to show the pipeline on mask shapes like real ones (its encoder is the tests' 2-block tiny one). Timings
 are the best of ``--repeats`` runs, with the encoder and without it (the run's time minus its
 image-encoder calls, timed the same way for both). Where segany saves time: its decoder gives the same
-logits with about a quarter of the multiply-adds (segany.inference.lowrank_decoder; ~1.74 GMAC per ViT-B
+logits with about half the multiply-adds (segany.inference.decoders.fast; ~1.74 GMAC per ViT-B
 prompt in the official one) and decodes a few prompts per call so that its temporaries stay in cache
 (4 for a 64x64 embedding grid), it upscales no prompt whose three masks all fail the predicted-IoU filter (with random
 weights that is nearly all of them in the "defaults" rows: a real checkpoint keeps more, so expect a

@@ -373,14 +373,12 @@ def format_results(results: dict[str, Any]) -> str:
         lines += _rows(f"automatic generator, {results['models']['default']['label']}", results["amg"])
     lines += [
         "",
-        "`SamPredictor` clicks run `segany.inference.lowrank_decoder` on SAM's 64x64 grid (per-image products of "
-        "the embedding; image rows after the first layer kept as LayerNorm(embedding + a mix of prompt vectors), "
-        "never formed), the fast decoder on small grids, and `segany.ops.postprocess.upscale_masks`; "
-        "the onnxruntime predictor runs the fast decoder "
-        "exported (`image_cache.onnx`, `decoder_lowres.onnx`; the low-rank decoder exported ran slower in "
-        "onnxruntime than in PyTorch, so it is not exported). The bf16 decoder "
-        "(`segany.inference.bf16_decoder`, opt-in) keeps the image rows in bfloat16 and multiplies them in "
-        "bfloat16 (float32 accumulation), with the token side in float32 except its 2048-wide MLPs.",
+        "`SamPredictor` clicks run its default decoder (`decoder=\"auto\"`: `segany.inference.decoders.fast` on "
+        "a CPU) and `segany.ops.postprocess.upscale_masks`; the onnxruntime predictor runs the fast decoder "
+        "exported (`image_cache.onnx`, `decoder_lowres.onnx`). The bf16 decoder "
+        "(`segany.inference.decoders.bf16`, opt-in) keeps the image rows in bfloat16 and multiplies them in "
+        "bfloat16 (float32 accumulation), with the token side in float32 except its 2048-wide MLPs. The "
+        "decoder choices side by side: the Click decoders section (`bench_decoders.py`).",
     ]
     if not m.get("bf16", True):
         lines.append("bf16 decoder: not timed (this CPU has no AVX-512 BF16 or AMX).")

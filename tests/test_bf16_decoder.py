@@ -8,9 +8,9 @@ import torch
 
 from sam_testing import random_tiny
 from segany import SamPredictor
-from segany.inference import cpu, predictor as predictor_module
-from segany.inference.bf16_decoder import BFloat16ClickDecoder
-from segany.inference.fast_decoder import DecoderImageCache
+from segany.inference import cpu, options as options_module, predictor as predictor_module
+from segany.inference.decoders.bf16 import BFloat16ClickDecoder
+from segany.inference.decoders.fast import DecoderImageCache
 from segany.io.image import read_image
 from segany.model import Sam
 
@@ -115,7 +115,7 @@ def test_predictor_masks_match_float32_on_a_real_image(model, test_images):
     # With random weights the masks are texture-like and the worst of nine IoUs depends on the photo
     # (0.95-0.99 over tests/data/images); on this natural photo they stay above the 0.97 asserted here.
     image = read_image(next(p for p in test_images if p.name == "rocket.jpg"))
-    exact, fast = SamPredictor(model), SamPredictor(model, decoder_precision="bf16")
+    exact, fast = SamPredictor(model), SamPredictor(model, decoder="bf16")
     for p in (exact, fast):
         p.set_image(image)
     h, w = image.shape[:2]
@@ -174,13 +174,17 @@ def test_automatic_generator_takes_a_bf16_predictor(model, test_images):
 def test_bad_precision_is_refused(model):
     with pytest.raises(ValueError, match="decoder_precision"):
         SamPredictor(model, decoder_precision="fp16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="decoder_precision='bf16' .*and decoder='fast' disagree"):
+        SamPredictor(model, decoder="fast", decoder_precision="bf16")
 
 
 def test_warns_on_a_cpu_without_bfloat16_products(model, monkeypatch):
-    monkeypatch.setattr(predictor_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(options_module, "cpu_has_bf16", lambda: False)
     with pytest.warns(RuntimeWarning, match="bfloat16 instructions"):
         SamPredictor(model, decoder_precision="bf16")
-    monkeypatch.setattr(predictor_module, "cpu_has_bf16", lambda: True)
+    with pytest.warns(RuntimeWarning, match="decoder='bf16'.*clicks will be slower"):
+        SamPredictor(model, decoder="bf16")
+    monkeypatch.setattr(options_module, "cpu_has_bf16", lambda: True)
     import warnings
 
     with warnings.catch_warnings():

@@ -129,7 +129,7 @@ def test_segment_bf16_decoder(tmp_path, checkpoint, image, capsys):
     prompt = ["--point", "200,150", "-c", str(checkpoint), "--json"]
     assert main(["segment", str(image), *prompt, "-o", str(tmp_path / "fp32.png")]) == 0
     want = json.loads(capsys.readouterr().out)["masks"][0]["score"]
-    runs = [["--decoder-precision", "bf16"]]
+    runs = [["--decoder-precision", "bf16"], ["--decoder", "bf16"]]
     try:
         import onnxruntime  # noqa: F401
 
@@ -176,7 +176,8 @@ def _refused_on_onnx(tmp_path, checkpoint, image, capsys, option: str, *value: s
     ]
     rc = main(["segment", str(image), *args])
     err = capsys.readouterr().err
-    assert rc == 2 and f"{option} applies to the torch backend" in err and "Traceback" not in err
+    assert rc == 2 and option in err and "applies to the torch backend" in err and "Traceback" not in err
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("option", ["--compile-decoder", "--compile-encoder"])
@@ -218,3 +219,44 @@ def test_python_dash_m_segany(tmp_path):
     done = run("info", str(tmp_path / "missing.pth"))
     assert done.returncode == 2 and done.stderr.startswith("segany info: error:") and "Traceback" not in done.stderr
     assert run().returncode == 2
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--onnx-precision", "int8"], "--onnx-precision"),  # onnx backend only
+        (["--precision", "fp32"], "--onnx-precision"),  # its older name
+        (["--decoder", "onnx"], "--decoder"),  # the exported graphs: onnx backend only
+        (["--num-threads", "2"], "--num-threads"),
+        (["--decoder", "fast", "--decoder-precision", "bf16"], "disagree"),
+    ],
+)
+def test_inference_flags_that_do_not_apply_are_refused(tmp_path, checkpoint, image, capsys, flags, named):
+    """Each inference flag says where it applies; elsewhere it is refused with one line and exit 2, before
+    any work (no output written)."""
+    out = tmp_path / "x.png"
+    rc = main(["segment", str(image), "--point", "200,150", "-c", str(checkpoint), *flags, "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and named in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "prompt", [["--box", "nan,nan,nan,nan"], ["--box=-inf,-inf,100,100"], ["--point", "10,10,nan"]]
+)
+def test_non_finite_prompts_are_refused(tmp_path, checkpoint, image, capsys, prompt):
+    rc = main(["segment", str(image), *prompt, "-c", str(checkpoint), "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "internal error" not in err and err.count("\n") == 1
+
+
+def test_info_system_recommends_settings(capsys):
+    """``segany info --system``: CPU features and recommended settings as flags the CLI accepts."""
+    assert main(["info", "--system", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "cpu" in info and info["devices"][0] == "cpu"
+    assert info["recommended"][0]["exact"] and info["recommended"][0]["flags"] == "(defaults)"
+    assert all(r["python"].startswith("InferenceOptions(") for r in info["recommended"])
+    assert main(["info", "--system"]) == 0
+    assert "recommended" in capsys.readouterr().out
+    assert main(["info"]) == 2 and "--system" in capsys.readouterr().err

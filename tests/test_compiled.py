@@ -10,8 +10,8 @@ import torch
 
 from sam_testing import random_tiny
 from segany import SamPredictor
-from segany.inference import compiled as compiled_module
-from segany.inference.compiled import CompiledCall, tensors_key, weights_key
+from segany.inference.decoders import compile as compiled_module
+from segany.inference.decoders.compile import CompiledCall, EncoderCall, tensors_key, weights_key
 from segany.model import Sam
 
 PROMPTS = [
@@ -50,8 +50,9 @@ def test_compiled_clicks_match_eager(model, precision):
     points, more points, a box and a mask prompt, all from one compilation."""
     if precision == "bf16" and not torch.backends.mkldnn.is_available():
         pytest.skip("bfloat16 products need oneDNN")
-    eager = SamPredictor(model, decoder_precision=precision)
-    fast = SamPredictor(model, decoder_precision=precision, compile_decoder=True)
+    decoder = "bf16" if precision == "bf16" else "fast"
+    eager = SamPredictor(model, decoder=decoder)
+    fast = SamPredictor(model, decoder=decoder, compile_decoder=True)
     embedding = _embedding(model, 0)
     for p in (eager, fast):
         p.set_image_embedding(embedding, (120, 150))
@@ -69,8 +70,8 @@ def test_compiled_clicks_match_eager(model, precision):
         assert np.abs(got[1] - want[1]).max() <= tol * max(1.0, float(np.abs(want[1]).max()))
         assert ((got[0] > 0) == (want[0] > 0)).mean() > 0.99
     assert _unique_graphs() == graphs, "a new prompt size recompiled the decoder"
-    decoder = fast._bf16[0] if precision == "bf16" else fast._fast[1]
-    assert isinstance(decoder.transform, CompiledCall) and decoder.transform.failed is None
+    compiled = fast.decoder.module.run_transformer
+    assert isinstance(compiled, CompiledCall) and compiled.failed is None
 
 
 def test_kept_across_images_and_rebuilt_on_new_weights(model):
@@ -78,9 +79,9 @@ def test_kept_across_images_and_rebuilt_on_new_weights(model):
     change, in place (an optimizer step, load_state_dict) or by replacement."""
     p = SamPredictor(model, compile_decoder=True)
     p.set_image_embedding(_embedding(model, 1), (64, 64))
-    first = p._kept
+    first = p.decoder
     p.set_image_embedding(_embedding(model, 2), (80, 64))
-    assert p._kept is first
+    assert p.decoder is first
     key = weights_key(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
@@ -89,7 +90,7 @@ def test_kept_across_images_and_rebuilt_on_new_weights(model):
                 weight.mul_(1.25)
         assert weights_key(model) != key
         p.set_image_embedding(_embedding(model, 2), (80, 64))
-        assert p._kept is not first
+        assert p.decoder is not first
         # The rebuilt decoder compiled anew: no graph frozen with the old values was reused.
         eager = SamPredictor(model)
         eager.set_image_embedding(_embedding(model, 2), (80, 64))
@@ -100,10 +101,10 @@ def test_kept_across_images_and_rebuilt_on_new_weights(model):
         assert weights_key(model) != key  # restored values, but written in place: rebuilt to be safe
     finally:
         model.load_state_dict(state)
-    # Eager predictors never keep decoders.
+    # Eager predictors keep theirs too, and build nothing compiled.
     eager = SamPredictor(model)
     eager.set_image_embedding(_embedding(model, 1), (64, 64))
-    assert eager._kept is None
+    assert not isinstance(eager.decoder.module.run_transformer, CompiledCall)
 
 
 def test_failed_compilation_falls_back_to_eager(model, monkeypatch):
@@ -118,7 +119,7 @@ def test_failed_compilation_falls_back_to_eager(model, monkeypatch):
     with pytest.warns(RuntimeWarning, match="torch.compile failed.*no working C\\+\\+ compiler"):
         got = p.predict(**PROMPTS[0])
     np.testing.assert_array_equal(got[0], eager.predict(**PROMPTS[0])[0])
-    assert p._fast[1].transform.failed.startswith("RuntimeError")
+    assert p.decoder.module.run_transformer.failed.startswith("RuntimeError")
     got = p.predict(**PROMPTS[1])  # no second warning: eager from now on
     np.testing.assert_array_equal(got[0], eager.predict(**PROMPTS[1])[0])
 
@@ -129,21 +130,17 @@ def test_failed_compilation_falls_back_to_eager(model, monkeypatch):
 
 
 @pytest.mark.slow  # one compilation of the low-rank decoder: ~35 s
-def test_compiled_lowrank_clicks_match_eager(model, monkeypatch):
+def test_compiled_lowrank_clicks_match_eager(model):
     """The float32 low-rank decoder (SAM's large grids; forced here on the tiny one) compiles too."""
-    from segany.inference import predictor as predictor_module
-
-    monkeypatch.setattr(predictor_module, "LOWRANK_MIN_ROWS", 0)
-    eager, fast = SamPredictor(model), SamPredictor(model, compile_decoder=True)
+    eager, fast = SamPredictor(model, decoder="lowrank"), SamPredictor(model, decoder="lowrank", compile_decoder=True)
     for p in (eager, fast):
         p.set_image_embedding(_embedding(model, 4), (90, 130))
-    assert fast._lowrank is not None
     for prompt in PROMPTS[:2]:
         want = eager.predict(**prompt, return_logits=True)
         got = fast.predict(**prompt, return_logits=True)
         assert np.abs(got[0] - want[0]).max() <= 1e-4 * float(np.abs(want[0]).max())
         np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-5)
-    assert fast._lowrank[0].transform.failed is None
+    assert fast.decoder.name == "lowrank" and fast.decoder.module.run_transformer.failed is None
 
 
 def _images(count: int) -> list[np.ndarray]:
@@ -168,7 +165,7 @@ def test_compiled_encoder_matches_eager(model, precision):
         eager.set_image(image)
         fast.set_image(image)
         if graphs is None:
-            graphs, kept = _unique_graphs(), fast._kept_encoder
+            graphs, kept = _unique_graphs(), fast.encoder
         want, got = eager.features, fast.features
         assert got.dtype == torch.float32 and got.shape == want.shape
         tol = 1e-4 if precision == "fp32" else 0.03
@@ -176,8 +173,8 @@ def test_compiled_encoder_matches_eager(model, precision):
         masks, scores, _ = fast.predict(**PROMPTS[0])
         assert masks.shape[1:] == image.shape[:2]
     assert _unique_graphs() == graphs, "a new image recompiled the encoder"
-    assert fast._kept_encoder is kept and kept[1].failed is None
-    assert eager._kept_encoder is None
+    assert fast.encoder is kept and isinstance(kept, CompiledCall) and kept.failed is None
+    assert isinstance(eager.encoder, EncoderCall)
 
 
 def test_compiled_encoder_rebuilt_on_new_weights(model):
@@ -186,7 +183,7 @@ def test_compiled_encoder_rebuilt_on_new_weights(model):
     p = SamPredictor(model, compile_encoder=True)
     image = _images(1)[0]
     p.set_image(image)
-    first, before = p._kept_encoder, p.features.clone()
+    first, before = p.encoder, p.features.clone()
     key = tensors_key(model.image_encoder)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
@@ -195,7 +192,7 @@ def test_compiled_encoder_rebuilt_on_new_weights(model):
                 weight.mul_(1.25)
         assert tensors_key(model.image_encoder) != key
         p.set_image(image)
-        assert p._kept_encoder is not first
+        assert p.encoder is not first
         eager = SamPredictor(model)
         eager.set_image(image)
         assert (eager.features - before).abs().max() > 0.1 * before.abs().max()

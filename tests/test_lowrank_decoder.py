@@ -1,4 +1,4 @@
-"""The low-rank click decoder: same logits as the model's decoder, used by the predictor for clicks."""
+"""The low-rank click decoder (opt-in, ``decoder="lowrank"``): same logits as the model's decoder."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 
 from sam_testing import random_tiny
 from segany import SamPredictor
-from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder
-from segany.inference.lowrank_decoder import LowRankClickDecoder, supports_lowrank
+from segany.inference.decoders.fast import DecoderImageCache, FastMaskDecoder
+from segany.inference.decoders.lowrank import LowRankClickDecoder, LowRankDecoder, supports_lowrank
 from segany.model import PRESETS
 
 TOL = 1e-4
@@ -64,7 +64,7 @@ def test_upscaling_a_subset_of_prompts(model):
     cache = decoder.cache(DecoderImageCache(model).cache(embedding))
     coords = torch.rand(5, 1, 2, generator=torch.Generator().manual_seed(4)) * model.image_encoder.img_size
     sparse, _ = model.prompt_encoder((coords, torch.ones(5, 1, dtype=torch.int)), None, None)
-    rows, hyper, _ = decoder.transform(cache, sparse)
+    rows, hyper, _ = decoder.run_transformer(cache, sparse)
     full = decoder.upscale(cache, rows, hyper)
     index = torch.tensor([3, 0])
     torch.testing.assert_close(decoder.upscale(cache, rows.take(index), hyper[index]), full[index])
@@ -80,26 +80,24 @@ def test_supports_only_the_standard_two_layer_decoder(model):
 
 def _count_calls(monkeypatch) -> dict[str, int]:
     calls = {"lowrank": 0, "fast": 0}
-    lowrank_transform, fast_transform = LowRankClickDecoder.transform, FastMaskDecoder.transform
+    lowrank_run, fast_run = LowRankClickDecoder.run_transformer, FastMaskDecoder.run_transformer
 
     def counted_lowrank(self, *args, **kwargs):
         calls["lowrank"] += 1
-        return lowrank_transform(self, *args, **kwargs)
+        return lowrank_run(self, *args, **kwargs)
 
     def counted_fast(self, *args, **kwargs):
         calls["fast"] += 1
-        return fast_transform(self, *args, **kwargs)
+        return fast_run(self, *args, **kwargs)
 
-    monkeypatch.setattr(LowRankClickDecoder, "transform", counted_lowrank)
-    monkeypatch.setattr(FastMaskDecoder, "transform", counted_fast)
+    monkeypatch.setattr(LowRankClickDecoder, "run_transformer", counted_lowrank)
+    monkeypatch.setattr(FastMaskDecoder, "run_transformer", counted_fast)
     return calls
 
 
 def test_predictor_clicks_use_it_and_other_prompts_do_not(model, test_images, monkeypatch):
-    from segany.inference import predictor as predictor_module
-
-    monkeypatch.setattr(predictor_module, "LOWRANK_MIN_ROWS", 0)  # the tiny model's grid is small
-    predictor = SamPredictor(model)
+    predictor = SamPredictor(model, decoder="lowrank")
+    assert predictor.decoder.name == "lowrank" and predictor.decoder.exact
     predictor.set_image(test_images[0])
     calls = _count_calls(monkeypatch)
     one = predictor.predict(point_coords=np.array([[20.0, 30.0]]), point_labels=np.array([1]))
@@ -107,30 +105,19 @@ def test_predictor_clicks_use_it_and_other_prompts_do_not(model, test_images, mo
     # A mask prompt changes the image side per prompt: the fast decoder answers.
     predictor.predict(point_coords=np.array([[20.0, 30.0]]), point_labels=np.array([1]), mask_input=one[2][:1])
     assert calls == {"lowrank": 1, "fast": 1}
-    # So do prompts with more tokens than the low-rank decoder is worth.
-    many = np.random.default_rng(0).uniform(0, 100, (lowrank_decoder_max_points() + 1, 2))
+    # So do prompts with more tokens than the low-rank decoder is worth (its max_tokens: 5 output tokens
+    # and the points).
+    max_points = LowRankDecoder(model).max_tokens - 1 - model.mask_decoder.num_mask_tokens
+    many = np.random.default_rng(0).uniform(0, 100, (max_points + 1, 2))
     predictor.predict(point_coords=many, point_labels=np.ones(len(many), dtype=int))
     assert calls == {"lowrank": 1, "fast": 2}
 
 
-def lowrank_decoder_max_points() -> int:
-    from segany.inference.predictor import LOWRANK_MAX_TOKENS
-
-    return LOWRANK_MAX_TOKENS - 1 - random_tiny(seed=0).mask_decoder.num_mask_tokens
-
-
-def test_small_grids_click_with_the_fast_decoder(model, test_images, monkeypatch):
-    """Below LOWRANK_MIN_ROWS embedding rows the low-rank cache costs more than it saves: not built."""
-    from segany.inference import predictor as predictor_module
-
-    grid = model.prompt_encoder.image_embedding_size
-    monkeypatch.setattr(predictor_module, "LOWRANK_MIN_ROWS", grid[0] * grid[1] + 1)
+def test_auto_never_picks_it(model, test_images, monkeypatch):
+    """Opt-in only: "auto" clicks with the fast decoder on a CPU, whatever the grid."""
     predictor = SamPredictor(model)
+    assert predictor.decoder.name == "fast"
     predictor.set_image(test_images[0])
-    assert predictor._lowrank is None
     calls = _count_calls(monkeypatch)
     predictor.predict(point_coords=np.array([[20.0, 30.0]]), point_labels=np.array([1]))
     assert calls == {"lowrank": 0, "fast": 1}
-    monkeypatch.setattr(predictor_module, "LOWRANK_MIN_ROWS", grid[0] * grid[1])
-    predictor.set_image(test_images[0])
-    assert predictor._lowrank is not None

@@ -17,6 +17,7 @@ from segany import SamPredictor  # noqa: E402
 from segany.errors import CheckpointError, ImageError, PromptError  # noqa: E402
 from segany.export.onnx import export_onnx  # noqa: E402
 from segany.export.backend import predictor_for  # noqa: E402
+from segany.inference.decoders.compile import CompiledCall  # noqa: E402
 from segany.inference.onnx_backend import OnnxPredictor  # noqa: E402
 from segany.io.image import read_image  # noqa: E402
 from segany.model import PRESETS  # noqa: E402
@@ -316,9 +317,9 @@ def test_onnx_encoder_with_the_pytorch_decoder(model, folder, image, tmp_path):
     assert low.shape[0] == 2 and bool((low < -1000).all())  # skipped, like SamPredictor
     with pytest.raises(CheckpointError):
         OnnxPredictor(folder, decoder_model=random_tiny(seed=1, config=PRESETS["tiny"].replace(prompt_embed_dim=128)))
-    assert predictor_for(model, backend="onnx", export_dir=tmp_path / "a")._torch_decoder is not None
-    assert predictor_for(model, backend="onnx", export_dir=tmp_path / "b", decoder="onnx")._torch_decoder is None
-    assert predictor_for(folder, backend="onnx")._torch_decoder is None
+    assert predictor_for(model, backend="onnx", export_dir=tmp_path / "a").decoder is not None
+    assert predictor_for(model, backend="onnx", export_dir=tmp_path / "b", decoder="onnx").decoder is None
+    assert predictor_for(folder, backend="onnx").decoder is None
     with pytest.raises(ValueError):
         predictor_for(model, backend="onnx", decoder="tensorrt")
 
@@ -330,7 +331,7 @@ def test_bf16_decoder_with_the_onnx_encoder(model, folder, test_images, tmp_path
     # chelsea.jpg); on this one it stays above the 0.97 asserted here.
     image = read_image(next(p for p in test_images if p.name == "rocket.jpg"))
     hybrid = OnnxPredictor(folder, decoder_model=model, decoder_precision="bf16")
-    assert hybrid._torch_decoder is not None and hybrid._torch_decoder.decoder_precision == "bf16"
+    assert hybrid.decoder is not None and hybrid.decoder.name == "bf16" and not hybrid.decoder.exact
     hybrid.set_image(image)
     exact = OnnxPredictor(folder, decoder_model=model)
     exact.set_image(image)
@@ -340,7 +341,7 @@ def test_bf16_decoder_with_the_onnx_encoder(model, folder, test_images, tmp_path
     p = predictor_for(model, decoder_precision="bf16")
     assert isinstance(p, SamPredictor) and p.decoder_precision == "bf16"
     p = predictor_for(model, backend="onnx", export_dir=tmp_path / "a", decoder_precision="bf16")
-    assert p._torch_decoder is not None and p._torch_decoder.decoder_precision == "bf16"
+    assert p.decoder is not None and p.decoder.name == "bf16"
     with pytest.raises(ValueError, match="decoder_model"):
         OnnxPredictor(folder, decoder_precision="bf16")
     with pytest.raises(ValueError, match="ONNX export"):
@@ -353,12 +354,12 @@ def test_compile_decoder_reaches_the_pytorch_decoder(model, folder, tmp_path):
     """``compile_decoder`` reaches the PyTorch decoder wherever one runs prompts, and is refused where
     onnxruntime decodes (no PyTorch decoder to compile)."""
     hybrid = OnnxPredictor(folder, decoder_model=model, decoder_precision="bf16", compile_decoder=True)
-    assert hybrid._torch_decoder is not None and hybrid._torch_decoder.compile_decoder
-    assert hybrid._torch_decoder.decoder_precision == "bf16"
+    assert hybrid.decoder is not None and hybrid.decoder.name == "bf16" and hybrid.options.compile_decoder
+    assert isinstance(hybrid.decoder.module.run_transformer, CompiledCall)
     p = predictor_for(model, compile_decoder=True)
     assert isinstance(p, SamPredictor) and p.compile_decoder and not predictor_for(model).compile_decoder
     p = predictor_for(model, backend="onnx", export_dir=tmp_path / "a", compile_decoder=True)
-    assert p._torch_decoder is not None and p._torch_decoder.compile_decoder
+    assert p.decoder is not None and p.options.compile_decoder
     with pytest.raises(ValueError, match="decoder_model"):
         OnnxPredictor(folder, compile_decoder=True)
     with pytest.raises(ValueError, match="ONNX export.*compile_decoder"):
@@ -366,8 +367,27 @@ def test_compile_decoder_reaches_the_pytorch_decoder(model, folder, tmp_path):
     with pytest.raises(ValueError, match="PyTorch decoder"):
         predictor_for(model, backend="onnx", decoder="onnx", compile_decoder=True)
     assert predictor_for(model, encoder_precision="bf16").encoder_precision == "bf16"
-    with pytest.raises(ValueError, match="encoder_precision applies to the PyTorch encoder"):
+    with pytest.raises(ValueError, match="encoder_precision='bf16' .*applies to the torch backend"):
         predictor_for(model, backend="onnx", export_dir=tmp_path / "c", encoder_precision="bf16")
     assert predictor_for(model, compile_encoder=True).compile_encoder and not predictor_for(model).compile_encoder
-    with pytest.raises(ValueError, match="compile_encoder applies to the PyTorch encoder"):
+    with pytest.raises(ValueError, match="compile_encoder=True .*applies to the torch backend"):
         predictor_for(model, backend="onnx", export_dir=tmp_path / "c", compile_encoder=True)
+
+
+def test_exports_carry_the_model_identity(model, folder, image):
+    """The manifest names the exported model (segany.io.identity.model_id): another model is refused as the
+    hybrid predictor's decoder, and the export's embeddings carry the identity too."""
+    from segany.io.identity import model_id
+
+    manifest = json.loads((folder / "segany_onnx.json").read_text())
+    assert manifest["model_id"] == model_id(model)
+    other = random_tiny(seed=12)  # same architecture and shapes, other weights
+    with pytest.raises(CheckpointError, match="not the exported model"):
+        OnnxPredictor(folder, decoder_model=other)
+    p = OnnxPredictor(folder)
+    p.set_image(image)
+    embedding = p.get_embedding()
+    assert embedding.model_id == model_id(model)
+    SamPredictor(model).set_image_embedding(embedding)
+    with pytest.raises(ImageError, match="made by model"):
+        SamPredictor(other).set_image_embedding(embedding)

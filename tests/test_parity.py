@@ -38,19 +38,12 @@ def compare(ours: SamPredictor, ref: OfficialPredictor, **prompt: object) -> Non
     assert_masks_match(a_masks, b_masks, logits)
 
 
-@pytest.fixture(scope="module", params=["fast decoder", "low-rank decoder"])
+@pytest.fixture(scope="module", params=["fast", "lowrank"])
 def tiny_pair(request):
-    """The tiny model and its official twin. Its 16x16 embedding grid is below
-    ``LOWRANK_MIN_ROWS``, so its predictor clicks with the fast decoder; the second parameter lowers
-    the threshold so that the same comparisons cover the low-rank decoder too."""
-    from segany.inference import predictor as predictor_module
-
-    saved = predictor_module.LOWRANK_MIN_ROWS
-    if request.param == "low-rank decoder":
-        predictor_module.LOWRANK_MIN_ROWS = 0
+    """The tiny model, its official twin and the exact decoder to click with: the fast decoder (what
+    ``decoder="auto"`` picks on a CPU) and the opt-in low-rank one."""
     model = random_tiny(seed=1)
-    yield model, official_twin(model)
-    predictor_module.LOWRANK_MIN_ROWS = saved
+    return model, official_twin(model), request.param
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -80,9 +73,9 @@ PROMPTS = {
 @pytest.mark.parametrize("size", [(480, 640), (640, 480), (1500, 1000), (333, 333)])
 @pytest.mark.parametrize("multimask", [True, False])
 def test_predict_matches_official(tiny_pair, size, multimask):
-    model, ref_model = tiny_pair
+    model, ref_model, decoder = tiny_pair
     image = _image(*size)
-    ours, ref = SamPredictor(model), OfficialPredictor(ref_model)
+    ours, ref = SamPredictor(model, decoder=decoder), OfficialPredictor(ref_model)
     ours.set_image(image)
     ref.set_image(image)
     torch.testing.assert_close(ours.get_image_embedding(), ref.get_image_embedding(), atol=TOL, rtol=0)
@@ -91,9 +84,9 @@ def test_predict_matches_official(tiny_pair, size, multimask):
 
 
 def test_mask_input_matches_official(tiny_pair):
-    model, ref_model = tiny_pair
+    model, ref_model, decoder = tiny_pair
     image = _image(480, 640)
-    ours, ref = SamPredictor(model), OfficialPredictor(ref_model)
+    ours, ref = SamPredictor(model, decoder=decoder), OfficialPredictor(ref_model)
     ours.set_image(image)
     ref.set_image(image)
     _, scores, low = ref.predict(**PROMPTS["one_point"])
@@ -108,9 +101,9 @@ def test_mask_input_matches_official(tiny_pair):
 
 
 def test_bgr_input_matches_official(tiny_pair):
-    model, ref_model = tiny_pair
+    model, ref_model, decoder = tiny_pair
     image = _image(300, 400)[..., ::-1].copy()
-    ours, ref = SamPredictor(model), OfficialPredictor(ref_model)
+    ours, ref = SamPredictor(model, decoder=decoder), OfficialPredictor(ref_model)
     ours.set_image(image, image_format="BGR")
     ref.set_image(image, image_format="BGR")
     compare(ours, ref, **PROMPTS["one_point"])
@@ -118,9 +111,9 @@ def test_bgr_input_matches_official(tiny_pair):
 
 def test_batched_boxes_match_official(tiny_pair):
     """100 boxes of one image in one predict_torch call."""
-    model, ref_model = tiny_pair
+    model, ref_model, decoder = tiny_pair
     image = _image(480, 640)
-    ours, ref = SamPredictor(model), OfficialPredictor(ref_model)
+    ours, ref = SamPredictor(model, decoder=decoder), OfficialPredictor(ref_model)
     ours.set_image(image)
     ref.set_image(image)
     g = torch.Generator().manual_seed(0)
@@ -140,9 +133,9 @@ def test_batched_boxes_match_official(tiny_pair):
 
 
 def test_batched_points_match_official(tiny_pair):
-    model, ref_model = tiny_pair
+    model, ref_model, decoder = tiny_pair
     image = _image(640, 480)
-    ours, ref = SamPredictor(model), OfficialPredictor(ref_model)
+    ours, ref = SamPredictor(model, decoder=decoder), OfficialPredictor(ref_model)
     ours.set_image(image)
     ref.set_image(image)
     g = torch.Generator().manual_seed(1)
@@ -157,7 +150,7 @@ def test_batched_points_match_official(tiny_pair):
 
 def test_sam_forward_matches_official(tiny_pair):
     """The batched end-to-end ``Sam.forward`` (two images, each with its own prompts)."""
-    model, ref_model = tiny_pair
+    model, ref_model, decoder = tiny_pair
     from segany.ops.transforms import ResizeLongestSide
 
     t = ResizeLongestSide(model.image_size)
@@ -177,8 +170,8 @@ def test_sam_forward_matches_official(tiny_pair):
 
 def test_real_file_formats_match_official(tiny_pair, test_images):
     """Every repo test image (greyscale, RGBA, 16-bit included) through read_image, both packages."""
-    model, ref_model = tiny_pair
-    ours, ref = SamPredictor(model), OfficialPredictor(ref_model)
+    model, ref_model, decoder = tiny_pair
+    ours, ref = SamPredictor(model, decoder=decoder), OfficialPredictor(ref_model)
     for path in test_images:
         image = read_image(path)
         ours.set_image(path)
@@ -211,7 +204,7 @@ def test_vit_b_bf16_decoder_close_to_official():
 
     model = randomize_(build_sam(PRESETS["vit_b"]), seed=3).eval()
     ref = OfficialPredictor(official_twin(model))
-    ours = SamPredictor(model, decoder_precision="bf16")
+    ours = SamPredictor(model, decoder="bf16")
     embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
     size = (480, 640)
     ours.set_image_embedding(embedding, size)

@@ -9,6 +9,7 @@ import torch
 from sam_testing import random_tiny
 from segany import ImageEmbedding, SamPredictor
 from segany.errors import ImageError, PromptError
+from segany.inference.options import InferenceOptions
 from segany.io.image import read_image
 
 
@@ -144,21 +145,20 @@ def test_predictor_sees_weights_loaded_after_it_was_built(test_images):
 
 def test_prompts_decoded_in_chunks_give_the_same_results(predictor, monkeypatch):
     """On a CPU prompts are decoded a few at a time (cache-sized temporaries); chunking changes nothing."""
-    from segany.inference import predictor as predictor_module
+    from segany.inference.decoders.fast import FastMaskDecoder
 
-    grid = predictor.model.prompt_encoder.image_embedding_size
-    assert predictor_module.cpu_decode_chunk((64, 64)) == 4  # SAM's grid: 4 prompts per call
     g = torch.Generator().manual_seed(2)
     coords = torch.rand(5, 2, 2, generator=g) * predictor.model.image_size
     labels = torch.tensor([[1, 0], [1, 1], [0, 1], [1, -1], [1, 0]])
     masks = torch.randn(5, 1, 64, 64, generator=g)
     whole = [predictor.predict_low_res(coords, labels, mask_input=m) for m in (None, masks)]
-    monkeypatch.setattr(predictor_module, "CPU_DECODE_ROWS", 2 * grid[0] * grid[1])  # 2 prompts per call
+    chunked = SamPredictor(predictor.model, options=InferenceOptions(decode_chunk=2))
+    chunked.set_image_embedding(predictor.get_embedding())
     calls = []
-    decode = predictor._decode
-    monkeypatch.setattr(predictor, "_decode", lambda sparse, *a: calls.append(len(sparse)) or decode(sparse, *a))
+    run = FastMaskDecoder.run_transformer
+    monkeypatch.setattr(FastMaskDecoder, "run_transformer", lambda self, *a: calls.append(len(a[-1])) or run(self, *a))
     for m, (want_low, want_iou) in zip((None, masks), whole):
-        got_low, got_iou = predictor.predict_low_res(coords, labels, mask_input=m)
+        got_low, got_iou = chunked.predict_low_res(coords, labels, mask_input=m)
         torch.testing.assert_close(got_low, want_low, atol=1e-5, rtol=0)
         torch.testing.assert_close(got_iou, want_iou, atol=1e-6, rtol=0)
     assert calls == [2, 2, 1, 2, 2, 1]
@@ -167,7 +167,7 @@ def test_prompts_decoded_in_chunks_give_the_same_results(predictor, monkeypatch)
 def test_bf16_encoder_close_to_float32(test_images, monkeypatch):
     """encoder_precision="bf16" encodes under bfloat16 autocast: a float32 embedding close to the float32
     encoder's (not equal: the products really ran in bfloat16), and nearly the same masks."""
-    from segany.inference import predictor as predictor_module
+    from segany.inference import options as options_module
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("bfloat16 products need oneDNN")
@@ -185,6 +185,6 @@ def test_bf16_encoder_close_to_float32(test_images, monkeypatch):
         assert (x & y).sum() / max((x | y).sum(), 1) > 0.95
     with pytest.raises(ValueError, match="encoder_precision"):
         SamPredictor(model, encoder_precision="fp16")  # type: ignore[arg-type]
-    monkeypatch.setattr(predictor_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(options_module, "cpu_has_bf16", lambda: False)
     with pytest.warns(RuntimeWarning, match="encoder_precision='bf16'.*image encoding will be slower"):
         SamPredictor(model, encoder_precision="bf16")

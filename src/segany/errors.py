@@ -24,7 +24,8 @@ class ImageError(SeganyError, ValueError):
 
 
 class PromptError(SeganyError, ValueError):
-    """A prompt (point, box, mask) is malformed or outside the image."""
+    """A prompt (point, box, mask) is malformed or outside the image (also a ``ValueError``, as the
+    official package's checks raise for bad arguments)."""
 
 
 class OutputError(SeganyError, OSError):

@@ -19,7 +19,7 @@ def parse_numbers(text: str, what: str, count: tuple[int, ...]) -> list[float]:
         expected = " or ".join(str(c) for c in count)
         raise PromptError(f"malformed {what} {text!r}: expected {expected} numbers, got {len(values)}")
     if not all(math.isfinite(v) for v in values):
-        raise PromptError(f"malformed {what} {text!r}: every number must be finite (not nan or inf)")
+        raise PromptError(f"malformed {what} {text!r}: numbers must be finite (no nan or inf)")
     return values
 
 
@@ -29,8 +29,9 @@ def parse_point(text: str) -> tuple[float, float, int]:
     if len(parts) == 3 and parts[2].lower() not in ("0", "1", "0.0", "1.0"):
         raise PromptError(f"malformed point {text!r}: the label must be 1 (foreground) or 0 (background)")
     values = parse_numbers(text, "point", (2, 3))
-    label = int(values[2]) if len(values) == 3 else 1
-    return values[0], values[1], label
+    if len(values) == 3 and values[2] not in (0.0, 1.0):
+        raise PromptError(f"malformed point {text!r}: the label must be 1 (foreground) or 0 (background)")
+    return values[0], values[1], int(values[2]) if len(values) == 3 else 1
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -52,59 +53,80 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backend", choices=("torch", "onnx"), default="torch",
+    """The inference options (:class:`segany.inference.options.InferenceOptions`), each saying which
+    backend it applies to; ``segany info --system`` says which pay off on this machine, and
+    benchmarks/RESULTS.md what they gain and cost."""
+    group = parser.add_argument_group(
+        "inference options",
+        "which of these pay off on this machine: 'segany info --system'; figures: benchmarks/RESULTS.md",
+    )
+    group.add_argument(
+        "--backend", choices=("torch", "onnx"), default=None,
         help="run the model in PyTorch (default) or onnxruntime; with onnx, the image encoder runs in "
-        "onnxruntime (int8 with --precision int8) and prompts in segany's PyTorch decoder (faster on CPUs), "
+        "onnxruntime (int8 with --onnx-precision int8) and prompts in segany's PyTorch decoder (faster on CPUs), "
         "or in onnxruntime too when --checkpoint is a 'segany export' folder; checkpoints are exported once "
         "to ~/.cache/segany/onnx",
     )
-    parser.add_argument(
-        "--precision", choices=("auto", "fp32", "int8"), default="auto",
-        help="onnx backend: int8 graphs where the export has them (auto), or force fp32/int8",
+    group.add_argument(
+        "--decoder", choices=("auto", "reference", "fast", "lowrank", "bf16", "onnx"), default=None,
+        help="both backends: the click decoder. auto (default; exact: the fast decoder on a CPU, the model's own "
+        "elsewhere), reference (always the model's own), fast, lowrank (exact; SAM's 64x64 grid only), bf16 "
+        "(approximate; for CPUs with AVX-512 BF16 or AMX, slower on others), onnx (the exported graphs; onnx backend)",
     )
-    parser.add_argument(
-        "--decoder-precision", choices=("fp32", "bf16"), default="fp32",
-        help="segany's PyTorch decoder: fp32 (default; the official model's masks) or bf16 (faster clicks "
-        "on CPUs with AVX-512 BF16 or AMX, masks very close to fp32's; slower on other CPUs). Figures: "
-        "benchmarks/RESULTS.md",
+    group.add_argument(
+        "--decoder-precision", choices=("fp32", "bf16"), default=None,
+        help="the older spelling of --decoder bf16 (bf16) and of the default (fp32)",
     )
-    parser.add_argument(
-        "--encoder-precision", choices=("fp32", "bf16"), default="fp32",
-        help="torch backend's image encoder: fp32 (default) or bf16 (faster on CPUs with AVX-512 BF16 or AMX, "
-        "embedding very close to fp32's; slower on other CPUs). Figures: benchmarks/RESULTS.md",
+    group.add_argument(
+        "--encoder-precision", choices=("fp32", "bf16"), default=None,
+        help="torch backend: the image encoder in fp32 (default) or bf16 (approximate; for CPUs with AVX-512 BF16 "
+        "or AMX, slower on others)",
     )
-    parser.add_argument(
-        "--compile-decoder", action="store_true",
-        help="compile segany's PyTorch decoder with torch.compile: same masks, after a one-off compilation "
-        "at the first prompt (needs a C++ compiler); worth it with --decoder-precision bf16 over many prompts, "
-        "on the CPUs where benchmarks/RESULTS.md shows a gain",
+    group.add_argument(
+        "--compile-decoder", action="store_true", default=None,
+        help="segany's PyTorch decoder (not --decoder onnx): compile it with torch.compile; same masks, a one-off "
+        "compilation at the first prompt (needs a C++ compiler); pays off over many prompts",
     )
-    parser.add_argument(
-        "--compile-encoder", action="store_true",
-        help="torch backend: compile the image encoder with torch.compile: faster encoding after a one-off "
-        "compilation at the first image (needs a C++ compiler); pays off over many images. Figures: "
-        "benchmarks/RESULTS.md",
+    group.add_argument(
+        "--compile-encoder", action="store_true", default=None,
+        help="torch backend: compile the image encoder with torch.compile; same masks, a one-off compilation at "
+        "the first image (needs a C++ compiler); pays off over many images",
+    )
+    group.add_argument(
+        "--onnx-precision", "--precision", dest="onnx_precision", choices=("auto", "fp32", "int8"), default=None,
+        help="onnx backend: int8 graphs where the export has them (auto, default), or force fp32/int8 "
+        "(int8: approximate, exported on first use)",
+    )
+    group.add_argument(
+        "--num-threads", type=int, default=None, metavar="N",
+        help="onnx backend: onnxruntime's threads (default: PyTorch's)",
+    )
+
+
+def inference_options_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~segany.inference.options.InferenceOptions` the command line asks for, validated once
+    (a flag that does not apply to the backend: an error naming it, exit 2)."""
+    from segany.inference.options import InferenceOptions
+
+    return InferenceOptions.build(
+        backend=getattr(args, "backend", None),
+        decoder=getattr(args, "decoder", None),
+        decoder_precision=getattr(args, "decoder_precision", None),
+        encoder_precision=getattr(args, "encoder_precision", None),
+        compile_decoder=getattr(args, "compile_decoder", None),
+        compile_encoder=getattr(args, "compile_encoder", None),
+        onnx_precision=getattr(args, "onnx_precision", None),
+        num_threads=getattr(args, "num_threads", None),
     )
 
 
 def predictor_from_args(args: argparse.Namespace) -> Any:
-    """The predictor the ``--checkpoint``, ``--device``, ``--backend``, ``--precision``,
-    ``--decoder-precision``, ``--encoder-precision``, ``--compile-decoder`` and ``--compile-encoder`` ask for."""
-    if getattr(args, "backend", "torch") == "torch":
+    """The predictor the ``--checkpoint``, ``--device`` and inference options ask for."""
+    options = inference_options_from_args(args)
+    if options.backend == "torch":
         from segany.inference.predictor import SamPredictor
 
-        return SamPredictor(
-            load_model_from_args(args),
-            decoder_precision=getattr(args, "decoder_precision", "fp32"),
-            compile_decoder=getattr(args, "compile_decoder", False),
-            encoder_precision=getattr(args, "encoder_precision", "fp32"),
-            compile_encoder=getattr(args, "compile_encoder", False),
-        )
-    if getattr(args, "encoder_precision", "fp32") != "fp32":
-        raise SeganyError("--encoder-precision applies to the torch backend; with --backend onnx use --precision int8")
-    if getattr(args, "compile_encoder", False):
-        raise SeganyError("--compile-encoder applies to the torch backend; --backend onnx encodes in onnxruntime")
+        return SamPredictor(load_model_from_args(args), options=options)
     if args.device != "cpu":
         raise SeganyError("--backend onnx runs on the CPU; drop --device")
     from segany.build import default_weights_path
@@ -112,15 +134,8 @@ def predictor_from_args(args: argparse.Namespace) -> Any:
 
     # The packaged model by its file, so that its export is cached like any checkpoint's.
     source = args.checkpoint or default_weights_path() or None
-    quantize = "int8" if args.precision == "int8" else None
-    return predictor_for(
-        source,
-        "onnx",
-        precision=args.precision,
-        quantize=quantize,
-        decoder_precision=getattr(args, "decoder_precision", "fp32"),
-        compile_decoder=getattr(args, "compile_decoder", False),
-    )
+    quantize = "int8" if options.onnx_precision == "int8" else None
+    return predictor_for(source, options=options, quantize=quantize)
 
 
 def check_device(device: str) -> str:

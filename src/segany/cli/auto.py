@@ -25,7 +25,7 @@ from segany.errors import SeganyError
 HELP = "generate masks for every object in images (automatic mask generation, one machine or Ray)"
 EXAMPLES = """examples:
   segany auto photos/ -o masks/ --checkpoint sam_vit_b_01ec64.pth
-  segany auto photos/ -o masks/ --backend onnx --precision int8   # onnxruntime, int8 encoder
+  segany auto photos/ -o masks/ --backend onnx --onnx-precision int8   # onnxruntime, int8 encoder
   segany auto 'photos/**/*.jpg' -o masks/ --preset sa1b --format coco --overlay
   segany auto a.jpg b.png -o out/ --format png --points-per-side 16 --pred-iou-thresh 0.8
   segany auto photos/ -o sa1b/ --preset sa1b --shard-size 1000 --ray --workers 2   # local Ray, 2 actors

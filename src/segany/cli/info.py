@@ -1,4 +1,5 @@
-"""``segany info``: what a checkpoint holds, read and checked without building the model."""
+"""``segany info``: what a checkpoint holds (read and checked without building the model), or
+(``--system``) what this machine offers inference."""
 
 from __future__ import annotations
 
@@ -6,19 +7,26 @@ import argparse
 import json
 from typing import Any
 
-HELP = "show what a checkpoint file or weights name holds: family, architecture, parameters, format, release"
+HELP = "show what a checkpoint file or weights name holds, or (--system) this machine's best inference settings"
 EXAMPLES = """examples:
   segany info sam_vit_b_01ec64.pth
   segany info mobile_sam.pt --json
   segany info facebook-sam-vit-base/        # a Hugging Face model folder
-  segany info vit_h                         # a released model by name: where it is cached, or would be"""
+  segany info vit_h                         # a released model by name: where it is cached, or would be
+  segany info --system                      # CPU features (AVX-512 BF16, AMX, VNNI) and the settings to use here"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint",
+        nargs="?",
         help="a .pth/.pt/.safetensors file, a Hugging Face model folder, or a name "
         "(vit_b, mobile_sam, sam_hq_vit_l, tiny, ...)",
+    )
+    parser.add_argument(
+        "--system", action="store_true",
+        help="instead of a checkpoint: this CPU's features, the accelerators PyTorch sees, and the recommended "
+        "inference settings for this machine (as CLI flags and Python options)",
     )
     parser.add_argument("--json", action="store_true", help="print as JSON")
 
@@ -108,13 +116,79 @@ def _describe_name(name: str) -> dict[str, Any]:
     return info
 
 
+def system_info() -> dict[str, object]:
+    """This machine as inference sees it: CPU features, devices, recommended settings."""
+    import platform
+
+    import torch
+
+    from segany.inference.cpu import cpu_flags
+    from segany.inference.options import recommendations
+
+    flags = cpu_flags()
+    features = {
+        "AVX-512": "avx512f" in flags,
+        "AVX-512 BF16": "avx512_bf16" in flags,
+        "AMX (bf16)": "amx_bf16" in flags,
+        "AMX (int8)": "amx_int8" in flags,
+        "VNNI": bool(flags & {"avx512_vnni", "avx_vnni"}),
+    }
+    devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_features": features if flags else {},
+        "threads": torch.get_num_threads(),
+        "devices": devices,
+        "torch": torch.__version__,
+        "recommended": [
+            {"purpose": r.purpose, "exact": r.exact, "flags": r.flags, "python": r.python, "why": r.why}
+            for r in recommendations(flags)
+        ],
+    }
+
+
+def _print_system(info: dict[str, object]) -> None:
+    features = info["cpu_features"]
+    assert isinstance(features, dict)
+    print(f"cpu:           {info['cpu']}, {info['threads']} threads (torch {info['torch']})")
+    if features:
+        print("features:      " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items()))
+    else:
+        print("features:      unknown (not an x86 CPU, or /proc/cpuinfo unreadable)")
+    devices = info["devices"]
+    assert isinstance(devices, list)
+    print(f"devices:       {', '.join(devices)}")
+    if len(devices) > 1:
+        print("               on a GPU, --decoder auto runs the model's own decoder (no GPU benchmark yet)")
+    print("recommended (figures: benchmarks/RESULTS.md):")
+    recommended = info["recommended"]
+    assert isinstance(recommended, list)
+    for r in recommended:
+        kind = "exact" if r["exact"] else "approximate"
+        print(f"  {r['purpose']} [{kind}]: {r['why']}")
+        print(f"    CLI:    {r['flags']}")
+        call = "predictor_for(CHECKPOINT, " if "backend='onnx'" in r["python"] else "SamPredictor(model, "
+        print(f"    Python: {call}options={r['python']})")
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from segany.errors import CheckpointError
+    from segany.errors import CheckpointError, SeganyError
     from segany.io import hub
     from segany.model import PRESETS
 
+    if args.system:
+        if args.checkpoint:
+            raise SeganyError("give either a checkpoint or --system, not both")
+        info_system = system_info()
+        if args.json:
+            print(json.dumps(info_system, indent=2))
+        else:
+            _print_system(info_system)
+        return 0
+    if not args.checkpoint:
+        raise SeganyError("give a checkpoint (a file or a weights name), or --system")
     arg = args.checkpoint
     if not Path(arg).exists() and arg in PRESETS:
         info = _describe_name(arg)

@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 from segany.errors import CheckpointError
 from segany.inference.onnx_backend import MANIFEST, OnnxPredictor, is_export_folder
+from segany.inference.options import InferenceOptions, OptionsError
 from segany.inference.predictor import SamPredictor
+from segany.io.identity import model_id
 
 __all__ = ["predictor_for"]
 
@@ -78,19 +80,27 @@ def _load_export(folder: Path, make: Any) -> OnnxPredictor:
         raise
 
 
+def _exported_model_id(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("model_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def predictor_for(
     model_or_path: Any,
-    backend: Literal["torch", "onnx"] = "torch",
+    backend: Literal["torch", "onnx"] | None = None,
     *,
-    precision: Literal["auto", "fp32", "int8"] = "auto",
+    options: InferenceOptions | None = None,
+    precision: Literal["auto", "fp32", "int8"] | None = None,
     export_dir: str | os.PathLike[str] | None = None,
     quantize: str | None = None,
     num_threads: int | None = None,
-    decoder: Literal["torch", "onnx"] = "torch",
-    decoder_precision: Literal["fp32", "bf16"] = "fp32",
-    compile_decoder: bool = False,
-    encoder_precision: Literal["fp32", "bf16"] = "fp32",
-    compile_encoder: bool = False,
+    decoder: str | None = None,
+    decoder_precision: Literal["fp32", "bf16"] | None = None,
+    compile_decoder: bool | None = None,
+    encoder_precision: Literal["fp32", "bf16"] | None = None,
+    compile_encoder: bool | None = None,
 ) -> SamPredictor | OnnxPredictor:
     """A predictor for ``model_or_path`` on the chosen backend.
 
@@ -98,50 +108,49 @@ def predictor_for(
     default model), or (ONNX only) a folder written by ``segany export``. For the ONNX backend, a model
     or checkpoint is exported first: into ``export_dir`` if given, else (checkpoint files) into a cache
     under ``~/.cache/segany/onnx`` that later calls reuse, else a temporary folder.
-    ``quantize="int8"`` adds int8 graphs to a new export; ``precision`` picks which graphs to run.
-    ``decoder`` (ONNX backend): ``"torch"`` runs prompts through segany's PyTorch decoder when the model
-    is at hand (not for an export folder), which is faster on CPUs than the exported decoder graphs and
-    float32 exact; ``"onnx"`` runs everything in onnxruntime. ``decoder_precision``: the PyTorch
-    decoder's precision (see :class:`~segany.inference.predictor.SamPredictor`), ``"fp32"`` or ``"bf16"``;
-    ``compile_decoder``: run it through ``torch.compile`` (same class). ``encoder_precision`` (PyTorch
-    backend only: the ONNX backend's encoder runs in onnxruntime, int8 with ``quantize="int8"``):
-    ``"fp32"`` or ``"bf16"``; ``compile_encoder`` (PyTorch backend only): run it through ``torch.compile``.
+    ``quantize="int8"`` adds int8 graphs to a new export.
+
+    ``options`` (:class:`~segany.inference.options.InferenceOptions`) holds every inference choice; the
+    keywords are shortcuts that change it: ``backend``, ``precision`` (``onnx_precision``),
+    ``num_threads``, ``decoder`` (a decoder name; ``"torch"`` means ``"auto"``: prompts in segany's
+    PyTorch decoder when the model is at hand, which is faster on CPUs than the exported graphs;
+    ``"onnx"``: the exported graphs), ``decoder_precision``, ``compile_decoder``, ``encoder_precision``
+    and ``compile_encoder``. An option that does not apply to the backend is refused with one line.
     """
     from segany.model import Sam
 
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"backend must be 'torch' or 'onnx', not {backend!r}")
-    if decoder not in ("torch", "onnx"):
-        raise ValueError(f"decoder must be 'torch' or 'onnx', not {decoder!r}")
-    if decoder_precision != "fp32" and backend == "onnx" and decoder == "onnx":
-        raise ValueError("decoder_precision applies to segany's PyTorch decoder, not to decoder='onnx'")
-    if encoder_precision != "fp32" and backend == "onnx":
-        raise ValueError(
-            "encoder_precision applies to the PyTorch encoder; the onnx backend's is int8 with quantize='int8'"
-        )
-    if compile_encoder and backend == "onnx":
-        raise ValueError("compile_encoder applies to the PyTorch encoder; the onnx backend's runs in onnxruntime")
-    if compile_decoder and backend == "onnx" and decoder == "onnx":
-        raise ValueError("compile_decoder applies to segany's PyTorch decoder, not to decoder='onnx'")
+    options = InferenceOptions.build(
+        options,
+        backend=backend,
+        onnx_precision=precision,
+        num_threads=num_threads,
+        decoder="auto" if decoder == "torch" else decoder,
+        decoder_precision=decoder_precision,
+        compile_decoder=compile_decoder,
+        encoder_precision=encoder_precision,
+        compile_encoder=compile_encoder,
+    )
     path = Path(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else None
-    if backend == "torch":
+    if options.backend == "torch":
         if path is not None and is_export_folder(path):
             raise CheckpointError(f"{path} is an ONNX export; use backend='onnx' or pass a checkpoint")
         from segany.build import load_model
 
-        return SamPredictor(
-            model_or_path if isinstance(model_or_path, Sam) else load_model(model_or_path),
-            decoder_precision=decoder_precision,
-            compile_decoder=compile_decoder,
-            encoder_precision=encoder_precision,
-            compile_encoder=compile_encoder,
-        )
+        sam = model_or_path if isinstance(model_or_path, Sam) else load_model(model_or_path)
+        return SamPredictor(sam, options=options)
 
+    torch_decoder = options.decoder != "onnx"
     if path is not None and is_export_folder(path):
-        if decoder_precision != "fp32" or compile_decoder:
-            option = "decoder_precision" if decoder_precision != "fp32" else "compile_decoder"
-            raise ValueError(f"{path} is an ONNX export: its decoder runs in onnxruntime; {option} needs a checkpoint")
-        return _load_export(path, lambda f: OnnxPredictor(f, precision=precision, num_threads=num_threads))
+        for option, value, default in (
+            ("decoder", options.decoder, ("auto", "onnx")),
+            ("compile_decoder", options.compile_decoder, (False,)),
+            ("decode_chunk", options.decode_chunk, (None,)),
+        ):
+            if value not in default:
+                raise OptionsError(
+                    f"{path} is an ONNX export: its decoder runs in onnxruntime; {option}={value!r} needs a checkpoint"
+                )
+        return _load_export(path, lambda f: OnnxPredictor(f, options=options))
 
     def model() -> Sam:
         if isinstance(model_or_path, Sam):
@@ -152,27 +161,23 @@ def predictor_for(
 
     def predictor(folder: Path, sam: Sam | None) -> OnnxPredictor:
         """The onnxruntime encoder of ``folder``, prompts in ``sam``'s PyTorch decoder (if given)."""
-        return OnnxPredictor(
-            folder,
-            precision=precision,
-            num_threads=num_threads,
-            decoder_model=sam,
-            decoder_precision=decoder_precision,
-            compile_decoder=compile_decoder,
-        )
+        return OnnxPredictor(folder, decoder_model=sam, options=options)
 
     folder = Path(export_dir) if export_dir is not None else None
     if folder is None and path is not None and path.is_file():
         folder = _cache_folder(path)
         if is_export_folder(folder) and (quantize is None or _int8_suits_this_cpu(folder)):
-            sam_or_none = model() if decoder == "torch" else None
-            if _cached_export_is_sound(folder):
+            sam = model() if torch_decoder else None
+            same_model = sam is None or _exported_model_id(folder) == model_id(sam)
+            if same_model and _cached_export_is_sound(folder):
                 try:
-                    return _load_export(folder, lambda f: predictor(f, sam_or_none))
+                    return _load_export(folder, lambda f: predictor(f, sam))
                 except CheckpointError:
                     pass
-            # A cache is ours to repair: a cut or corrupt graph (a full disk, a killed copy) is exported again.
-            print(f"segany: the cached ONNX export {folder} is damaged; exporting again", file=sys.stderr)
+            if same_model:
+                # A cache is ours to repair: a cut or corrupt graph (a full disk, a killed copy) is exported again.
+                print(f"segany: the cached ONNX export {folder} is damaged; exporting again", file=sys.stderr)
+            # else: exported from other weights (or before exports recorded them): export again.
             shutil.rmtree(folder, ignore_errors=True)
     sam = model()
     temporary = folder is None
@@ -183,7 +188,7 @@ def predictor_for(
     try:
         export_onnx(sam, folder, quantize=quantize)
         # onnxruntime holds the graphs in memory once the sessions exist, so a temporary export can go now.
-        return _load_export(folder, lambda f: predictor(f, sam if decoder == "torch" else None))
+        return _load_export(folder, lambda f: predictor(f, sam if torch_decoder else None))
     finally:
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)

@@ -419,10 +419,13 @@ def _manifest(
     stability: bool,
     extra: bool,
 ) -> dict[str, Any]:
+    from segany.io.identity import model_id
+
     config = model.config.to_dict() if model.config is not None else {}
     return {
         "format": "segany-onnx",
         "version": FORMAT_VERSION,
+        "model_id": model_id(model),  # checked by OnnxPredictor(decoder_model=...) and embeddings' users
         "opset": opset,
         "image_size": model.image_encoder.img_size,
         "embed_dim": model.prompt_encoder.embed_dim,

@@ -321,9 +321,8 @@ class SamAutomaticMaskGenerator:
                 windows.append(CleanedMask(box, np.packbits(cleaned), cleaned.shape))
         thresh = max(self.box_nms_thresh, self.crop_nms_thresh)
         rows_alive = torch.nonzero(alive).squeeze(1)
-        keep = rows_alive[
-            batched_nms(new_boxes[rows_alive].float(), unchanged[rows_alive], torch.zeros(len(rows_alive), dtype=torch.int64), thresh)
-        ]
+        groups = torch.zeros(len(rows_alive), dtype=torch.int64)
+        keep = rows_alive[batched_nms(new_boxes[rows_alive].float(), unchanged[rows_alive], groups, thresh)]
         data = data.take(keep)
         kept = keep.tolist()
         # The official generator updates the box of a changed mask only if it survives this NMS.

@@ -81,7 +81,9 @@ class LoopSection:
     min_rounds: int | None = None  # set: each step runs a random number of rounds in [min_rounds, num_rounds]
     loss_rounds: str = "all"  # "all", or "first_last": the other rounds run without gradient (faster)
     box_probability: float = 0.5  # round 1 prompt: a noisy box with this probability, else a point
-    center_click_probability: float = 0.0  # clicks at the error region's centre (the evaluation clicker) instead of uniform
+    center_click_probability: float = (
+        0.0  # clicks at the error region's centre (the evaluation clicker) instead of uniform
+    )
     box_noise_fraction: float = 0.1
     box_noise_max: float = 20.0
     loss_size: int | None = None  # side at which mask losses are computed; None = the input size

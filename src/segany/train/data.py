@@ -97,7 +97,9 @@ def build_cache(
             fractions.append(n / (h * w))
             pixels.append(n)
         items.append(
-            CachedImage(image, rles, np.asarray(fractions, float), np.asarray(pixels, int), f"{root.name}/{sample.file_name}")
+            CachedImage(
+                image, rles, np.asarray(fractions, float), np.asarray(pixels, int), f"{root.name}/{sample.file_name}"
+            )
         )
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_cache(cache, items)
@@ -127,7 +129,11 @@ def read_cache(path: Path) -> list[CachedImage]:
                 raise ValueError(f"image{i} is not a uint8 (h, w, 3) array")
             items.append(
                 CachedImage(
-                    image, list(m["rles"]), np.asarray(m["area_fraction"], float), np.asarray(m["pixels"], int), str(m["source"])
+                    image,
+                    list(m["rles"]),
+                    np.asarray(m["area_fraction"], float),
+                    np.asarray(m["pixels"], int),
+                    str(m["source"]),
                 )
             )
     return items

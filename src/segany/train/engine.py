@@ -190,7 +190,9 @@ def _prepare_targets(model: Sam, batch: list[dict[str, Any]], loss_size: int) ->
     return _Targets(images, gt, valid_px, owner_t, rows_of, loss_gt, loss_valid)
 
 
-def _first_prompts(t: _Targets, batch: list[dict[str, Any]], gens: list[torch.Generator], loop: LoopSection) -> _Prompts:
+def _first_prompts(
+    t: _Targets, batch: list[dict[str, Any]], gens: list[torch.Generator], loop: LoopSection
+) -> _Prompts:
     """Round-1 prompt and round schedule, per image from its own generator."""
     n_rows, device = t.gt.shape[0], t.gt.device
     use_box = torch.zeros(n_rows, dtype=torch.bool, device=device)
@@ -252,7 +254,9 @@ def _round_loss(
     if t.loss_valid is not None:
         # Cheaper loss: low-res logits (resampled to the loss size) against area-averaged targets.
         size = t.loss_valid.shape[-1]
-        loss_logits = low if low.shape[-1] == size else F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
+        loss_logits = (
+            low if low.shape[-1] == size else F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
+        )
         loss_logits = loss_logits.masked_fill(~t.loss_valid.unsqueeze(1), -20.0)
     else:
         loss_logits = logits
@@ -260,7 +264,10 @@ def _round_loss(
     feedback = torch.zeros(n_rows, dtype=torch.long, device=device)
     true_iou = torch.zeros(n_rows, device=device)
     terms_all = {k: torch.zeros(n_rows, device=device) for k in ("focal", "dice", "iou_loss")}
-    for rows, sel in ((torch.nonzero(ambiguous).squeeze(1), slice(1, None)), (torch.nonzero(~ambiguous).squeeze(1), slice(0, 1))):
+    for rows, sel in (
+        (torch.nonzero(ambiguous).squeeze(1), slice(1, None)),
+        (torch.nonzero(~ambiguous).squeeze(1), slice(0, 1)),
+    ):
         if not len(rows):
             continue
         terms = sam_loss(
@@ -273,7 +280,8 @@ def _round_loss(
         feedback[rows] = iou_pred[rows, sel].detach().argmax(1) + sel.start
         chosen = logits[rows, feedback[rows]] > 0
         true_iou[rows] = (
-            (chosen & t.gt[rows]).flatten(1).sum(1).float() / (chosen | t.gt[rows]).flatten(1).sum(1).clamp(min=1).float()
+            (chosen & t.gt[rows]).flatten(1).sum(1).float()
+            / (chosen | t.gt[rows]).flatten(1).sum(1).clamp(min=1).float()
         ).detach()
     return _RoundResult(total, terms_all, feedback, true_iou), logits
 

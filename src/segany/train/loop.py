@@ -147,14 +147,18 @@ def _clear_run_files(output: Path) -> None:
         p.unlink()
 
 
-def _restore(state: dict[str, Any], model: Sam, optimizer: Any, scheduler: Any, cfg: TrainConfig, device: torch.device) -> int:
+def _restore(
+    state: dict[str, Any], model: Sam, optimizer: Any, scheduler: Any, cfg: TrainConfig, device: torch.device
+) -> int:
     """Load a saved training state into the new model, optimiser and scheduler; returns its step."""
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise TrainingStateError(f"the saved state does not fit this recipe's model ({str(exc).splitlines()[0][:200]})") from None
+        raise TrainingStateError(
+            f"the saved state does not fit this recipe's model ({str(exc).splitlines()[0][:200]})"
+        ) from None
     start_step = int(state["step"])
     # The recipe's lr and schedule win over the saved ones (identical when the recipe is
     # unchanged), so a resumed run can change them, e.g. to extend or shorten training.
@@ -165,7 +169,9 @@ def _restore(state: dict[str, Any], model: Sam, optimizer: Any, scheduler: Any, 
     return start_step
 
 
-def _make_loader(cfg: TrainConfig, dataset: TrainDataset, start_step: int, info: Any) -> tuple[DataLoader, StepBatchSampler]:
+def _make_loader(
+    cfg: TrainConfig, dataset: TrainDataset, start_step: int, info: Any
+) -> tuple[DataLoader, StepBatchSampler]:
     loop = cfg.loop
     try:
         sampler = StepBatchSampler(
@@ -322,7 +328,9 @@ def train(
             if log is not None:
                 log.write(row)
             if bar is not None:
-                bar.set_postfix(loss=f"{row['loss']:.3f}", iou=f"{row['iou_last']:.3f}", img_s=f"{row['images_per_s']:.2f}")
+                bar.set_postfix(
+                    loss=f"{row['loss']:.3f}", iou=f"{row['iou_last']:.3f}", img_s=f"{row['images_per_s']:.2f}"
+                )
             window = _Window()
         if bar is not None:
             bar.update(1)
@@ -339,7 +347,9 @@ def train(
     return TrainResult(step=step, metrics=last_metrics, weights=weights, seconds=time.time() - t_start)
 
 
-def _checkpoint(output: Path, info: Any, model: Sam, optimizer: Any, scheduler: Any, step: int, cfg: TrainConfig) -> None:
+def _checkpoint(
+    output: Path, info: Any, model: Sam, optimizer: Any, scheduler: Any, step: int, cfg: TrainConfig
+) -> None:
     save_training_state(output, info.rank, model, optimizer, scheduler, step, cfg.to_dict(), info.device)
     if info.is_main:
         save_checkpoint(model, output / "model.safetensors")

@@ -8,7 +8,15 @@ from torch import nn
 from segany.train.config import OptimSection
 
 # Parameters without weight decay: biases, norms, position embeddings and learned prompt vectors.
-_NO_DECAY_NAMES = ("pos_embed", "rel_pos", "point_embeddings", "not_a_point_embed", "no_mask_embed", "iou_token", "mask_tokens")
+_NO_DECAY_NAMES = (
+    "pos_embed",
+    "rel_pos",
+    "point_embeddings",
+    "not_a_point_embed",
+    "no_mask_embed",
+    "iou_token",
+    "mask_tokens",
+)
 
 
 def layer_id(name: str, depth: int) -> int:

@@ -33,7 +33,10 @@ _RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("optim", "betas"): (lambda v: all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"),
     ("optim", "weight_decay"): (lambda v: _finite(v) and v >= 0.0, ">= 0"),
     ("optim", "warmup_steps"): (lambda v: v >= 0, ">= 0"),
-    ("optim", "decay_steps"): (lambda v: all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v), "a list of steps >= 0"),
+    ("optim", "decay_steps"): (
+        lambda v: all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v),
+        "a list of steps >= 0",
+    ),
     ("optim", "decay_factor"): (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     ("optim", "layer_decay"): (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     ("optim", "grad_clip"): (lambda v: v is None or (_finite(v) and v > 0.0), "> 0 (or absent for none)"),
@@ -53,7 +56,10 @@ _RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("loop", "iou_weight"): (lambda v: _finite(v) and v >= 0.0, ">= 0"),
     ("loop", "focal_alpha"): (lambda v: v <= 1.0, "<= 1 (negative: no class weighting)"),
     ("loop", "focal_gamma"): (lambda v: 0.0 <= v <= 10.0, "in [0, 10]"),
-    ("loop", "device"): (lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()), "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    ("loop", "device"): (
+        lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()),
+        "'auto', 'cpu', 'cuda' or 'cuda:N'",
+    ),
     ("loop", "threads"): (lambda v: v is None or 0 <= v <= 1024, "in 0..1024 (0 or absent: torch's default)"),
     ("loop", "seed"): (lambda v: 0 <= v < 2**32, "in 0..2**32-1"),
     ("loop", "log_every"): (lambda v: v >= 1, ">= 1"),
@@ -117,12 +123,17 @@ def validate_config(cfg: Any) -> None:
     if cfg.model.preset not in PRESETS:
         raise ConfigError(f"model.preset: {cfg.model.preset!r} is not one of {', '.join(sorted(PRESETS))}")
     if cfg.loop.min_rounds is not None and cfg.loop.min_rounds > cfg.loop.num_rounds:
-        raise ConfigError(f"loop.min_rounds: must be <= loop.num_rounds ({cfg.loop.num_rounds}), got {cfg.loop.min_rounds}")
+        raise ConfigError(
+            f"loop.min_rounds: must be <= loop.num_rounds ({cfg.loop.num_rounds}), got {cfg.loop.min_rounds}"
+        )
     if cfg.loop.micro_batch is not None and cfg.loop.micro_batch > cfg.loop.global_batch:
-        raise ConfigError(f"loop.micro_batch: must be <= loop.global_batch ({cfg.loop.global_batch}), got {cfg.loop.micro_batch}")
+        raise ConfigError(
+            f"loop.micro_batch: must be <= loop.global_batch ({cfg.loop.global_batch}), got {cfg.loop.micro_batch}"
+        )
     if cfg.loop.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"loop.device: {cfg.loop.device!r} asked for, but torch sees no CUDA GPU here (use 'auto' or 'cpu')")
-
+            raise ConfigError(
+                f"loop.device: {cfg.loop.device!r} asked for, but torch sees no CUDA GPU here (use 'auto' or 'cpu')"
+            )

@@ -1,6 +1,6 @@
 """Clicks in bfloat16: the opt-in fast decoder for CPUs with bfloat16 instructions.
 
-:class:`segany.inference.fast_decoder.FastMaskDecoder` and the low-rank decoder reproduce the official
+:class:`segany.inference.decoders.fast.FastMaskDecoder` and the low-rank decoder reproduce the official
 float32 logits. On CPUs with AVX-512 BF16 or AMX, a bfloat16 matrix product runs 2-2.5x faster than a
 float32 one and reads half the memory. :class:`BFloat16ClickDecoder` runs a bfloat16 copy of the mask
 decoder: every product takes bfloat16 inputs (and accumulates in float32 inside the kernel), LayerNorms
@@ -14,34 +14,32 @@ the upscaling as products on channel-last rows) with layouts chosen for the bflo
 product keeps the image rows as its row-major left operand, or multiplies a row-major attention matrix
 by them (a transposed bfloat16 operand costs a copy), and softmaxes run along contiguous rows. The
 upscaling writes its logits straight into image order, half an output row block at a time, instead of
-permuting a ``(B, M, g, g, 2, 2, 2, 2)`` array. Shapes as in :mod:`segany.inference.fast_decoder`:
+permuting a ``(B, M, g, g, 2, 2, 2, 2)`` array. Shapes as in :mod:`segany.inference.decoders.fast`:
 ``N = g * g`` rows of width ``C``, ``h`` heads of width ``e``, ``T`` tokens, ``M`` masks.
 """
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
-from segany.inference.fast_decoder import (
-    FastMaskDecoder,
-    ImageCache,
-    _heads_first,
-    upscale_to_image,
-    supports,
-)
+from dataclasses import dataclass
+from typing import Any
+
+from segany.inference.decoders._kernels import Points, heads_first, sparse_prompts, upscale_to_image
+from segany.inference.decoders.compile import compile_methods
+from segany.inference.decoders.fast import DecoderImageCache, FastMaskDecoder, ImageCache, supports
 from segany.model import Sam
 from segany.model.transformer import Attention
 
-__all__ = ["BFloat16ClickDecoder"]
+__all__ = ["BF16ImageCache", "BFloat16ClickDecoder", "BFloat16Decoder"]
 
 BF16 = torch.bfloat16
 
 
 def _per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Each head's rows times its own block of a weight: ``(B, h, T, e) x (h, e, C) -> (B, h*T, C)``
-    (rows head-major), the product of :func:`~segany.inference.fast_decoder._block_rows` without its zeros."""
+    (rows head-major), the product of :func:`~segany.inference.decoders._kernels.block_rows` without its zeros."""
     b, h, t, _ = x.shape
     return torch.matmul(x, w).view(b, h * t, -1)
 
@@ -66,21 +64,32 @@ class _Linear2:
         return F.linear(self.act(F.linear(x.to(BF16), self.w1, self.b1)), self.w2, self.b2).float()
 
 
+@dataclass
+class BF16ImageCache:
+    """:class:`~segany.inference.decoders.fast.ImageCache` in the bfloat16 decoder's layouts, all bfloat16:
+    ``src (B|1, N, C)``, ``v1 (B|1, h, N, e)``, and transposed per head, the first layer's token->image
+    keys ``k1`` and image->token queries ``q1`` ``(B|1, h, e, N)`` (row-major right operands)."""
+
+    src: torch.Tensor
+    k1: torch.Tensor
+    v1: torch.Tensor
+    q1: torch.Tensor
+
+
 class BFloat16ClickDecoder(FastMaskDecoder):
-    """:class:`~segany.inference.fast_decoder.FastMaskDecoder` with bfloat16 image-side products:
-    same calls (``transform``, ``upscale``, ``forward`` on the fields of a cache from :meth:`cache`),
+    """:class:`~segany.inference.decoders.fast.FastMaskDecoder` with bfloat16 image-side products:
+    same calls (``run_transformer``, ``upscale``, ``forward`` on the fields of a cache from :meth:`cache`),
     float32 logits and IoU predictions. Inference only (no autograd).
 
     Holds bfloat16 copies of the weights that meet the image rows and of the token MLPs, made at
-    construction: build a new one after changing the model's weights (:class:`SamPredictor` builds one
-    per image).
+    construction: build a new one after changing the model's weights (:class:`SamPredictor` does).
     """
 
     def __init__(self, model: Sam) -> None:
         if not supports(model):
             raise ValueError("the bfloat16 decoder needs the standard mask decoder")
         super().__init__(model, scratch=True)
-        dec = model.mask_decoder
+        dec: Any = model.mask_decoder
         self.heads = dec.transformer.num_heads
         self.image_pe = self.image_pe.to(BF16)  # (1, N, C)
         # The token MLPs (2048 wide) are 2.5x faster in bfloat16; the 256-wide token products are
@@ -101,28 +110,27 @@ class BFloat16ClickDecoder(FastMaskDecoder):
         self.b2 = up2.bias.repeat(2).detach().to(BF16)
 
     @staticmethod
-    def cache(first: ImageCache) -> ImageCache:
+    def cache(first: ImageCache) -> BF16ImageCache:
         """The fast decoder's float32 cache (one image, or one per prompt with a mask prompt) in this
-        decoder's layouts, bfloat16: ``src (B|1, N, C)``, ``v1 (B|1, h, N, e)``, and transposed per head,
-        keys ``k1`` and image->token queries ``q1`` ``(B|1, h, e, N)`` (row-major right operands)."""
+        decoder's layouts (see :class:`BF16ImageCache`)."""
         b, n, d = first.q1.shape
         h = first.k1.shape[1]
         k1 = first.k1.transpose(-1, -2).to(BF16).contiguous()
         q1 = first.q1.view(b, n, h, d // h).permute(0, 2, 3, 1).to(BF16).contiguous()
-        return ImageCache(first.src.to(BF16), k1, first.v1.to(BF16), q1)
+        return BF16ImageCache(first.src.to(BF16), k1, first.v1.to(BF16), q1)
 
     # -- attention ---------------------------------------------------------------------------------
 
-    def _t2i_cached(self, a: Attention, q_tok: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def t2i_cached(self, a: Attention, q_tok: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Tokens attend to the image with the cached keys ``(B|1, h, e, N)`` and values ``(B|1, h, N, e)``."""
-        q = _heads_first(a.q_proj(q_tok), self.heads)
+        q = heads_first(a.q_proj(q_tok), self.heads)
         attn = torch.softmax((q * q.shape[-1] ** -0.5).to(BF16) @ k, dim=-1)  # (B, h, T, N)
         return a.out_proj((attn @ v).transpose(1, 2).flatten(2).float())
 
     def _t2i(self, a: Attention, q_tok: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, T, C)`` attend to bfloat16 image rows: keys ``k_img``, values ``v_img (B|1, N, C)``."""
         h = self.heads
-        q = _heads_first(a.q_proj(q_tok), h)  # (B, h, T, e)
+        q = heads_first(a.q_proj(q_tok), h)  # (B, h, T, e)
         b, _, t, e = q.shape
         qk = _per_head(q * e**-0.5, a.k_proj.weight.view(h, e, -1))  # (B, h*T, C); key bias: softmax ignores it
         attn = torch.softmax(_against_rows(qk.to(BF16), k_img), dim=-1)  # (B, h*T, N), over the N rows
@@ -143,7 +151,7 @@ class BFloat16ClickDecoder(FastMaskDecoder):
         the rows ``q_img (B, N, C)`` (projected through the tokens' keys here) or the cached projected
         queries ``q1t (B|1, h, e, N)``."""
         h = self.heads
-        k = _heads_first(a.k_proj(k_tok), h) * (a.internal_dim // h) ** -0.5  # (B, h, T, e)
+        k = heads_first(a.k_proj(k_tok), h) * (a.internal_dim // h) ** -0.5  # (B, h, T, e)
         b, _, t, e = k.shape
         if q1t is not None:  # (B, h, T, N) straight away: one small product per head
             attn = torch.softmax(torch.matmul(k.to(BF16), q1t), dim=2).view(b, h * t, -1)
@@ -154,7 +162,7 @@ class BFloat16ClickDecoder(FastMaskDecoder):
             logits = _against_rows(wq, q_img).add_(bias)  # (B, h*T, N)
             # Softmax over each head's tokens, along contiguous image rows.
             attn = torch.softmax(logits.view(b, h, t, -1), dim=2).view(b, h * t, -1)
-        v = _heads_first(a.v_proj(v_tok), h)
+        v = heads_first(a.v_proj(v_tok), h)
         # Each image row's attention sums to h (one softmax per head): the output bias rides along as b / h.
         vo = _per_head(v, a.out_proj.weight.t().reshape(h, e, -1)).add_(a.out_proj.bias / h).to(BF16)  # (B, h*T, C)
         if q1t is None and residual.shape[0] == b:  # later layers: the rows are ours, update them in place
@@ -163,7 +171,7 @@ class BFloat16ClickDecoder(FastMaskDecoder):
 
     # -- decoder -----------------------------------------------------------------------------------
 
-    def _mlp(self, index: int, layer: torch.nn.Module, queries: torch.Tensor) -> torch.Tensor:
+    def _mlp(self, index: int, layer: Any, queries: torch.Tensor) -> torch.Tensor:
         return self.mlps[index](queries)
 
     def _hypernetworks(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -176,19 +184,19 @@ class BFloat16ClickDecoder(FastMaskDecoder):
         return x.transpose(0, 1)
 
     @torch.no_grad()
-    def transform(
+    def run_transformer(
         self, src: torch.Tensor, k1: torch.Tensor, v1: torch.Tensor, q1: torch.Tensor, sparse: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As :meth:`FastMaskDecoder.transform`, on a cache from :meth:`cache`: image rows ``(B, N, C)``
+        """As :meth:`FastMaskDecoder.run_transformer`, on a cache from :meth:`cache`: image rows ``(B, N, C)``
         in bfloat16, hypernetwork outputs ``(B, M, c2)`` and IoU predictions ``(B, M)`` in float32."""
-        return super().transform(src, k1, v1, q1, sparse)
+        return super().run_transformer(src, k1, v1, q1, sparse)
 
     @torch.no_grad()
     def upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """Image rows ``(B, N, C)`` and ``hyper (B, M, c2)`` -> float32 logits ``(B, M, 4g, 4g)``: the
         first transposed convolution on channel-last rows, then
-        :func:`~segany.inference.fast_decoder.upscale_to_image`."""
-        _, norm, act1, _, act2 = self.model.mask_decoder.output_upscaling
+        :func:`~segany.inference.decoders._kernels.upscale_to_image`."""
+        _, norm, act1, _, act2 = list[Any](self.model.mask_decoder.output_upscaling)
         b, n, _ = keys.shape
         out = self.buffer("up1", (b * n, self.w1.shape[1]), keys)
         if out is None:
@@ -197,4 +205,45 @@ class BFloat16ClickDecoder(FastMaskDecoder):
             first = torch.addmm(self.b1, keys.reshape(b * n, -1), self.w1, out=out)
         norm_args = (norm.weight.to(BF16), norm.bias.to(BF16), norm.eps)
         halves = (self.w2[0], self.w2[1])
-        return upscale_to_image(first, norm_args, act1, halves, self.b2, act2, hyper, self.grid, torch.float32, self.buffer)
+        return upscale_to_image(
+            first, norm_args, act1, halves, self.b2, act2, hyper, self.grid, torch.float32, self.buffer
+        )
+
+
+class BFloat16Decoder:
+    """``decoder="bf16"``: :class:`BFloat16ClickDecoder` behind the
+    :class:`~segany.inference.decoders.ClickDecoder` interface. Approximate (mean mask IoU against the
+    float32 decoder in ``benchmarks/RESULTS.md``); for CPUs with AVX-512 BF16 or AMX."""
+
+    name = "bf16"
+    exact = False
+
+    def __init__(self, model: Sam) -> None:
+        self.model = model
+        self.image_cache = DecoderImageCache(model)
+        self.module = BFloat16ClickDecoder(model)
+
+    @torch.no_grad()
+    def prepare(self, features: torch.Tensor, mask_input: torch.Tensor | None = None) -> BF16ImageCache:
+        return self.module.cache(self.image_cache.cache(features, mask_input))
+
+    @torch.no_grad()
+    def run(
+        self, state: BF16ImageCache, points: Points | None, boxes: torch.Tensor | None, multimask_output: bool
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        sparse = sparse_prompts(self.model, points, boxes, state.src.shape[0])
+        keys, hyper, iou = self.module.run_transformer(state.src, state.k1, state.v1, state.q1, sparse)
+        sel = slice(1, None) if multimask_output else slice(0, 1)
+        return (keys, hyper[:, sel]), iou[:, sel]
+
+    @torch.no_grad()
+    def upscale(
+        self, state: BF16ImageCache, pending: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        keys, hyper = pending
+        if index is not None:
+            keys, hyper = keys[index], hyper[index]
+        return self.module.upscale(keys, hyper)
+
+    def compile(self) -> None:
+        compile_methods(self.module, "run_transformer")

@@ -4,43 +4,38 @@ image encoder (``compile_encoder=True``).
 A click runs a few hundred small kernels: products of the ~7 prompt tokens, LayerNorms, softmaxes and
 dtype conversions over the image rows, each a separate pass over memory in eager PyTorch. Inductor fuses
 the elementwise work into its neighbours and, with frozen weights, runs the products on pre-packed
-weights. Only the decoders' ``transform`` (the two-way transformer and heads) is compiled; compiled, the
-upscaling was no faster. A whole ViT-B click gets 5-20% faster on a 2-core CPU (bfloat16 decoder with
-AMX: 13.7 against 10.8 ms; figures in ``benchmarks/RESULTS.md``).
-
-The price is a compilation of 15-30 s (ViT-B) at the first prompt of a predictor (frozen weights are
-constants of the compiled code, so it is not cached on disk across processes), once more for a new kind
-of batch (one prompt, a batch of prompts), and a working C++ compiler. Shapes are dynamic: more points,
-a box or a mask prompt do not recompile. If compilation fails, the decoder runs eagerly and a warning
-says why.
-
-The image encoder (:class:`EncoderCall`) is compiled whole, with static shapes (its input is always the
-padded square): Inductor fuses the LayerNorms, GELUs, relative-position terms and residual additions of
-every block into its products' neighbours, which leaves the ViT-B encoder's large products unchanged but
-takes a quarter off the small default model's encoder, and 20-40% off ViT-B's in bfloat16 (figures in
-``benchmarks/RESULTS.md``). Compiling takes ~15 s (default model) to 25-30 s (ViT-B) at the first image.
+weights. Only a decoder's prompt-dependent transformer is compiled; compiled, the upscaling was no
+faster. The image encoder (:class:`EncoderCall`) is compiled whole, with static shapes (its input is
+always the padded square). Gains, compilation times and memory are measured in ``benchmarks/RESULTS.md``:
+the compilation (at the first prompt or image of a predictor, not cached on disk: frozen weights are
+constants of the compiled code) pays off over many prompts or images. It needs a working C++ compiler;
+if compilation fails, the work runs eagerly and a warning says why. Shapes are dynamic for the decoders:
+more points, a box or a mask prompt do not recompile.
 
 Frozen weights are read at compilation: :class:`segany.inference.predictor.SamPredictor` rebuilds a
 compiled decoder or encoder when one of its parameters has been replaced or changed in place (see
-:func:`weights_key`, :func:`tensors_key`).
+:func:`segany.io.identity.tensors_key`). Calls of one compiled function are serialised (a lock): Dynamo's
+compilation and guard state are not meant to be entered from several threads at once.
 """
 
 from __future__ import annotations
 
+import threading
 import types
 import warnings
 from typing import Any, Callable, TypeVar
 
 import torch
 
+from segany.io.identity import tensors_key
 from segany.model import Sam
 
 __all__ = ["COMPILE_OPTIONS", "CompiledCall", "EncoderCall", "compile_methods", "tensors_key", "weights_key"]
 
 # Freezing: weights become constants (pre-packed for the products), the larger share of the gain.
 # cpp_wrapper: the compiled graph's kernel calls from C++, not Python (~0.5 ms a click).
-# Set as Inductor's configuration while compiling: passed as torch.compile(options=...), freezing does
-# not take effect (torch 2.14: the default model's compiled encoder ran in 12.2 ms, against 9.3 ms).
+# Set as Inductor's configuration while compiling: passed as torch.compile(options=...), freezing did
+# not take effect in the torch versions measured.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "cpp_wrapper": True}
 
 D = TypeVar("D")
@@ -65,20 +60,22 @@ class CompiledCall:
                 target = types.MethodType(target, method.__self__)  # type: ignore[attr-defined]
         self.compiled = torch.compile(target, dynamic=dynamic)
         self.failed: str | None = None
+        self._lock = threading.Lock()
 
     @torch.no_grad()  # inference only (frozen weights); also one grad mode, so one compiled graph
     def __call__(self, *args: Any) -> Any:
         if self.failed is None:
             try:
                 # Compilation happens inside the call (the first, or a recompilation).
-                with torch._inductor.config.patch(COMPILE_OPTIONS):
+                with self._lock, torch._inductor.config.patch(COMPILE_OPTIONS):
                     return self.compiled(*args)
             except Exception as error:  # compilers fail in many ways: no C++ compiler, an unsupported op, ...
                 # Bad input fails eagerly too, and that error is the one the caller should see.
                 result = self.eager(*args)
                 first_line = (str(error).strip().splitlines() or [""])[0][:200]
                 self.failed = f"{type(error).__name__}: {first_line}"
-                warnings.warn(f"torch.compile failed, {self.doing} without it ({self.failed})", RuntimeWarning, stacklevel=3)
+                message = f"torch.compile failed, {self.doing} without it ({self.failed})"
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
                 return result
         return self.eager(*args)
 
@@ -111,15 +108,6 @@ class EncoderCall:
         with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             features = self.encoder(image)
         return features.float()
-
-
-def tensors_key(*modules: torch.nn.Module) -> tuple[tuple[int, int], ...]:
-    """Identity and in-place version of every parameter and buffer of ``modules``: changes when one is
-    replaced (``load_state_dict(assign=True)``, ``param.data = ...``) or modified in place by autograd-
-    visible operations (optimizer steps, ``load_state_dict``). Writes through ``param.data`` are not seen."""
-    # Straight from each module's own tables: half the time of parameters() and buffers() (~0.1 ms).
-    tables = (table for m in modules for sub in m.modules() for table in (sub._parameters, sub._buffers))
-    return tuple((t.data_ptr(), t._version) for table in tables for t in table.values() if t is not None)
 
 
 def weights_key(model: Sam) -> tuple[tuple[int, int], ...]:

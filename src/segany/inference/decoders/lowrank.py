@@ -1,6 +1,6 @@
 """Clicks through the mask decoder without ever forming the image rows after the first layer.
 
-:class:`segany.inference.fast_decoder.FastMaskDecoder` caches what the first two-way layer needs from the
+:class:`segany.inference.decoders.fast.FastMaskDecoder` caches what the first two-way layer needs from the
 image, but still builds the ``N x C`` image rows (N = 4096 for SAM, C = 256) after each later layer and
 multiplies them by every projection, because a LayerNorm sits in between. That LayerNorm is per row:
 ``LN(z) = (z - mean(z)) / std(z) * gamma + beta``. Each image row after the first layer is
@@ -23,26 +23,29 @@ GMAC per ViT-B click.
 
 Only for the standard decoder with two two-way layers and no mask prompt (a mask prompt changes ``X0``
 per prompt), in float32 on CPUs (the variances come from inner products, which lower-precision products
-would spoil); :class:`segany.inference.predictor.SamPredictor` uses the fast decoder otherwise, and for
-prompts with many points, where the rank-r corrections outgrow the image width.
+would spoil); :class:`LowRankDecoder` (``SamPredictor(model, decoder="lowrank")``) uses the fast decoder
+otherwise, and for prompts with many points, where the rank-r corrections outgrow the image width.
 Shapes: ``N`` image rows, ``C`` width, ``h`` heads, ``e`` head width (internal width / h), ``T`` tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from segany.inference.fast_decoder import FastMaskDecoder, ImageCache, _block_rows, _heads_first, supports
+from segany.inference.decoders._kernels import Points, block_rows, conv_as_matrix, heads_first, sparse_prompts
+from segany.inference.decoders.compile import compile_methods
+from segany.inference.decoders.fast import FastDecoder, FastMaskDecoder, ImageCache, supports
 from segany.model import Sam
 
-__all__ = ["LowRankClickDecoder", "LowRankCache", "supports_lowrank"]
+__all__ = ["ImplicitRows", "LowRankCache", "LowRankClickDecoder", "LowRankDecoder", "LowRankState", "supports_lowrank"]
 
 
 def supports_lowrank(model: Sam) -> bool:
     """The standard decoder with exactly two two-way layers, the first without positional terms."""
-    layers = model.mask_decoder.transformer.layers
+    layers: Any = model.mask_decoder.transformer.layers
     return supports(model) and len(layers) == 2 and layers[0].skip_first_layer_pe and not layers[1].skip_first_layer_pe
 
 
@@ -81,7 +84,7 @@ def _rows_by_head(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _head_major(x: torch.Tensor, b: int) -> torch.Tensor:
-    """``(h, B*T, L) -> (B, h*T, L)`` with rows ordered ``head*T + t`` (as ``_block_rows``)."""
+    """``(h, B*T, L) -> (B, h*T, L)`` with rows ordered ``head*T + t`` (as ``block_rows``)."""
     h, bt, n = x.shape
     return x.view(h, b, bt // b, n).transpose(0, 1).reshape(b, -1, n)
 
@@ -107,11 +110,12 @@ class LowRankClickDecoder:
     one per image). Inference only (no autograd).
     """
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model: Sam, fast: FastMaskDecoder | None = None) -> None:
         if not supports_lowrank(model):
             raise ValueError("the low-rank decoder needs the standard two-layer mask decoder")
         self.model = model
-        self.fast = FastMaskDecoder(model, scratch=True)  # the upscaling's buffers are reused between calls
+        # Its upscaling finishes in the fast decoder's, on that decoder's reused buffers.
+        self.fast = fast if fast is not None else FastMaskDecoder(model, scratch=True)
         self.heads = model.mask_decoder.transformer.num_heads
 
     # -- per image ---------------------------------------------------------------------------------
@@ -119,7 +123,7 @@ class LowRankClickDecoder:
     @torch.no_grad()
     def cache(self, first: ImageCache) -> LowRankCache:
         """Per-image products from the fast decoder's cache (batch 1, no mask prompt)."""
-        tr = self.model.mask_decoder.transformer
+        tr: Any = self.model.mask_decoder.transformer
         l1, l2 = tr.layers
         h = self.heads
         x0 = first.src[0]  # (N, C)
@@ -129,7 +133,7 @@ class LowRankClickDecoder:
         y = x0 * ga
         yb = y * gb
         yg = y * ga  # meets VO1's rows, which carry gamma_a too
-        w_up, _ = FastMaskDecoder._as_matrix(self.model.mask_decoder.output_upscaling[0])
+        w_up, _ = conv_as_matrix(self.model.mask_decoder.output_upscaling[0])
         o1, o2 = l1.cross_attn_image_to_token.out_proj, l2.cross_attn_image_to_token.out_proj
         t2i, i2t, fin = l2.cross_attn_token_to_image, l2.cross_attn_image_to_token, tr.final_attn_token_to_image
 
@@ -163,14 +167,14 @@ class LowRankClickDecoder:
     # -- per prompt batch --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def transform(self, c: LowRankCache, sparse: torch.Tensor) -> tuple[ImplicitRows, torch.Tensor, torch.Tensor]:
+    def run_transformer(self, c: LowRankCache, sparse: torch.Tensor) -> tuple[ImplicitRows, torch.Tensor, torch.Tensor]:
         """Sparse prompt tokens ``(B, K, C)`` -> the image rows in implicit form, hypernetwork outputs
         ``(B, M, c2)`` and IoU predictions ``(B, M)`` for all ``M`` mask tokens.
 
         Every prompt x image matrix is ``(B, rows, N)`` with rows ordered ``head * T + token``, so that
         products with the cached image side are wide (``N`` columns) and softmaxes over tokens run
         across contiguous image rows."""
-        dec = self.model.mask_decoder
+        dec: Any = self.model.mask_decoder
         tr = dec.transformer
         l1, l2 = tr.layers
         fast = self.fast
@@ -188,14 +192,14 @@ class LowRankClickDecoder:
 
         # Layer 1, token side: exactly the fast decoder's (its image side is cached).
         queries = l1.norm1(l1.self_attn(prompt, prompt, prompt))
-        attn = fast._t2i_cached(l1.cross_attn_token_to_image, queries + prompt, c.k1, c.v1)
+        attn = fast.t2i_cached(l1.cross_attn_token_to_image, queries + prompt, c.k1, c.v1)
         queries = l1.norm2(queries + attn)
         queries = l1.norm3(queries + l1.mlp(queries))
         # Layer 1, image->token: attention weights A1 (B, h*T, N) and the vectors they mix, VO1.
-        a = l1.cross_attn_image_to_token
+        a: Any = l1.cross_attn_image_to_token
         a1 = _softmax_over_tokens(wide(_scaled_heads(a.k_proj(queries + prompt), h), c.q1), h)
-        v1 = _heads_first(a.v_proj(queries), h)  # (B, h, T, e)
-        vo1 = _block_rows(v1, eye) @ a.out_proj.weight.t() + a.out_proj.bias / h  # (B, h*T, C)
+        v1 = heads_first(a.v_proj(queries), h)  # (B, h, T, e)
+        vo1 = block_rows(v1, eye) @ a.out_proj.weight.t() + a.out_proj.bias / h  # (B, h*T, C)
         # Row statistics of Z1 = X0 + A1^T @ VO1 from inner products: mean, mean square -> 1 / std.
         mu1 = c.mean0 + (vo1.mean(-1).unsqueeze(1) @ a1).squeeze(1)  # (B, N)
         x0_vo1, y_vo1 = wide(v1, c.wo1).chunk(2, dim=-1)  # X0 . VO1 and (Y * ga) . VO1, without biases
@@ -211,7 +215,7 @@ class LowRankClickDecoder:
         # Layer 2, token->image attention over X1 + P.
         a = l2.cross_attn_token_to_image
         qh = _scaled_heads(a.q_proj(queries + prompt), h)
-        qkg = (_block_rows(qh, eye) @ a.k_proj.weight) * ga  # (B, h*T, C)
+        qkg = (block_rows(qh, eye) @ a.k_proj.weight) * ga  # (B, h*T, C)
         from_y, from_pe = wide(qh, c.k2).chunk(2, dim=-1)
         scores = torch.baddbmm(from_y, qkg @ vo1.transpose(1, 2), a1)
         scores.sub_(qkg.sum(-1, keepdim=True) * mu1_).mul_(s1_).add_(from_pe)
@@ -225,7 +229,7 @@ class LowRankClickDecoder:
         # Layer 2, image->token attention: rows X1 + P against the token keys.
         a = l2.cross_attn_image_to_token
         kk = _scaled_heads(a.k_proj(queries + prompt), h)
-        kbd = _block_rows(kk, eye)  # (B, h*T, h*e)
+        kbd = block_rows(kk, eye)  # (B, h*T, h*e)
         wq = kbd @ a.q_proj.weight  # (B, h*T, C): each row's query direction
         wqg = wq * ga
         from_y, from_pe = wide(kk, c.q2).chunk(2, dim=-1)
@@ -233,8 +237,8 @@ class LowRankClickDecoder:
         logits.sub_(wqg.sum(-1, keepdim=True) * mu1_).mul_(s1_).add_(from_pe)
         logits += (wq @ ba + kbd @ a.q_proj.bias).unsqueeze(-1)
         a2 = _softmax_over_tokens(logits, h)
-        v2 = _heads_first(a.v_proj(queries), h)
-        vo2 = _block_rows(v2, eye) @ a.out_proj.weight.t() + a.out_proj.bias / h
+        v2 = heads_first(a.v_proj(queries), h)
+        vo2 = block_rows(v2, eye) @ a.out_proj.weight.t() + a.out_proj.bias / h
         # Z2 = X1 + A2^T @ VO2 = s1 * Y + coef^T @ basis (Y = X0 * ga, cached), and its row statistics.
         ones = torch.ones_like(s1_)
         coef = torch.cat([a1 * s1_, a2, -(s1_ * mu1_), ones], dim=1)  # (B, r, N)
@@ -259,7 +263,7 @@ class LowRankClickDecoder:
         # Final token->image attention over X2 + P.
         a = tr.final_attn_token_to_image
         qh = _scaled_heads(a.q_proj(queries + prompt), h)
-        qkg = (_block_rows(qh, eye) @ a.k_proj.weight) * gb  # (B, h*T, C)
+        qkg = (block_rows(qh, eye) @ a.k_proj.weight) * gb  # (B, h*T, C)
         from_y, from_pe = wide(qh, c.kf).chunk(2, dim=-1)
         scores = torch.baddbmm(from_y * s1_, qkg @ basis.transpose(1, 2), coef)
         scores.sub_(qkg.sum(-1, keepdim=True) * mu2_).mul_(s2_).add_(from_pe)
@@ -281,7 +285,7 @@ class LowRankClickDecoder:
 
         The first transposed convolution is linear, so it maps the pieces of X2: the cached
         ``(Y * gb) @ W`` scaled per row plus the rank-r part; the rest is the fast decoder's."""
-        w, bias = FastMaskDecoder._as_matrix(self.model.mask_decoder.output_upscaling[0])
+        w, bias = conv_as_matrix(self.model.mask_decoder.output_upscaling[0])
         b, r, n = rows.coef.shape
         basis = torch.cat(
             [rows.basis_g @ w, (rows.gamma @ w).expand(b, 1, -1), (rows.beta @ w + bias).expand(b, 1, -1)], dim=1
@@ -294,7 +298,7 @@ class LowRankClickDecoder:
             coef = torch.cat([rows.coef * s2, -(s2 * rows.mu2.unsqueeze(1)), torch.ones_like(s2)], dim=1)
             x = torch.baddbmm((rows.s1 * rows.s2).unsqueeze(-1) * c.up_y, coef.transpose(1, 2), basis)
             return self.fast.upscale_rest(x, hyper)
-        # The same into reused buffers (see FastMaskDecoder.buffer).
+        # The same into reused buffers (see segany.inference.decoders._kernels.Scratch).
         torch.mul(rows.coef, s2, out=coef[:, :r])
         torch.mul(rows.mu2.unsqueeze(1), s2, out=coef[:, r : r + 1]).neg_()
         coef[:, r + 1] = 1.0
@@ -304,7 +308,7 @@ class LowRankClickDecoder:
 
     def __call__(self, c: LowRankCache, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse tokens ``(B, K, C)`` -> logits ``(B, M, 4g, 4g)`` and IoU ``(B, M)``, all mask tokens."""
-        rows, hyper, iou = self.transform(c, sparse)
+        rows, hyper, iou = self.run_transformer(c, sparse)
         return self.upscale(c, rows, hyper), iou
 
 
@@ -323,14 +327,13 @@ class ImplicitRows:
 
     def take(self, index: torch.Tensor) -> ImplicitRows:
         """The rows of the prompts ``index`` (1-D) only."""
-        return ImplicitRows(
-            self.s1[index], self.s2[index], self.mu2[index], self.coef[index], self.basis_g[index], self.gamma, self.beta
-        )
+        s1, s2, mu2 = self.s1[index], self.s2[index], self.mu2[index]
+        return ImplicitRows(s1, s2, mu2, self.coef[index], self.basis_g[index], self.gamma, self.beta)
 
 
 def _scaled_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """``(B, T, h*e) -> (B, h, T, e)`` times the attention scale ``e ** -0.5``."""
-    x = _heads_first(x, heads)
+    x = heads_first(x, heads)
     return x * x.shape[-1] ** -0.5
 
 
@@ -350,3 +353,70 @@ def _by_head_rows(x: torch.Tensor, heads: int) -> torch.Tensor:
     """``(B, h*T, L)`` (head-major rows) -> ``(h, B*T, L)``."""
     b, ht, n = x.shape
     return x.view(b, heads, ht // heads, n).transpose(0, 1).reshape(heads, -1, n)
+
+
+@dataclass
+class LowRankState:
+    """Per image (or per mask-prompt batch): the fast decoder's cache, and the low-rank products where
+    they apply (one float32 image, no mask prompt), else None."""
+
+    first: ImageCache
+    lowrank: LowRankCache | None
+
+
+class LowRankDecoder:
+    """``decoder="lowrank"`` (opt-in): :class:`LowRankClickDecoder` for clicks, the fast decoder for mask
+    prompts and for prompts of more than ``max_tokens`` tokens (5 output tokens + the prompt's points;
+    beyond that the rank-r corrections cost more than they save), behind the
+    :class:`~segany.inference.decoders.ClickDecoder` interface. The official logits to float rounding.
+    Pays off on large embedding grids only (SAM's 64x64): its per-image products cost more than they
+    save on small ones."""
+
+    name = "lowrank"
+    exact = True
+
+    def __init__(self, model: Sam, max_tokens: int = 11) -> None:
+        if not supports_lowrank(model):
+            raise ValueError("decoder='lowrank' needs the standard two-layer mask decoder; use decoder='fast'")
+        self.fast = FastDecoder(model)
+        self.module = LowRankClickDecoder(model, self.fast.module)
+        self.max_tokens = max_tokens
+        self.num_mask_tokens = model.mask_decoder.num_mask_tokens
+
+    @torch.no_grad()
+    def prepare(self, features: torch.Tensor, mask_input: torch.Tensor | None = None) -> LowRankState:
+        first = self.fast.prepare(features, mask_input)
+        # Variances come from inner products: float32 only (lower precision would spoil them).
+        usable = mask_input is None and features.dtype == torch.float32 and features.shape[0] == 1
+        return LowRankState(first, self.module.cache(first) if usable else None)
+
+    @torch.no_grad()
+    def run(
+        self, state: LowRankState, points: Points | None, boxes: torch.Tensor | None, multimask_output: bool
+    ) -> tuple[tuple[ImplicitRows | torch.Tensor, torch.Tensor], torch.Tensor]:
+        sparse = sparse_prompts(self.module.model, points, boxes, state.first.src.shape[0])
+        tokens = 1 + self.num_mask_tokens + sparse.shape[1]
+        if state.lowrank is None or tokens > self.max_tokens:
+            return self.fast.run_sparse(state.first, sparse, multimask_output)
+        rows, hyper, iou = self.module.run_transformer(state.lowrank, sparse)
+        sel = slice(1, None) if multimask_output else slice(0, 1)
+        return (rows, hyper[:, sel]), iou[:, sel]
+
+    @torch.no_grad()
+    def upscale(
+        self,
+        state: LowRankState,
+        pending: tuple[ImplicitRows | torch.Tensor, torch.Tensor],
+        index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        rows, hyper = pending
+        if isinstance(rows, torch.Tensor):
+            return self.fast.upscale(state.first, (rows, hyper), index)
+        assert state.lowrank is not None
+        if index is not None:
+            rows, hyper = rows.take(index), hyper[index]
+        return self.module.upscale(state.lowrank, rows, hyper)
+
+    def compile(self) -> None:
+        compile_methods(self.module, "run_transformer")
+        self.fast.compile()
