@@ -52,7 +52,7 @@ def main() -> None:
         warnings.simplefilter("ignore")
         from mobile_sam import sam_model_registry as mobile_registry
 
-    image = read_image(ROOT / "tests/data/images/kvasir_cju0qkwl35piu0993l0dewei2.jpg")
+    image = read_image(ROOT / "tests/data/images/rocket.jpg")
     models = {name: randomize_(build_sam(PRESETS[name]), seed=0).eval() for name in ("vit_b", "mobile_sam")}
     reference = mobile_registry["vit_t"]()
     reference.load_state_dict(models["mobile_sam"].state_dict())
@@ -91,7 +91,7 @@ def main() -> None:
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; the machine was shared with other "
         "jobs (load average well above the core count), so absolute times are high and noisy: compare the "
         f"rows with each other, not with other sections. Medians of {args.rounds} interleaved rounds (clicks: median of 5 per round), random weights, "
-        "a 1024-pixel input from a real photo (kvasir), `SamPredictor.set_image` and one-point `predict` "
+        "a 1024-pixel input from a real photo (rocket.jpg), `SamPredictor.set_image` and one-point `predict` "
         "(3 masks). `benchmarks/bench_families.py`.",
         "",
         "| model | encoder parameters | image encoding (s) | one click (ms) |",

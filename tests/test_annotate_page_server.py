@@ -41,8 +41,8 @@ def server(tmp_path_factory, test_images):
 
     root = tmp_path_factory.mktemp("photos")
     by_name = {p.name: p for p in test_images}
-    Image.fromarray(read_image(by_name["bsds_100007.jpg"])).resize((1500, 1001)).save(root / "a_wide.png")
-    Image.fromarray(read_image(by_name["coco_grey_000000431848.jpg"])).save(root / "b_tall.png")
+    Image.fromarray(read_image(by_name["chelsea.jpg"])).resize((1500, 1001)).save(root / "a_wide.png")
+    Image.fromarray(np.ascontiguousarray(np.rot90(read_image(by_name["rocket.jpg"])))).save(root / "b_tall.png")
     app = create_app(Settings(root=root, model=random_tiny(seed=11), background=False, export_decoder=False))
     with ServerThread(app) as srv:
         app.state.server.start()
@@ -166,7 +166,7 @@ def test_sign_in_then_save_with_csrf_on_a_server_with_auth(browser, tmp_path, te
 
     root = tmp_path / "photos"
     root.mkdir()
-    Image.fromarray(read_image(next(p for p in test_images if p.name == "coco_grey_000000431848.jpg"))).save(
+    Image.fromarray(read_image(next(p for p in test_images if p.name == "grey_camera.jpg"))).save(
         root / "x.png"
     )
     app = create_app(Settings(root=root, model=random_tiny(seed=11), background=False, export_decoder=False, auth=True))

@@ -6,6 +6,8 @@ lies within 1e-4 of the threshold.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -50,7 +52,7 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A real photo resized to (h, w) so embeddings see natural statistics."""
     from PIL import Image
 
-    from conftest import TEST_DATA
+    TEST_DATA = Path(__file__).resolve().parent / "data"  # (two conftest modules exist: name no import)
 
     im = Image.open(TEST_DATA / "images" / "rocket.jpg").convert("RGB")
     return np.asarray(im.resize((w, h), Image.BILINEAR))

@@ -1,6 +1,6 @@
 """Fixtures for the annotation server: a tiny random model, folders of images, and the database back
 ends. PostgreSQL is a real server (Debian's ``postgresql``): initdb in a temporary folder, listening on
-127.0.0.1:55414, started once per session and stopped at the end; every test gets a fresh database."""
+127.0.0.1 on a free port, started once per session and stopped at the end; every test gets a fresh database."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import itertools
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,7 +23,14 @@ pytest.importorskip("sqlalchemy")
 
 from annotate_helpers import write_images
 
-PG_PORT = 55414
+def _free_port() -> int:
+    """A port nothing listens on now (a server left behind by a killed run keeps its own)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+PG_PORT = int(os.environ.get("SEGANY_TEST_PG_PORT") or _free_port())
 BASE_URL = "http://127.0.0.1"
 
 
@@ -50,7 +58,7 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL server; yields the admin URL prefix ``postgresql+psycopg://postgres@127.0.0.1:55414``."""
+    """A throwaway PostgreSQL server; yields the admin URL prefix ``postgresql+psycopg://postgres@127.0.0.1:PORT``."""
     pytest.importorskip("psycopg")
     bindir = _pg_bin()
     if bindir is None:

@@ -17,6 +17,7 @@ from typing import Any
 from segany.cli._common import (
     add_backend_arguments,
     add_model_arguments,
+    inference_options_from_args,
     predictor_from_args,
 )
 from segany.engine.job import ImageJob, JobSettings, output_path
@@ -169,8 +170,8 @@ def _write_coco(out: Path, jobs: list[ImageJob]) -> int:
 
 def _model_args(args: argparse.Namespace) -> argparse.Namespace:
     """Only what builds the predictor: a small picklable namespace for Ray actors."""
-    names = ("checkpoint", "device", "backend", "precision", "decoder_precision", "encoder_precision",
-             "compile_decoder", "compile_encoder")
+    names = ("checkpoint", "device", "backend", "onnx_precision", "num_threads", "decoder", "decoder_precision",
+             "encoder_precision", "compile_decoder", "compile_encoder")
     return argparse.Namespace(**{n: getattr(args, n, None) for n in names if hasattr(args, n)})
 
 
@@ -192,8 +193,9 @@ def _manifest(args: argparse.Namespace, overrides: dict[str, Any], jobs: list[Im
             sha = file_sha256(source)
         except OSError as exc:
             raise SeganyError(f"cannot read checkpoint {source}: {exc.strerror or exc}") from None
-    model = {"sha256": sha, "backend": args.backend, "precision": args.precision,
-             "decoder_precision": args.decoder_precision, "encoder_precision": args.encoder_precision}
+    options = inference_options_from_args(args)  # every choice that shapes the masks, validated
+    model = {"sha256": sha, "backend": options.backend, "precision": options.onnx_precision,
+             "decoder": options.decoder, "encoder_precision": options.encoder_precision}
     fingerprint: dict[str, Any] = {
         "model": model,
         "generator": {"preset": args.preset, **GENERATOR_PRESETS[args.preset], **overrides},
