@@ -41,7 +41,7 @@ def _images(folder: Path, count: int) -> list[Path]:
     """The first ``count`` COCO_MVal and BSDS500 images, alternating (real photos, 0.15-0.3 MP)."""
     data = Path(os.environ.get("SEGANY_SHARED_DATA", REPO.parent / "shared" / "data"))
     if not data.is_dir():
-        data = Path("/work/shared/data")
+        raise SystemExit(f"bench_engine: no shared data at {data}; set SEGANY_SHARED_DATA")
     pools = [sorted((data / name / "images").iterdir()) for name in ("COCO_MVal", "BSDS500")]
     picked = [pools[i % 2][i // 2] for i in range(count)]
     folder.mkdir(parents=True, exist_ok=True)
