@@ -131,7 +131,7 @@ def main() -> None:
 
     from segany.io.image import read_image
 
-    photo = np.asarray(Image.fromarray(read_image(REPO / "tests/data/images/bsds_100007.jpg")).resize((1500, 1001)))
+    photo = np.asarray(Image.fromarray(read_image(REPO / "tests/data/images/chelsea.jpg")).resize((1500, 1001)))
     import os
 
     load = os.getloadavg()[0]

@@ -54,9 +54,7 @@ def test_official_names_are_all_here() -> None:
 
 # Official names segany does not offer yet, each with where the fix belongs; the xfail is strict, so the entry
 # must go once the name exists.
-KNOWN_GAPS = {
-    ("SamAutomaticMaskGenerator", "postprocess_small_regions"): "static method missing in segany.inference.automatic",
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 def _members() -> list[tuple[str, str | None]]:
@@ -182,3 +180,52 @@ def test_version_and_torch_floor_have_one_source() -> None:
     ci_run = (repo / ".ci" / "run").read_text()
     ci = re.search(r"pip install -q torch==([0-9.]+) -e \.\n", ci_run)
     assert floor and ci and floor.group(1) == ci.group(1), (floor, ci)
+
+
+def _blob_masks(rng: np.random.Generator, n: int, h: int = 40, w: int = 56) -> np.ndarray:
+    """Rectangles with speckle holes and stray islands, some overlapping, some already clean."""
+    masks = np.zeros((n, h, w), dtype=bool)
+    for k in range(n):
+        y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        masks[k, y0 : y0 + rng.integers(8, h // 2), x0 : x0 + rng.integers(8, w // 2)] = True
+        if k % 3:  # a small hole and a small island
+            masks[k, y0 + 3, x0 + 3] = False
+            masks[k, (y0 + 30) % h, (x0 + 40) % w] = True
+    return masks
+
+
+@pytest.mark.parametrize("min_area", [0, 3, 50])
+def test_postprocess_small_regions_matches_official(min_area: int) -> None:
+    from segment_anything.utils.amg import MaskData, batched_mask_to_box, mask_to_rle_pytorch
+
+    rng = np.random.default_rng(min_area)
+    masks = torch.from_numpy(_blob_masks(rng, 12))
+    boxes = batched_mask_to_box(masks)
+
+    def fresh() -> MaskData:
+        return MaskData(rles=mask_to_rle_pytorch(masks), boxes=boxes.clone(), iou_preds=torch.arange(12.0))
+
+    theirs = segment_anything.SamAutomaticMaskGenerator.postprocess_small_regions(fresh(), min_area, 0.5)
+    ours = segany.SamAutomaticMaskGenerator.postprocess_small_regions(fresh(), min_area, 0.5)
+    assert torch.equal(ours["iou_preds"], theirs["iou_preds"])  # the same rows kept, in the same order
+    assert torch.equal(ours["boxes"], theirs["boxes"])
+    assert ours["rles"] == theirs["rles"]  # uncompressed RLEs in, uncompressed out, run for run
+    if min_area == 50:
+        assert len(ours["rles"]) < 12  # the clean-up and its NMS did something
+
+
+def test_postprocess_small_regions_takes_plain_dicts_of_coco_rles() -> None:
+    from segany.io.rle import decode_rle, encode_masks
+
+    masks = _blob_masks(np.random.default_rng(1), 4)
+    data = {"rles": encode_masks(masks), "boxes": np.zeros((4, 4)), "index": [0, 1, 2, 3]}
+    out = segany.SamAutomaticMaskGenerator.postprocess_small_regions(data, 5, 0.99)
+    assert out is data and len(out["index"]) == len(out["rles"]) == len(out["boxes"]) == 4
+    assert out["index"][:2] == [0, 3]  # the masks that needed no clean-up first (NMS order)
+    for rle, box, k in zip(out["rles"], out["boxes"], out["index"]):
+        assert isinstance(rle["counts"], str)  # COCO RLEs stay COCO RLEs
+        cleaned = decode_rle(rle)
+        assert (cleaned != masks[k]).sum() == (0 if k % 3 == 0 else 2)  # one hole filled, one island gone
+        ys, xs = np.nonzero(cleaned)
+        assert list(box) == ([xs.min(), ys.min(), xs.max(), ys.max()] if k % 3 else [0, 0, 0, 0])
+    assert segany.SamAutomaticMaskGenerator.postprocess_small_regions({"rles": []}, 5, 0.5) == {"rles": []}

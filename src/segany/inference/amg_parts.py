@@ -8,14 +8,24 @@ candidates rather than by the image size times that number.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from segany.errors import SeganyError
-from segany.ops.masks import build_all_layer_point_grids
+from segany.io.rle import decode_rle, is_uncompressed_rle, mask_to_uncompressed_rle, to_coco_rle
+from segany.ops.masks import batched_nms, build_all_layer_point_grids, masks_to_boxes, remove_small_regions
 
-__all__ = ["Crop", "Candidates", "CleanedMask", "GeneratorSettingsError", "check_settings", "OUTPUT_MODES"]
+__all__ = [
+    "Crop",
+    "Candidates",
+    "CleanedMask",
+    "GeneratorSettingsError",
+    "check_settings",
+    "clean_mask_data",
+    "OUTPUT_MODES",
+]
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -110,3 +120,58 @@ class CleanedMask:
         count = int(np.prod(self.shape))
         window = np.unpackbits(self.bits, count=count).reshape(self.shape).astype(bool)
         out[y0:y1, x0:x1] = torch.from_numpy(window).to(out.device)
+
+
+def _take(value: Any, keep: torch.Tensor) -> Any:
+    """Rows ``keep`` of a tensor, array or list (what the official ``MaskData.filter`` does)."""
+    if isinstance(value, torch.Tensor):
+        return value[keep.to(value.device)]
+    if isinstance(value, np.ndarray):
+        return value[keep.cpu().numpy()]
+    if isinstance(value, list):
+        return [value[i] for i in keep.tolist()]
+    if value is None:
+        return None
+    raise TypeError(f"cannot filter a {type(value).__name__}")
+
+
+def clean_mask_data(mask_data: Any, min_area: int, nms_thresh: float) -> Any:
+    """The official ``SamAutomaticMaskGenerator.postprocess_small_regions`` on a ``MaskData``-like object.
+
+    Every mask of ``mask_data["rles"]`` (uncompressed or COCO RLEs) gets its holes and then its islands
+    smaller than ``min_area`` removed (the largest island stays when all are small, as officially); masks
+    that changed lose to unchanged ones in a box NMS at ``nms_thresh``; the kept masks that changed get
+    their new RLE (in the format they came in) and box (``mask_data["boxes"]``, XYXY), and every field is
+    filtered to the kept rows: with ``mask_data.filter(keep)`` when it has one (the official
+    ``MaskData``), otherwise key by key (a ``dict``). Returns ``mask_data``, changed in place.
+    """
+    rles = mask_data["rles"]
+    if len(rles) == 0:
+        return mask_data
+    masks, scores = [], []
+    for rle in rles:
+        mask = decode_rle(rle)
+        mask, holes = remove_small_regions(mask, min_area, "holes")
+        mask, islands = remove_small_regions(mask, min_area, "islands")
+        masks.append(torch.from_numpy(np.ascontiguousarray(mask)))
+        scores.append(0.0 if holes or islands else 1.0)  # prefer masks that needed no clean-up
+    stacked = torch.stack(masks)
+    boxes = masks_to_boxes(stacked)
+    score = torch.tensor(scores)
+    keep = batched_nms(boxes.float(), score, torch.zeros(len(boxes), dtype=torch.int64), nms_thresh)
+    for i in keep.tolist():
+        if score[i] == 0.0:
+            old = rles[i]
+            new = mask_to_uncompressed_rle(stacked[i])
+            rles[i] = new if is_uncompressed_rle(old) else to_coco_rle(new)
+            old_boxes = mask_data["boxes"]
+            if isinstance(old_boxes, torch.Tensor):
+                old_boxes[i] = boxes[i].to(old_boxes.device, old_boxes.dtype)
+            else:
+                old_boxes[i] = boxes[i].numpy() if isinstance(old_boxes, np.ndarray) else boxes[i].tolist()
+    if hasattr(mask_data, "filter"):
+        mask_data.filter(keep)
+    else:
+        for key in list(mask_data):
+            mask_data[key] = _take(mask_data[key], keep)
+    return mask_data

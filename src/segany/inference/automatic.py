@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from segany.inference.amg_parts import Candidates, CleanedMask, Crop, GeneratorSettingsError, check_settings
+from segany.inference.amg_parts import (
+    Candidates,
+    CleanedMask,
+    Crop,
+    GeneratorSettingsError,
+    check_settings,
+    clean_mask_data,
+)
 from segany.inference.predictor import SamPredictor
 from segany.io.image import read_image, to_rgb_uint8
 from segany.model import Sam
@@ -159,6 +166,14 @@ class SamAutomaticMaskGenerator:
         return cls(model, **settings)
 
     # -- public API ------------------------------------------------------------------------------
+
+    @staticmethod
+    def postprocess_small_regions(mask_data: Any, min_area: int, nms_thresh: float) -> Any:
+        """The official static clean-up step, for code that calls it on its own ``MaskData``: remove
+        holes and islands under ``min_area`` pixels from each of ``mask_data["rles"]``, then NMS at
+        ``nms_thresh`` preferring unchanged masks. :meth:`generate` does the same work without
+        run-length encoding every candidate. See :func:`segany.inference.amg_parts.clean_mask_data`."""
+        return clean_mask_data(mask_data, min_area, nms_thresh)
 
     @torch.no_grad()
     def generate(self, image: np.ndarray | str | os.PathLike[str]) -> list[dict[str, Any]]:
