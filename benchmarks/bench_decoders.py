@@ -75,6 +75,29 @@ def run(models: list[str], rounds: int, clicks: int) -> list[tuple[str, str, flo
     return rows
 
 
+def verdict(rows: list[tuple[str, str, float, float]]) -> list[str]:
+    """Which variants pay for their code, in words computed from this run's rows."""
+    t = {(m, n): s for m, n, s, _ in rows}
+    models = list(dict.fromkeys(m for m, *_ in rows))
+
+    def gain(name: str, over: str) -> str:
+        parts = [f"{t[(m, over)] / t[(m, name)]:.2f}x on {m}" for m in models if (m, name) in t and (m, over) in t]
+        return ", ".join(parts) or "not measured"
+
+    return [
+        "Which variants pay for their code (this run):",
+        "",
+        f"- `fast` (exact, ~370 lines): {gain('fast', 'reference')} over `reference`. What `decoder=\"auto\"` "
+        "runs on a CPU; `reference` stays for GPUs (no GPU run of this script yet) and models whose decoder "
+        "`fast` does not reproduce.",
+        f"- `bf16` (approximate, ~250 lines on top of `fast`): {gain('bf16', 'fast')} over `fast`, on CPUs "
+        "with AVX-512 BF16 or AMX; opt-in, its accuracy is in the CPU inference section.",
+        f"- `lowrank` (exact, ~420 lines): {gain('lowrank', 'fast')} over `fast`. It pays only on SAM's "
+        "64x64 grid in float32 (ViT-B/L/H clicks and the automatic generator's batches); on small grids it "
+        "is no faster, and it is unused with `bf16`. Opt-in; the first variant to drop if the gain vanishes.",
+    ]
+
+
 def section(rows: list[tuple[str, str, float, float]], rounds: int, clicks: int) -> str:
     from segany.inference.cpu import cpu_flags
 
@@ -94,16 +117,7 @@ def section(rows: list[tuple[str, str, float, float]], rounds: int, clicks: int)
     ]
     for model, name, seconds, ratio in rows:
         lines.append(f"| {model} | {name} | {seconds * 1e3:.1f} ms | {ratio:.2f}x |")
-    lines += [
-        "",
-        "How `decoder=\"auto\"` chooses: on a CPU, `fast`: exact, and faster than the official click in every "
-        "CPU run of `bench_cpu.py` (its default-model rows click with it). "
-        "`lowrank` is exact but opt-in: over `fast` it gained 10-20% per float32 ViT-B click in the A/B runs "
-        "that introduced it (AMD EPYC, 64x64 grid), nothing on small grids, and it is unused with `bf16`; "
-        "where this table does not show it faster than `fast`, do not use it. `bf16` is approximate and "
-        "opt-in (accuracy: the CPU inference section). Off the CPU `auto` runs `reference` until a GPU run "
-        "of this script exists.",
-    ]
+    lines += ["", *verdict(rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
-from reliability_helpers import child_env, dead_pid, run_limited, unprivileged_wrapper
+from reliability_helpers import REPO, child_env, dead_pid, run_limited, unprivileged_wrapper
 
 from segany.cli.main import main
 from segany.errors import OutputError
@@ -153,6 +154,8 @@ def test_read_only_folder_fails_before_the_model(tmp_path: Path, image: Path) ->
             ],
             "export": ["export", "tiny", "-o", str(ro / "sub")],
             "eval": ["eval", "boxes", "--data", str(tmp_path), "-o", str(ro / "rep")],
+            "auto": ["auto", str(image), "-o", str(ro / "masks"), "--no-progress"],
+            "train": ["train", str(REPO / "recipes" / "tiny_smoke.toml"), "--output", str(ro / "run"), "--no-progress"],
         }
         for name, argv in runs.items():
             result = run_limited(argv, memory_bytes=None, wrapper=wrapper, timeout=120)
@@ -214,6 +217,21 @@ def test_unhandled_os_error_is_one_line_exit_2(
 
 
 # -- stale temporary files ------------------------------------------------------------------------------
+
+
+def test_save_checkpoint_sweeps_a_killed_writers_temporary(tmp_path: Path) -> None:
+    """Audit K8: a checkpoint write killed midway left its hidden temporary file for good."""
+    from sam_testing import random_tiny
+
+    from segany.io.checkpoint import load_checkpoint, save_checkpoint
+
+    stale = tmp_path / f".model.safetensors.{files._HOST}-{dead_pid()}-abcdef.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    model = random_tiny()
+    path = save_checkpoint(model, tmp_path / "model.safetensors")
+    assert _left(tmp_path) == ["model.safetensors"] and (path.stat().st_mode & 0o777) == 0o644
+    loaded = load_checkpoint(path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
 def test_killed_writers_leftovers_are_swept(tmp_path: Path) -> None:

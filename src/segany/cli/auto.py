@@ -234,10 +234,10 @@ def run(args: argparse.Namespace) -> int:
     from segany.inference.amg_parts import check_settings
     from segany.io import FormatError
 
+    from segany.io.files import check_output_path
+
     _check_arguments(args)
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise SeganyError(f"output {out} exists and is not a folder")
+    out = check_output_path(args.output, folder=True)  # before images are listed or a model loads
     jobs = find_images(args.inputs, exclude=out)
     overrides = {name: getattr(args, name) for _, name, _, _ in KNOBS if getattr(args, name) is not None}
     _validate_settings(args.preset, overrides, check_settings)

@@ -40,11 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from segany.io.files import check_output_path
     from segany.train.config import load_config
     from segany.train.loop import train
 
     cfg = load_config(args.config, [*args.overrides, *args.set])
-    output = Path(args.output) if args.output else Path("runs") / cfg.name
+    output = check_output_path(Path(args.output) if args.output else Path("runs") / cfg.name, folder=True)
     result = train(cfg, output, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if result.weights is not None:
         figures = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())

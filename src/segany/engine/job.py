@@ -104,10 +104,11 @@ def size_problem(height: int, width: int, settings: Any, long_side: int) -> str 
 
 def _write_png_folder(folder: Path, records: list[dict[str, Any]]) -> None:
     """Masks as ``<k>.png`` plus ``metadata.csv``, built in a hidden folder and renamed into place."""
+    from segany.io.files import temp_path
     from segany.io.overlay import png_bytes
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.{secrets.token_hex(6)}.tmp"
+    tmp = temp_path(folder)  # names this process, so a later run can tell a stale one (sweep_stale_temps)
     tmp.mkdir()
     try:
         lines = [CSV_HEADER]

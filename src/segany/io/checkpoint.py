@@ -8,7 +8,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from segany.errors import CheckpointError
 from segany.io import hf_sam
+from segany.io.files import sweep_stale_temps, temp_path
 from segany.model import Sam, SamConfig, build_sam
 
 _PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
@@ -423,8 +423,9 @@ def save_checkpoint(model: Sam, path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
+    sweep_stale_temps(p.parent, p.name)  # temporaries of an earlier writer killed mid-write
+    tmp = temp_path(p)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # O_EXCL: the name is ours alone
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import save_file
@@ -432,14 +433,14 @@ def save_checkpoint(model: Sam, path: str | os.PathLike[str]) -> Path:
             meta = {"format": "segany-sam"}
             if getattr(model, "config", None) is not None:
                 meta["config"] = json.dumps(model.config.to_dict())
-            save_file(state, tmp, metadata=meta)
+            save_file(state, str(tmp), metadata=meta)
         else:
             torch.save(state, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights are meant to be shared
+        os.chmod(tmp, 0o644)  # whatever the umask: weights are meant to be shared
         os.replace(tmp, p)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
     return p
 
 
@@ -455,7 +456,9 @@ def save_hf_folder(model: Sam, folder: str | os.PathLike[str]) -> Path:
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out}: folder exists and is not empty")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    sweep_stale_temps(out.parent, out.name)
+    tmp = temp_path(out)
+    tmp.mkdir()
     try:
         from safetensors.torch import save_file
 
