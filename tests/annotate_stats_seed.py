@@ -48,7 +48,7 @@ def rle(k: int) -> dict:
     """A distinct small rectangle for mask number ``k``."""
     m = np.zeros((H, W), bool)
     y, x = 2 + (k % 6) * 6, 2 + (k // 6 % 7) * 8
-    m[y: y + 4, x: x + 6] = True
+    m[y : y + 4, x : x + 6] = True
     return encode_mask(m)
 
 
@@ -74,7 +74,9 @@ def seed(client: Any, server: Any) -> dict[str, Any]:
     counter = iter(range(1000))
 
     def call(method: str, who: str, url: str, ok: int, **kw: Any) -> Any:
-        r = client.request(method, url, headers={"Authorization": f"Bearer {tokens[who]}", **kw.pop("headers", {})}, **kw)
+        r = client.request(
+            method, url, headers={"Authorization": f"Bearer {tokens[who]}", **kw.pop("headers", {})}, **kw
+        )
         assert r.status_code == ok, (method, url, r.status_code, r.text)
         return r.json() if r.content else None
 
@@ -107,3 +109,66 @@ def seed(client: Any, server: Any) -> dict[str, Any]:
             when = dt.datetime.fromisoformat(day) + dt.timedelta(hours=9, minutes=i)
             s.execute(update(Object).where(Object.id == obj_id).values(created=when))
     return tokens
+
+
+def photos(folder: Any, n: int, seed: int = 0) -> None:
+    """``n`` distinct random PNGs of ``H`` x ``W`` in ``folder``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray((rng.random((H, W, 3)) * 255).astype(np.uint8)).save(folder / f"img{i:03d}.png")
+
+
+def demo(server: Any, days: int = 8, seed: int = 0) -> int:
+    """A stage-1-like project for the README's picture, written with the store (no HTTP): three people
+    over ``days`` days, seconds per mask falling from about 34 to 14 with noise and masks per image
+    rising, then automatic masks pre-filled on the last images (some edited, some deleted). Returns the
+    number of manual masks."""
+    from sqlalchemy import select, update
+
+    from segany.annotate import auth, store
+    from segany.annotate.db import Image, Object
+
+    rng = np.random.default_rng(seed)
+    team = [
+        store.Principal(auth.add_user(server.db, u, "annotator"), u, ("annotator",), "token")
+        for u in ("alice", "bruno", "chen")
+    ]
+    speed = {"alice": 0.85, "bruno": 1.0, "chen": 1.25}
+    with server.db.read() as s:
+        ids = list(s.scalars(select(Image.id).where(Image.project_id == server.project_id).order_by(Image.id)))
+    per_day = max(1, (len(ids) - 3) // days)
+    made, k = 0, 0
+    for d in range(days):
+        base = 34.0 - 20.0 * d / max(1, days - 1)
+        for j, image_id in enumerate(ids[d * per_day : (d + 1) * per_day]):
+            who = team[j % len(team)]
+            if d >= days - 2:  # stage 2: pre-filled first
+                autos = [
+                    store.create_object(
+                        server.db, image_id, server.local, {"rle": rle(k + a), "source": "auto"}, None, "demo"
+                    )[0]["id"]
+                    for a in range(int(rng.integers(4, 9)))
+                ]
+                k += len(autos)
+                store.update_object(server.db, autos[0], who, 1, {"rle": rle(k)})
+                store.delete_object(server.db, autos[1], who, 1)
+            for _ in range(int(rng.integers(4 + 2 * d, 8 + 3 * d)) // 2):
+                sec = float(max(3.0, rng.normal(base * speed[who.name], 5.0)))
+                obj = store.create_object(
+                    server.db,
+                    image_id,
+                    who,
+                    {"rle": rle(k), "seconds": round(sec, 1), "clicks": int(rng.integers(1, 6))},
+                    None,
+                    "demo",
+                )[0]
+                k += 1
+                made += 1
+                when = dt.datetime.fromisoformat("2026-01-05") + dt.timedelta(days=d, hours=9, seconds=made * 30)
+                with server.db.write() as s:
+                    s.execute(update(Object).where(Object.id == obj["id"]).values(created=when))
+            store.submit(server.db, image_id, who)
+    return made

@@ -67,7 +67,11 @@ def test_saving_order_groups_keep_at_most_50_points() -> None:
     assert out["points"][-1] == {"first": 118, "count": 3, "median": 118.0}
     # 101 masks: groups of 3, the last one short.
     out = _by_order(rows[:101])
-    assert out["group"] == 3 and len(out["points"]) == 34 and out["points"][-1] == {"first": 100, "count": 2, "median": 99.5}
+    assert (
+        out["group"] == 3
+        and len(out["points"]) == 34
+        and out["points"][-1] == {"first": 100, "count": 2, "median": 99.5}
+    )
 
 
 def test_stats_page_is_served_and_linked(make_sqlite_client) -> None:

@@ -24,8 +24,11 @@ ORDER_POINTS = 50  # at most this many groups in the "saving order" series
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
-    return {"count": len(values), "median": statistics.median(values) if values else None,
-            "mean": statistics.fmean(values) if values else None}
+    return {
+        "count": len(values),
+        "median": statistics.median(values) if values else None,
+        "mean": statistics.fmean(values) if values else None,
+    }
 
 
 def _auto_fates(rows: list[tuple[str, bool]]) -> dict[str, int]:
@@ -44,7 +47,7 @@ def _by_order(timed: list[tuple[Any, int, float]]) -> dict[str, Any]:
     points = [
         {"first": i + 1, "count": len(chunk), "median": statistics.median(chunk)}
         for i in range(0, len(ordered), size)
-        for chunk in [ordered[i: i + size]]
+        for chunk in [ordered[i : i + size]]
     ]
     return {"group": size, "points": points}
 
@@ -58,8 +61,16 @@ def project_stats(db: Database, project_id: int) -> dict[str, Any]:
     with db.read() as s:
         names = dict(s.execute(select(User.id, User.name)).all())
         rows = s.execute(
-            select(Object.id, Object.image_id, Object.source, Object.deleted, Object.seconds, Object.user_id,
-                   Object.created, Object.clicks)
+            select(
+                Object.id,
+                Object.image_id,
+                Object.source,
+                Object.deleted,
+                Object.seconds,
+                Object.user_id,
+                Object.created,
+                Object.clicks,
+            )
             .join(Image, Image.id == Object.image_id)
             .where(Image.project_id == project_id)
         ).all()
@@ -118,13 +129,18 @@ def project_stats(db: Database, project_id: int) -> dict[str, Any]:
         "seconds_per_manual_mask": _summary(manual),
         "untimed_manual_masks": untimed,
         "by_user": {
-            u: {**_summary(by_user.get(u, [])), "total_seconds": sum(by_user.get(u, [])),
+            u: {
+                **_summary(by_user.get(u, [])),
+                "total_seconds": sum(by_user.get(u, [])),
                 "median_clicks": statistics.median(clicks_by_user[u]) if clicks_by_user.get(u) else None,
-                "images_finished": done_by.get(u, 0)}
+                "images_finished": done_by.get(u, 0),
+            }
             for u in users
         },
         "by_day": {d: _summary(v) for d, v in sorted(by_day.items())},
-        "by_user_day": {u: {d: _summary(v) for d, v in sorted(days.items())} for u, days in sorted(by_user_day.items())},
+        "by_user_day": {
+            u: {d: _summary(v) for d, v in sorted(days.items())} for u, days in sorted(by_user_day.items())
+        },
         "by_order": _by_order(timed),
         "masks_per_image": _summary([float(c) for c in counts_all]),
         "manual_masks_per_image": _summary([float(c) for c in counts_manual]),

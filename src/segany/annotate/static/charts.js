@@ -62,17 +62,17 @@ function xTicks(svg, box, xs, labels) {
  * Each point is a <circle class="pt" data-series=id> with a <title> saying what it is.
  */
 export function lineChart(svg, { categories, series, refs = [], yLabel, xLabel, unit = "" }) {
-  const width = 640, height = 300;
+  const width = 900, height = 340;
   const box = frame(svg, { width, height, top: 24, yLabel, xLabel });
   const all = series.flatMap((s) => s.values.filter((v) => v !== null && v !== undefined));
   const max = Math.max(1, ...all, ...refs.map((r) => r.y)) * 1.05;
   const y = yAxis(svg, box, max);
   const n = categories.length;
-  const x = (i) => (n === 1 ? (box.left + box.right) / 2 : box.left + 16 + (i / (n - 1)) * (box.right - box.left - 32));
+  const x = (i) => (n === 1 ? (box.left + box.right) / 2 : box.left + 40 + (i / (n - 1)) * (box.right - box.left - 80));
   xTicks(svg, box, categories.map((_, i) => x(i)), categories);
   for (const r of refs) {
     svg.append(el("line", { x1: box.left, x2: box.right, y1: y(r.y), y2: y(r.y), class: "ref" }));
-    svg.append(el("text", { x: box.right - 4, y: y(r.y) - 4, class: "ref-label", "text-anchor": "end" }, r.label));
+    svg.append(el("text", { x: box.left + 4, y: y(r.y) - 4, class: "ref-label" }, r.label));
   }
   // Thin series first, the main one on top.
   for (const s of [...series].sort((a, b) => Number(a.main || 0) - Number(b.main || 0))) {
@@ -95,7 +95,7 @@ export function lineChart(svg, { categories, series, refs = [], yLabel, xLabel, 
 
 /** Vertical bars: `labels[i]` under bar i of height `values[i]`; <rect class="bar" data-value>. */
 export function barChart(svg, { labels, values, yLabel, xLabel, colour = PALETTE[0], title = () => "" }) {
-  const width = 640, height = 260;
+  const width = 900, height = 300;
   const box = frame(svg, { width, height, top: 24, yLabel, xLabel });
   const y = yAxis(svg, box, Math.max(1, ...values));
   const n = values.length;
@@ -113,7 +113,7 @@ export function barChart(svg, { labels, values, yLabel, xLabel, colour = PALETTE
 
 /** One horizontal bar split into shares: parts [{id, name, value, colour}]; <rect class="share" data-part>. */
 export function shareBar(svg, parts) {
-  const width = 640, height = 44;
+  const width = 900, height = 44;
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("role", "img");
