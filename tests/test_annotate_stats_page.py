@@ -16,7 +16,7 @@ pytest.importorskip("sqlalchemy")
 pytest.importorskip("httpx")
 
 from annotate_browser import block_external, chromium_path, shared_browser
-from annotate_stats_seed import DAYS, EXPECTED, PASSWORDS, demo, photos, seed
+from annotate_stats_seed import DAYS, EXPECTED, PASSWORDS, demo, photos, rle, seed
 from annotate_stub import ServerThread
 
 if chromium_path() is None:
@@ -161,6 +161,16 @@ def test_fresh_project_says_so(page, tmp_path) -> None:  # type: ignore[no-untyp
             assert page.locator("#empty").is_visible() and page.locator("#figures").is_hidden()
             assert "3 images and no saved masks" in page.locator("#empty").inner_text()
             assert page.locator("#who").inner_text() == "local"
+            # The first timed mask, then "refresh": the figures replace the empty state.
+            made = page.request.post(f"{srv.url}/api/images/1/objects", data={"rle": rle(0), "seconds": 21.5})
+            assert made.status == 201
+            renders = page.evaluate("window.__seganyStats.renders")
+            page.click("#refresh")
+            page.wait_for_function("(n) => window.__seganyStats.renders > n", arg=renders)
+            assert page.locator("#empty").is_hidden() and page.locator("#figures").is_visible()
+            assert page.locator('.stat[data-stat="median-seconds"] .value').inner_text() == "21.5 s"
+            assert _values(page, '#time-chart circle.pt[data-series="all"]') == [21.5]
+            assert page.locator("#mpi-empty").is_visible() and page.locator("#auto-empty").is_visible()
             # The main page links here.
             page.goto(srv.url + "/")
             assert page.locator("#stats-link").get_attribute("href") == "/stats"
