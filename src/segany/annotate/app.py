@@ -98,6 +98,13 @@ def create_app(settings: Settings | Server) -> FastAPI:
             return FileResponse(page, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
         return HTMLResponse(PLACEHOLDER)
 
+    @app.get("/stats", include_in_schema=False)
+    def stats_page() -> Response:
+        page = STATIC_DIR / "stats.html"
+        if page.is_file():
+            return FileResponse(page, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(PLACEHOLDER)
+
     @app.get("/api/health")
     def health() -> dict[str, Any]:
         store.ping(srv.db)
