@@ -487,6 +487,9 @@ def run_cli(scratch: Scratch, argv: list[str], *, limit: int = DEFAULT_LIMIT, ti
     def pre() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         os.setsid()
+        # A shell without job control starts background jobs (`audit ... &`) with SIGINT ignored, and
+        # children inherit that; the Ctrl-C cases need the default disposition a terminal gives.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     cmd = [*(wrapper or []), sys.executable, "-m", "segany.cli.main", *argv]
     rss_file = scratch.p("tmp_rss.txt")
