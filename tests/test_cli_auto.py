@@ -171,6 +171,8 @@ def test_glob_input_and_sa1b_preset(images: Path, tmp_path: Path, checkpoint: Pa
         (lambda d, c: [str(d / "empty"), "-c", c], "no images found"),
         (lambda d, c: [str(d / "in"), "-c", str(d / "in" / "notes.txt")], "notes.txt"),
         (lambda d, c: [str(d / "in"), "-c", c, "--points-per-batch", "0"], "points_per_batch"),
+        (lambda d, c: [str(d / "in"), "-c", c, "--box-nms-thresh", "nan"], "box_nms_thresh"),  # audit A20
+        (lambda d, c: [str(d / "in"), "-c", c, "--crop-overlap-ratio", "-3"], "crop_overlap_ratio"),  # A19
         (lambda d, c: [str(d / "in"), "-c", c, "--format", "tiff"], "invalid choice"),
         (lambda d, c: [str(d / "in" / "first.jpg"), str(d / "in" / "x" / "first.png"), "-c", c], "first"),
     ],

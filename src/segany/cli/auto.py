@@ -277,6 +277,10 @@ def run(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+_THRESHOLDS = ("pred_iou_thresh", "stability_score_thresh", "stability_score_offset", "box_nms_thresh",
+               "crop_nms_thresh", "crop_overlap_ratio", "min_mask_region_area")
+
+
 def _validate_settings(preset: str, overrides: dict[str, Any], check: Any) -> None:
     """Refuse bad generator settings before any model is loaded or any file written."""
     from segany.inference.automatic import GENERATOR_PRESETS, GeneratorSettingsError
@@ -285,7 +289,8 @@ def _validate_settings(preset: str, overrides: dict[str, Any], check: Any) -> No
     try:
         check(merged.get("points_per_side", 32), None, merged.get("points_per_batch", 64),
               merged.get("crop_n_layers", 0), merged.get("crop_n_points_downscale_factor", 1), "coco_rle",
-              merged.get("max_mask_region_fraction"))
+              merged.get("max_mask_region_fraction"),
+              **{k: merged[k] for k in _THRESHOLDS if merged.get(k) is not None})
     except GeneratorSettingsError as exc:
         raise SeganyError(str(exc)) from None
 

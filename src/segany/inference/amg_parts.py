@@ -7,6 +7,7 @@ candidates rather than by the image size times that number.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,12 +43,17 @@ def check_settings(
     crop_n_points_downscale_factor: int,
     output_mode: str,
     max_mask_region_fraction: float | None,
+    **thresholds: float,
 ) -> list[np.ndarray]:
     """Validate the generator's settings; return the point grid of each crop layer (``(N, 2)`` in [0, 1]).
+
+    ``thresholds``: any of ``pred_iou_thresh``, ``stability_score_thresh``, ``stability_score_offset``,
+    ``box_nms_thresh``, ``crop_nms_thresh``, ``crop_overlap_ratio``, ``min_mask_region_area``.
 
     Raises:
         GeneratorSettingsError: with a message naming the setting.
     """
+    _check_thresholds(thresholds)
     if (points_per_side is None) == (point_grids is None):
         raise GeneratorSettingsError("give exactly one of points_per_side and point_grids")
     if output_mode not in OUTPUT_MODES:
@@ -70,6 +76,31 @@ def check_settings(
     if int(points_per_side / crop_n_points_downscale_factor**crop_n_layers) < 1:
         raise GeneratorSettingsError("the last crop layer would get no points; use fewer layers")
     return build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+
+
+# name -> (low, high, whether the high end is allowed); a NaN fails every comparison and is refused too.
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "pred_iou_thresh": (-math.inf, math.inf, False),
+    "stability_score_thresh": (-math.inf, math.inf, False),
+    "stability_score_offset": (0.0, math.inf, False),
+    "box_nms_thresh": (0.0, 1.0, True),
+    "crop_nms_thresh": (0.0, 1.0, True),
+    "crop_overlap_ratio": (0.0, 1.0, False),
+    "min_mask_region_area": (0.0, math.inf, False),
+}
+
+
+def _check_thresholds(values: dict[str, float]) -> None:
+    for name, value in values.items():
+        low, high, closed = _RANGES[name]
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise GeneratorSettingsError(f"{name} must be a number, got {value!r}") from None
+        if not (low <= v and (v <= high if closed else v < high)):
+            where = "a finite number" if math.isinf(high) and math.isinf(low) else (
+                f">= {low:g}" if math.isinf(high) else f"in [{low:g}, {high:g}{']' if closed else ')'}")
+            raise GeneratorSettingsError(f"{name} must be {where}, got {value}")
 
 
 @dataclass

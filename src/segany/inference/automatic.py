@@ -129,7 +129,10 @@ class SamAutomaticMaskGenerator:
     ) -> None:
         self.point_grids = check_settings(
             points_per_side, point_grids, points_per_batch, crop_n_layers, crop_n_points_downscale_factor,
-            output_mode, max_mask_region_fraction,
+            output_mode, max_mask_region_fraction, pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh, crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
+            min_mask_region_area=min_mask_region_area,
         )
         if isinstance(model, Sam):
             self.predictor: Any = SamPredictor(model)
