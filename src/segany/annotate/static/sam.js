@@ -64,6 +64,102 @@ export function workSize(h, w, longSide, maxLong = 1024) {
   return [wh, ww];
 }
 
+/** Source index of output `dst` for a 1-D bilinear resize `nIn -> nOut` (align_corners=False), in
+ *  float32 as PyTorch's F.interpolate computes it: [i0, i1, w0, w1]. */
+function linearSource(dst, nIn, nOut) {
+  const f = Math.fround;
+  const scale = f(nIn / nOut);
+  let src = f(f(scale * (dst + 0.5)) - 0.5);
+  if (src < 0) src = 0;
+  const i0 = Math.floor(src);
+  const w1 = f(src - i0);
+  return [i0, i0 < nIn - 1 ? i0 + 1 : i0, f(1 - w1), w1];
+}
+
+/**
+ * One axis of segany's mask post-processing (segany.ops.postprocess.axis_resize): bilinear
+ * `nLow -> square` (the model's input frame), keep the first `valid` (the image without its
+ * padding), bilinear `valid -> nOut`. Composed into at most `taps` consecutive low-resolution
+ * indices per output: {start: Int32Array(nOut), weights: Float32Array(nOut * taps), taps}.
+ */
+export function axisTaps(nLow, square, valid, nOut) {
+  const per = [];
+  let taps = 1;
+  for (let i = 0; i < nOut; i++) {
+    const acc = new Map();
+    const [j0, j1, a0, a1] = linearSource(i, valid, nOut);
+    for (const [j, a] of [[j0, a0], [j1, a1]]) {
+      const [k0, k1, b0, b1] = linearSource(j, nLow, square);
+      acc.set(k0, (acc.get(k0) || 0) + a * b0);
+      acc.set(k1, (acc.get(k1) || 0) + a * b1);
+    }
+    const used = [...acc.entries()].filter(([, w]) => w !== 0);
+    const lo = Math.min(...used.map(([k]) => k));
+    const hi = Math.max(...used.map(([k]) => k));
+    taps = Math.max(taps, hi - lo + 1);
+    per.push([lo, used]);
+  }
+  const start = new Int32Array(nOut);
+  const weights = new Float32Array(nOut * taps);
+  per.forEach(([lo, used], i) => {
+    const s0 = Math.min(lo, nLow - taps); // every window inside the axis
+    start[i] = s0;
+    for (const [k, w] of used) weights[i * taps + (k - s0)] += w;
+  });
+  return { start, weights, taps };
+}
+
+const tapCache = new Map();
+function cachedTaps(nLow, square, valid, nOut) {
+  const key = `${nLow},${square},${valid},${nOut}`;
+  if (!tapCache.has(key)) {
+    if (tapCache.size > 16) tapCache.clear();
+    tapCache.set(key, axisTaps(nLow, square, valid, nOut));
+  }
+  return tapCache.get(key);
+}
+
+/**
+ * Low-resolution mask logits -> masks at (outH, outW), as segany's Python code does it
+ * (segany.ops.postprocess.upscale_masks): bilinear to the `imageSize` square, crop the padding (the
+ * resized image's size, from outH x outW as the official graph computes it), bilinear to outH x outW,
+ * logits > threshold. `low`: Float32Array (m, lh, lw). Returns Uint8Array (m, outH, outW) of 0/1.
+ * Both resizes are linear and separable: columns first (on the small input), then rows.
+ */
+export function upscaleMasks(low, m, lh, lw, imageSize, outH, outW, threshold) {
+  const [vh, vw] = preprocessShape(outH, outW, imageSize);
+  const cols = cachedTaps(lw, imageSize, vw, outW);
+  const rows = cachedTaps(lh, imageSize, vh, outH);
+  const table = new Float32Array(m * lh * outW); // (m * lh, outW): every low row resized along x
+  const ct = cols.taps, cs = cols.start, cw = cols.weights;
+  for (let r = 0; r < m * lh; r++) {
+    const src = r * lw, dst = r * outW;
+    for (let x = 0; x < outW; x++) {
+      const b = src + cs[x], o = x * ct;
+      let v = 0;
+      for (let t = 0; t < ct; t++) v += cw[o + t] * low[b + t];
+      table[dst + x] = v;
+    }
+  }
+  const out = new Uint8Array(m * outH * outW);
+  const rt = rows.taps, rs = rows.start, rw = rows.weights;
+  const line = new Float32Array(outW);
+  for (let c = 0; c < m; c++) {
+    for (let y = 0; y < outH; y++) {
+      line.fill(0);
+      for (let t = 0; t < rt; t++) {
+        const w = rw[y * rt + t];
+        if (w === 0) continue;
+        const b = (c * lh + rs[y] + t) * outW;
+        for (let x = 0; x < outW; x++) line[x] += w * table[b + x];
+      }
+      const o = (c * outH + y) * outW;
+      for (let x = 0; x < outW; x++) out[o + x] = line[x] > threshold ? 1 : 0;
+    }
+  }
+  return out;
+}
+
 /** Parse `.npy` bytes (little-endian float32, C order) -> {data: Float32Array, shape}. */
 export function parseNpy(buffer) {
   const bytes = new Uint8Array(buffer);
