@@ -215,6 +215,43 @@ def test_undo_redo_restore_masks_bit_for_bit(page, stub):
     assert np.array_equal(display_mask(page), first)
 
 
+@pytest.mark.parametrize("image_size,low,threshold", [(1024, 256, 0.0), (64, 64, 0.3)])
+def test_worker_upscaling_equals_segany_postprocess(page, stub, image_size, low, threshold):
+    """sam.js upscaleMasks (the split decoder's low-res logits -> masks in the worker) against
+    segany.ops.postprocess.upscale_logits on smooth random logits, for wide, tall, display-sized, small
+    and odd output sizes: equal except where the logit is within 1e-4 of the threshold (float rounding)."""
+    import base64
+
+    import torch
+    import torch.nn.functional as F
+
+    from segany.ops.postprocess import upscale_logits
+    from segany.ops.transforms import ResizeLongestSide
+
+    _, url = stub
+    page.goto(f"{url}/static/sam.js")
+    g = torch.Generator().manual_seed(3)
+    logits = F.interpolate(torch.randn(1, 3, low // 8, low // 8, generator=g) * 4, size=(low, low), mode="bicubic")
+    data = base64.b64encode(logits.numpy().astype(np.float32).tobytes()).decode()
+    for out_h, out_w in [(683, 1024), (1001, 1500), (640, 427), (37, 53), (300, 5)]:
+        got = page.evaluate(
+            """async ([b64, lh, imageSize, h, w, thr]) => {
+                 const { upscaleMasks } = await import("/static/sam.js");
+                 const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                 const low = new Float32Array(bytes.buffer);
+                 const m = upscaleMasks(low, 3, lh, lh, imageSize, h, w, thr);
+                 let s = ""; for (let i = 0; i < m.length; i += 0x8000) s += String.fromCharCode(...m.subarray(i, i + 0x8000));
+                 return btoa(s);
+               }""",
+            [data, low, image_size, out_h, out_w, threshold],
+        )
+        got = np.frombuffer(base64.b64decode(got), dtype=np.uint8).reshape(3, out_h, out_w).astype(bool)
+        input_size = ResizeLongestSide(image_size).get_preprocess_shape(out_h, out_w)
+        want = upscale_logits(logits, input_size, (out_h, out_w), image_size)[0].numpy() - threshold
+        assert 0.05 < (want > 0).mean() < 0.95
+        assert_same_mask(got, want, near=1e-4)
+
+
 def test_box_mixed_prompts_and_multimask_choice(page, stub, reference):
     st, url = stub
     open_page(page, url, WIDE)

@@ -18,7 +18,8 @@
 //               {type: "decode", seq, key, coords, labels, maskInput, outH, outW, final}
 //                 -> {type: "result", seq, masks (Uint8Array C*outH*outW, logits > threshold), ious,
 //                     lowres (Float32Array C*lh*lw), lowShape [lh, lw], ms (session.run time, all
-//                     graphs of this click), upscaleMs (split: low-res logits -> masks), final}
+//                     graphs of this click), cacheMs (split: of which image_cache, on a fed-back mask),
+//                     upscaleMs (split: low-res logits -> masks), final}
 // Interactive decodes are "latest wins": a request still queued when a newer one arrives is answered
 // {type: "dropped", seq}. Final (full-resolution, on accept) decodes are never dropped.
 import { parseNpy, upscaleMasks } from "./sam.js";
@@ -155,7 +156,7 @@ async function decodeOfficial(req, emb) {
   const lowres = Float32Array.from(out.low_res_masks.data);
   const lowShape = [out.low_res_masks.dims[2], out.low_res_masks.dims[3]];
   for (const t of Object.values(out)) t.dispose?.();
-  return { masks, ious, lowres, lowShape, ms, upscaleMs: 0 };
+  return { masks, ious, lowres, lowShape, ms, cacheMs: 0, upscaleMs: 0 };
 }
 
 async function decodeSplit(req, emb, imageCache) {
@@ -163,6 +164,7 @@ async function decodeSplit(req, emb, imageCache) {
   const t0 = performance.now();
   // A fed-back mask changes the cached projections: recompute them for this click only.
   const cache = req.maskInput ? await runCache(emb, req.maskInput) : imageCache;
+  const cacheMs = cache === imageCache ? 0 : performance.now() - t0;
   const out = await exclusive(() => lowresSession.run({
     src: cache.src, k1: cache.k1, v1: cache.v1, q1: cache.q1,
     point_coords: new ort.Tensor("float32", req.coords, [1, k, 2]),
@@ -171,11 +173,11 @@ async function decodeSplit(req, emb, imageCache) {
   const t1 = performance.now();
   if (cache !== imageCache) for (const t of Object.values(cache)) t.dispose?.();
   const [, m, lh, lw] = out.low_res_masks.dims;
-  const lowres = Float32Array.from(out.low_res_masks.data);
-  const ious = Float32Array.from(out.iou_predictions.data);
+  const lowres = new Float32Array(out.low_res_masks.data); // a copy: the result transfers its buffer
+  const ious = new Float32Array(out.iou_predictions.data);
   for (const t of Object.values(out)) t.dispose?.();
   const masks = upscaleMasks(lowres, m, lh, lw, imageSize, req.outH, req.outW, threshold);
-  return { masks, ious, lowres, lowShape: [lh, lw], ms: t1 - t0, upscaleMs: performance.now() - t1 };
+  return { masks, ious, lowres, lowShape: [lh, lw], ms: t1 - t0, cacheMs, upscaleMs: performance.now() - t1 };
 }
 
 async function decode(req) {

@@ -43,7 +43,7 @@ export class WorkerDecoder {
     } else if (msg.type === "result" || msg.type === "dropped") {
       // Per decode: graph time and (split decoder) upscaling time in the worker, for benchmarks.
       if (msg.type === "result") {
-        this.timings.push({ ms: msg.ms, upscaleMs: msg.upscaleMs, final: msg.final });
+        this.timings.push({ ms: msg.ms, cacheMs: msg.cacheMs, upscaleMs: msg.upscaleMs, final: msg.final });
         if (this.timings.length > 1000) this.timings.shift();
       }
       const w = this.waiting.get(msg.seq);

@@ -124,37 +124,68 @@ function cachedTaps(nLow, square, valid, nOut) {
  * (segany.ops.postprocess.upscale_masks): bilinear to the `imageSize` square, crop the padding (the
  * resized image's size, from outH x outW as the official graph computes it), bilinear to outH x outW,
  * logits > threshold. `low`: Float32Array (m, lh, lw). Returns Uint8Array (m, outH, outW) of 0/1.
- * Both resizes are linear and separable: columns first (on the small input), then rows.
+ *
+ * Each output logit is a weighted mean (weights >= 0, summing to 1) of a small window of low-resolution
+ * logits, so where the whole window lies on one side of the threshold the pixel is decided without
+ * computing it; only pixels near a mask edge are interpolated (the composed per-axis weights).
  */
 export function upscaleMasks(low, m, lh, lw, imageSize, outH, outW, threshold) {
   const [vh, vw] = preprocessShape(outH, outW, imageSize);
   const cols = cachedTaps(lw, imageSize, vw, outW);
   const rows = cachedTaps(lh, imageSize, vh, outH);
-  const table = new Float32Array(m * lh * outW); // (m * lh, outW): every low row resized along x
   const ct = cols.taps, cs = cols.start, cw = cols.weights;
-  for (let r = 0; r < m * lh; r++) {
-    const src = r * lw, dst = r * outW;
-    for (let x = 0; x < outW; x++) {
-      const b = src + cs[x], o = x * ct;
-      let v = 0;
-      for (let t = 0; t < ct; t++) v += cw[o + t] * low[b + t];
-      table[dst + x] = v;
+  const rt = rows.taps, rs = rows.start, rw = rows.weights;
+  // side[(c, r, x)] for the window of rt x ct logits starting at (r, x): 1 all above, 0 all at or
+  // below the threshold, 2 mixed. Separable: along x first, then along y.
+  const n = lh * lw;
+  const rowSide = new Uint8Array(m * n);
+  for (let i = 0; i < m * lh; i++) {
+    const b = i * lw;
+    for (let x = 0; x + ct <= lw; x++) {
+      let above = 0;
+      for (let t = 0; t < ct; t++) above += low[b + x + t] > threshold ? 1 : 0;
+      rowSide[b + x] = above === ct ? 1 : above === 0 ? 0 : 2;
     }
   }
+  const side = new Uint8Array(m * n);
+  for (let c = 0; c < m; c++) {
+    for (let r = 0; r + rt <= lh; r++) {
+      const b = c * n + r * lw;
+      for (let x = 0; x + ct <= lw; x++) {
+        let v = rowSide[b + x];
+        for (let t = 1; t < rt && v !== 2; t++) if (rowSide[b + t * lw + x] !== v) v = 2;
+        side[b + x] = v;
+      }
+    }
+  }
+  // Runs of output columns that read the same window: one decision per run.
+  const starts = [];
+  for (let x = 0; x < outW; x++) if (x === 0 || cs[x] !== cs[x - 1]) starts.push(x);
+  starts.push(outW);
+  const runs = Int32Array.from(starts);
   const out = new Uint8Array(m * outH * outW);
-  const rt = rows.taps, rs = rows.start, rw = rows.weights;
-  const line = new Float32Array(outW);
   for (let c = 0; c < m; c++) {
     for (let y = 0; y < outH; y++) {
-      line.fill(0);
-      for (let t = 0; t < rt; t++) {
-        const w = rw[y * rt + t];
-        if (w === 0) continue;
-        const b = (c * lh + rs[y] + t) * outW;
-        for (let x = 0; x < outW; x++) line[x] += w * table[b + x];
-      }
+      const sb = c * n + rs[y] * lw;
       const o = (c * outH + y) * outW;
-      for (let x = 0; x < outW; x++) out[o + x] = line[x] > threshold ? 1 : 0;
+      for (let k = 0; k + 1 < runs.length; k++) {
+        const x0 = runs[k], x1 = runs[k + 1];
+        const v = side[sb + cs[x0]];
+        if (v === 1) for (let x = x0; x < x1; x++) out[o + x] = 1;
+        if (v !== 2) continue; // 0: already zero
+        for (let x = x0; x < x1; x++) {
+          let sum = 0;
+          for (let t = 0; t < rt; t++) {
+            const w = rw[y * rt + t];
+            if (w === 0) continue;
+            const lb = sb + t * lw + cs[x];
+            let line = 0;
+            for (let u = 0; u < ct; u++) line += cw[x * ct + u] * low[lb + u];
+            sum += w * line;
+          }
+          out[o + x] = sum > threshold ? 1 : 0;
+        }
+      }
     }
   }
   return out;
