@@ -246,8 +246,8 @@ def make_app(state: StubState) -> Any:
         data = state.decoder if name == "decoder.onnx" else state.split.get(name)
         if data is None:
             raise HTTPException(404, "no such model file")
-        return Response(data, media_type="application/octet-stream",
-                        headers={"ETag": f'"{name}-{state.model_id}"', "Cache-Control": "private, max-age=31536000, immutable"})
+        headers = {"ETag": f'"{name}-{state.model_id}"', "Cache-Control": "private, max-age=31536000, immutable"}
+        return Response(data, media_type="application/octet-stream", headers=headers)
 
     @app.get("/api/projects")
     def projects() -> list[dict[str, Any]]:

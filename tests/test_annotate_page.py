@@ -51,6 +51,7 @@ from annotate_stub import (
     decode_rle,
     make_app,
     ort_decode,
+    split_files,
 )
 
 if chromium_path() is None:
@@ -68,8 +69,9 @@ def exported(tmp_path_factory):
 
     model = random_tiny(seed=11)
     folder = tmp_path_factory.mktemp("annotate_onnx")
-    result = export_onnx(model, folder, encoder=False, check=False)
-    assert {"image_cache", "decoder_lowres"} <= set(result.files)
+    # int8 as `segany annotate --decoder-precision int8` writes it (unsigned weights).
+    result = export_onnx(model, folder, encoder=False, check=False, quantize="int8", int8_weights="u8")
+    assert {"image_cache", "decoder_lowres", "image_cache.int8", "decoder_lowres.int8"} <= set(result.files)
     return model, result.files["decoder"]
 
 
@@ -240,7 +242,8 @@ def test_worker_upscaling_equals_segany_postprocess(page, stub, image_size, low,
                  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
                  const low = new Float32Array(bytes.buffer);
                  const m = upscaleMasks(low, 3, lh, lh, imageSize, h, w, thr);
-                 let s = ""; for (let i = 0; i < m.length; i += 0x8000) s += String.fromCharCode(...m.subarray(i, i + 0x8000));
+                 let s = "";
+                 for (let i = 0; i < m.length; i += 0x8000) s += String.fromCharCode(...m.subarray(i, i + 0x8000));
                  return btoa(s);
                }""",
             [data, low, image_size, out_h, out_w, threshold],
@@ -453,6 +456,33 @@ def test_category_named_like_html_renders_as_text(page, stub):
     open_page(page, url, TALL)
     assert page.locator("#objects li .category-name").inner_text() == evil
     assert page.dialogs == []
+
+
+def test_int8_split_decoder_equals_python_int8_predictor(page, stub, exported):
+    """The int8 split decoder (a server option) in the page against segany's Python predictor on the
+    same int8 graphs; the tolerance is the float32 one's (integer products are exact on both sides)."""
+    st, url = stub
+    folder = exported[1].parent
+    float_split = st.split
+    try:
+        st.split, st.split_precision = split_files(folder, "int8"), "int8"
+        open_page(page, url, WIDE)
+        info = page.evaluate("window.__segany.decoderInfo")
+        assert info["decoder"] == "split" and info["precision"] == "int8"
+        assert ("GET", "/api/model/decoder_lowres.int8.onnx") in st.requests
+        click(page, 0.43 * 1500, 0.57 * 1001)
+        click(page, 0.55 * 1500, 0.45 * 1001)  # a second point: the fed-back mask re-runs image_cache
+        s = state(page)
+        assert s["fed"]
+        reference = SplitReference(folder, "int8")
+        prev = page.evaluate(
+            "(() => { const f = window.__segany.S.cur.feed; return f ? Array.from(f) : null; })()")
+        masks, ious, _ = python_masks(st, reference, WIDE, s, mask_input=np.array(prev, np.float32))
+        np.testing.assert_allclose(s["ious"], ious, atol=1e-3)
+        assert 0.002 < (masks[s["cand"]] > 0).mean() < 0.998
+        assert_same_mask(display_mask(page), masks[s["cand"]])
+    finally:
+        st.split, st.split_precision = float_split, "fp32"
 
 
 def test_official_decoder_when_the_split_one_is_missing(page, stub, ort_session):

@@ -73,7 +73,8 @@ class ModelService:
         from segany.inference.predictor import SamPredictor
 
         if decoder_precision not in DECODER_PRECISIONS:
-            raise ValueError(f"decoder precision must be one of {', '.join(DECODER_PRECISIONS)}, not {decoder_precision!r}")
+            choices = ", ".join(DECODER_PRECISIONS)
+            raise ValueError(f"decoder precision must be one of {choices}, not {decoder_precision!r}")
         self.decoder_precision = decoder_precision
         self.model = model.eval()
         self.name = name
