@@ -109,6 +109,17 @@ export function axisTaps(nLow, square, valid, nOut) {
   return { start, weights, taps };
 }
 
+const scratches = new Map();
+/** A typed array of at least `size` elements kept for reuse (contents left from the previous use). */
+function scratch(name, Type, size) {
+  let a = scratches.get(name);
+  if (!a || a.length < size) {
+    a = new Type(size);
+    scratches.set(name, a);
+  }
+  return a.length === size ? a : a.subarray(0, size);
+}
+
 const tapCache = new Map();
 function cachedTaps(nLow, square, valid, nOut) {
   const key = `${nLow},${square},${valid},${nOut}`;
@@ -125,9 +136,11 @@ function cachedTaps(nLow, square, valid, nOut) {
  * resized image's size, from outH x outW as the official graph computes it), bilinear to outH x outW,
  * logits > threshold. `low`: Float32Array (m, lh, lw). Returns Uint8Array (m, outH, outW) of 0/1.
  *
- * Each output logit is a weighted mean (weights >= 0, summing to 1) of a small window of low-resolution
- * logits, so where the whole window lies on one side of the threshold the pixel is decided without
- * computing it; only pixels near a mask edge are interpolated (the composed per-axis weights).
+ * Both resizes are linear and act on rows and columns separately: each output logit is a weighted
+ * mean (weights >= 0, summing to 1) of a small window of low-resolution logits. Where the whole window
+ * lies on one side of the threshold the pixel is decided without computing it; elsewhere (near mask
+ * edges) the logit is interpolated separably: low-resolution rows resized along x (each computed once,
+ * when first needed), then combined along y.
  */
 export function upscaleMasks(low, m, lh, lw, imageSize, outH, outW, threshold) {
   const [vh, vw] = preprocessShape(outH, outW, imageSize);
@@ -163,26 +176,44 @@ export function upscaleMasks(low, m, lh, lw, imageSize, outH, outW, threshold) {
   for (let x = 0; x < outW; x++) if (x === 0 || cs[x] !== cs[x - 1]) starts.push(x);
   starts.push(outW);
   const runs = Int32Array.from(starts);
+  // Low rows resized along x, filled on demand (scratch reused from call to call: no 4 MB of fresh,
+  // zeroed memory per click).
+  const table = scratch("table", Float32Array, m * lh * outW);
+  const ready = scratch("ready", Uint8Array, m * lh).fill(0);
+  const base = new Int32Array(rt);
+  const wts = new Float32Array(rt);
   const out = new Uint8Array(m * outH * outW);
   for (let c = 0; c < m; c++) {
     for (let y = 0; y < outH; y++) {
       const sb = c * n + rs[y] * lw;
       const o = (c * outH + y) * outW;
+      let nt = -1;
       for (let k = 0; k + 1 < runs.length; k++) {
         const x0 = runs[k], x1 = runs[k + 1];
         const v = side[sb + cs[x0]];
         if (v === 1) for (let x = x0; x < x1; x++) out[o + x] = 1;
         if (v !== 2) continue; // 0: already zero
-        for (let x = x0; x < x1; x++) {
-          let sum = 0;
+        if (nt < 0) { // the rows with a non-zero weight for this output row, resized along x
+          nt = 0;
           for (let t = 0; t < rt; t++) {
             const w = rw[y * rt + t];
             if (w === 0) continue;
-            const lb = sb + t * lw + cs[x];
-            let line = 0;
-            for (let u = 0; u < ct; u++) line += cw[x * ct + u] * low[lb + u];
-            sum += w * line;
+            const i = c * lh + rs[y] + t;
+            wts[nt] = w;
+            base[nt++] = i * outW;
+            if (ready[i]) continue;
+            ready[i] = 1;
+            const src = i * lw;
+            for (let x = 0; x < outW; x++) {
+              let sum = 0;
+              for (let u = 0; u < ct; u++) sum += cw[x * ct + u] * low[src + cs[x] + u];
+              table[i * outW + x] = sum;
+            }
           }
+        }
+        for (let x = x0; x < x1; x++) {
+          let sum = 0;
+          for (let t = 0; t < nt; t++) sum += wts[t] * table[base[t] + x];
           out[o + x] = sum > threshold ? 1 : 0;
         }
       }
