@@ -53,6 +53,9 @@ def test_split_decoder_files_are_served_with_the_model_identity(make_sqlite_clie
         r = c.get(f"/api/model/{name}")
         assert r.status_code == 404 and "decoder.onnx" in r.json()["detail"], name
     assert c.get("/api/model/..%2Fsegany_onnx.json").status_code == 404
+    # A page that still holds another model's URLs is told so (as for embeddings).
+    r = c.get(f"/api/model/decoder_lowres{suffix}?model=0123456789abcdef")
+    assert r.status_code == 409 and "0123456789abcdef" in r.json()["detail"]
 
 
 def test_an_older_cache_without_the_split_files_is_exported_again(make_sqlite_client) -> None:

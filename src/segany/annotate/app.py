@@ -173,8 +173,9 @@ def create_app(settings: Settings | Server) -> FastAPI:
         return {**srv.service.info(), "embeddings": srv.worker.progress()}
 
     @app.get("/api/model/{name}")
-    def model_file(name: str, request: Request, _who: Who) -> Response:
+    def model_file(name: str, request: Request, _who: Who, model: str | None = None) -> Response:
         # decoder.onnx (official-compatible) and the split decoder's two graphs (see ModelService).
+        _check_model(srv, model)
         if name not in srv.service.served_files():
             raise not_found(f"model file {name!r} (this server offers {', '.join(srv.service.served_files())})")
         etag = f'"{name.removesuffix(".onnx")}-{srv.service.id}"'
