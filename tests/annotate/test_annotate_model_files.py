@@ -76,3 +76,20 @@ def test_bad_decoder_precision_is_refused(make_sqlite_client, tiny_model, tmp_pa
         ModelService(tiny_model, tmp_path / "cache", decoder_precision="fp16")  # type: ignore[arg-type]
     with pytest.raises(ApiError, match="decoder precision"):
         Server(Settings(root=tmp_path, model=tiny_model, background=False, decoder_precision="int4"))
+
+
+def test_cli_decoder_precision(tmp_path, monkeypatch, capsys) -> None:
+    from annotate_helpers import write_images
+
+    import segany.annotate.server as server_module
+    from segany.cli.main import main
+
+    write_images(tmp_path / "im", [(8, 8)])
+    seen = []
+    monkeypatch.setattr(server_module, "serve", lambda settings, host, port: seen.append(settings))
+    assert main(["annotate", str(tmp_path / "im"), "--decoder-precision", "int8"]) == 0
+    assert main(["annotate", str(tmp_path / "im")]) == 0
+    assert [s.decoder_precision for s in seen] == ["int8", "fp32"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["annotate", str(tmp_path / "im"), "--decoder-precision", "fp16"])
+    assert exit_info.value.code == 2 and "fp16" in capsys.readouterr().err
