@@ -164,8 +164,8 @@ class ModelService:
             if not path.is_file():
                 from segany.export import export_onnx
 
-                # Unsigned int8 weights: exact on every runtime, the browser's WebAssembly one included
-                # (see segany.export.quantize).
+                # Unsigned int8 weights: the graphs run in browsers, not on this CPU, and uint8 x uint8
+                # products have no 16-bit saturation on any runtime (see segany.export.quantize).
                 int8 = self.decoder_precision == "int8"
                 export_onnx(self.model, out, encoder=False, quantize="int8" if int8 else None,
                             int8_weights="u8")
