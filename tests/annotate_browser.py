@@ -128,6 +128,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+def assert_same_mask(got, logits, near=1e-3):
+    """``got`` (bool) equals ``logits > 0`` except where the reference logit is within ``near`` of the
+    threshold (see test_annotate_page.py's docstring), and the mask is not trivial."""
+    want = logits > 0
+    assert got.shape == want.shape
+    differ = got != want
+    assert not differ.any() or float(np.abs(logits[differ]).max()) < near, (
+        f"{int(differ.sum())} pixels differ, up to logit {float(np.abs(logits[differ]).max()):.2e} from the threshold")
+    assert iou(got, want) >= 0.99
+
+
 _shared: dict[str, Any] = {}
 
 

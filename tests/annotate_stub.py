@@ -1,10 +1,12 @@
 """A small stand-in for the `segany annotate` server, for the page's browser tests and benchmark.
 
 It serves `src/segany/annotate/static/` and the endpoints of the annotation API contract
-(ANNOTATE-API.md) that the page uses, with the same security headers, from memory. The decoder is a
-real `decoder.onnx` written by segany's exporter; embeddings come from a real (random) segany model,
-and `/predict` runs the decoder with Python onnxruntime: :func:`ort_decode` is also the reference the
-browser tests compare the page with.
+(ANNOTATE-API.md) that the page uses, with the same security headers, from memory. The decoders are
+real graphs written by segany's exporter: the split decoder the page prefers (`image_cache.onnx`,
+`decoder_lowres.onnx`) and the official-compatible `decoder.onnx` it falls back to; embeddings come
+from a real (random) segany model. `/predict` runs `decoder.onnx` with Python onnxruntime. The
+references the browser tests compare the page with: :class:`SplitReference` (segany's Python
+onnxruntime predictor on the same split graphs) and :func:`ort_decode` (the official graph).
 """
 
 from __future__ import annotations
@@ -80,6 +82,51 @@ def ort_decode(
     return masks[0], ious[0], low_res[0]
 
 
+class SplitReference:
+    """segany's Python onnxruntime predictor (:class:`~segany.inference.onnx_backend.OnnxPredictor`, one
+    thread) on the split graphs of an export folder, with segany's post-processing
+    (:func:`~segany.ops.postprocess.upscale_logits`) to any output size: what the page's split decoder
+    must reproduce. :meth:`decode` answers like :func:`ort_decode`: all mask tokens, token 0 first."""
+
+    def __init__(self, folder: Path, precision: str = "fp32") -> None:
+        from segany.inference.onnx_backend import OnnxPredictor
+
+        self.predictor = OnnxPredictor(folder, precision=precision, num_threads=1)  # type: ignore[arg-type]
+
+    def decode(
+        self,
+        embedding: np.ndarray,
+        original_size: tuple[int, int],
+        points: list[list[float]],
+        labels: list[int],
+        box: list[float] | None = None,
+        mask_input: np.ndarray | None = None,
+        out_size: tuple[int, int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``logits (M, h, w)`` at ``out_size`` (default: the original size), ``ious (M,)``, ``low_res (M, 4g, 4g)``."""
+        import torch
+
+        from segany.ops.postprocess import upscale_logits
+
+        p = self.predictor
+        p.set_image_embedding(torch.from_numpy(np.ascontiguousarray(embedding, dtype=np.float32)), original_size)
+        low = 4 * embedding.shape[-1]
+        prompts = {
+            "point_coords": np.array(points, dtype=float).reshape(-1, 2) if points else None,
+            "point_labels": np.array(labels, dtype=float) if points else None,
+            "box": None if box is None else np.array(box, dtype=float),
+            "mask_input": None if mask_input is None else np.asarray(mask_input, np.float32).reshape(1, low, low),
+        }
+        # Token 0 (single mask), then tokens 1..3 (multimask): the order of the graphs' outputs.
+        _, iou0, low0 = p.predict(**prompts, multimask_output=False)
+        _, iou3, low3 = p.predict(**prompts, multimask_output=True)
+        lows = np.concatenate([low0, low3])
+        size = p.model.image_size
+        input_size = p.transform.get_preprocess_shape(original_size[0], original_size[1])
+        logits = upscale_logits(torch.from_numpy(lows)[None], input_size, out_size or original_size, size)[0]
+        return logits.numpy(), np.concatenate([iou0, iou3]), lows
+
+
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
@@ -114,6 +161,8 @@ class StubState:
     blocked: set[str] = field(default_factory=set)
     isolate: bool = True
     next_object: int = 1
+    split: dict[str, bytes] = field(default_factory=dict)  # split decoder files by name; empty: none offered
+    split_precision: str = "fp32"
 
     def reset(self) -> None:
         self.objects.clear()
@@ -182,13 +231,23 @@ def make_app(state: StubState) -> Any:
     @app.get("/api/model")
     def model() -> dict[str, Any]:
         emb = state.images[0].embedding
-        return {"id": state.model_id, "name": "stub", "image_size": state.image_size, "mask_threshold": 0.0,
-                "embedding_shape": list(emb.shape), "decoder_url": "/api/model/decoder.onnx"}
+        info = {"id": state.model_id, "name": "stub", "image_size": state.image_size, "mask_threshold": 0.0,
+                "embedding_shape": list(emb.shape), "decoder_url": f"/api/model/decoder.onnx?model={state.model_id}"}
+        if state.split:
+            cache = next(n for n in state.split if n.startswith("image_cache"))
+            lowres = next(n for n in state.split if n.startswith("decoder_lowres"))
+            info["decoder_split"] = {"image_cache_url": f"/api/model/{cache}?model={state.model_id}",
+                                     "decoder_lowres_url": f"/api/model/{lowres}?model={state.model_id}",
+                                     "precision": state.split_precision}
+        return info
 
-    @app.get("/api/model/decoder.onnx")
-    def decoder() -> Response:
-        return Response(state.decoder, media_type="application/octet-stream",
-                        headers={"ETag": f'"{state.model_id}"', "Cache-Control": "public, max-age=31536000, immutable"})
+    @app.get("/api/model/{name}")
+    def model_file(name: str) -> Response:
+        data = state.decoder if name == "decoder.onnx" else state.split.get(name)
+        if data is None:
+            raise HTTPException(404, "no such model file")
+        headers = {"ETag": f'"{name}-{state.model_id}"', "Cache-Control": "private, max-age=31536000, immutable"}
+        return Response(data, media_type="application/octet-stream", headers=headers)
 
     @app.get("/api/projects")
     def projects() -> list[dict[str, Any]]:
@@ -351,10 +410,17 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def split_files(folder: Path, precision: str = "fp32") -> dict[str, bytes]:
+    """The split decoder's two files of an export folder, by name (``precision``: ``fp32`` or ``int8``)."""
+    suffix = ".int8.onnx" if precision == "int8" else ".onnx"
+    return {f"{n}{suffix}": (folder / f"{n}{suffix}").read_bytes() for n in ("image_cache", "decoder_lowres")}
+
+
 def build_state(
     model: Any, decoder_path: Path, photos: list[np.ndarray], model_id: str = "stubmodel0000001"
 ) -> StubState:
-    """Images (RGB uint8 arrays) with their embeddings from ``model`` (segany's predictor)."""
+    """Images (RGB uint8 arrays) with their embeddings from ``model`` (segany's predictor); the decoders
+    of the export folder that holds ``decoder_path`` (the split one offered as well when it is there)."""
     from segany.inference.predictor import SamPredictor
 
     predictor = SamPredictor(model)
@@ -363,8 +429,11 @@ def build_state(
         predictor.set_image(photo)
         emb = predictor.get_image_embedding().detach().cpu().numpy().astype(np.float32)
         images.append(StubImage(i, png_bytes(photo), photo.shape[1], photo.shape[0], emb))
+    folder = decoder_path.parent
+    split = split_files(folder) if (folder / "decoder_lowres.onnx").is_file() else {}
     return StubState(
-        model_id=model_id, image_size=model.image_encoder.img_size, decoder=decoder_path.read_bytes(), images=images
+        model_id=model_id, image_size=model.image_encoder.img_size, decoder=decoder_path.read_bytes(), images=images,
+        split=split,
     )
 
 

@@ -14,6 +14,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("sqlalchemy")
 
 from annotate_browser import (
+    assert_same_mask,
     block_external,
     canvas_alpha,
     chromium_path,
@@ -24,14 +25,14 @@ from annotate_browser import (
     shared_browser,
     state,
 )
-from annotate_stub import ServerThread, decode_rle, ort_decode
+from annotate_stub import ServerThread, SplitReference, decode_rle, ort_decode
 
 if chromium_path() is None:
     pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, test_images):
+def server_app(tmp_path_factory, test_images):
     from PIL import Image
     from sam_testing import random_tiny
 
@@ -46,8 +47,13 @@ def server(tmp_path_factory, test_images):
     app = create_app(Settings(root=root, model=random_tiny(seed=11), background=False, export_decoder=False))
     with ServerThread(app) as srv:
         app.state.server.start()
-        yield srv.url
+        yield srv.url, app
         app.state.server.close()
+
+
+@pytest.fixture(scope="module")
+def server(server_app):
+    return server_app[0]
 
 
 @pytest.fixture(scope="session")
@@ -76,24 +82,36 @@ def images(page):
     return api(page, f"/api/projects/{pid}/images").json()
 
 
-def test_click_accept_reload_against_the_real_server(page, server):
+def test_click_accept_reload_against_the_real_server(page, server_app):
     import onnxruntime as ort
 
+    server, app = server_app
+    models = []
+    page.on("request", lambda r: models.append(r.url.split("/api/model/")[1]) if "/api/model/" in r.url else None)
     page.goto(server)
     tall = next(im for im in images(page) if im["width"] < im["height"])
     open_page(page, server, tall["id"])
+    info = page.evaluate("window.__segany.decoderInfo")
+    model_id = api(page, "/api/model").json()["id"]
+    assert info["decoder"] == "split", info["splitError"]
+    # The model's files are named by the model in their URL (they are cached as immutable).
+    assert set(models) == {f"decoder_lowres.onnx?model={model_id}", f"image_cache.onnx?model={model_id}"}
     requests = []
     page.on("request", lambda r: requests.append(r.url))
     click(page, 150, 300)
     assert requests == []
     s = state(page)
-    # Python onnxruntime on the server's own decoder graph and embedding.
-    session = ort.InferenceSession(api(page, "/api/model/decoder.onnx").body(), providers=["CPUExecutionProvider"])
+    # segany's Python onnxruntime predictor on the server's own split graphs and embedding.
     embedding = np.load(io.BytesIO(api(page, f"/api/images/{tall['id']}/embedding.npy").body()))
-    size = api(page, "/api/model").json()["image_size"]
-    masks, _, _ = ort_decode(session, embedding, size, (tall["height"], tall["width"]), s["points"], s["labels"])
+    reference = SplitReference(app.state.server.service.model_file("decoder_lowres.onnx").parent)
+    masks, _, _ = reference.decode(embedding, (tall["height"], tall["width"]), s["points"], s["labels"])
+    assert_same_mask(display_mask(page), masks[s["cand"]])
     want = masks[s["cand"]] > 0
-    assert iou(display_mask(page), want) >= 0.99
+    # The official-compatible graph the server also offers gives the same mask.
+    session = ort.InferenceSession(api(page, "/api/model/decoder.onnx").body(), providers=["CPUExecutionProvider"])
+    size = api(page, "/api/model").json()["image_size"]
+    official, _, _ = ort_decode(session, embedding, size, (tall["height"], tall["width"]), s["points"], s["labels"])
+    assert iou(official[s["cand"]] > 0, want) >= 0.99
     page.fill("#category", "<b>bear</b>")
     page.locator("#stage").focus()
     page.keyboard.press("Enter")

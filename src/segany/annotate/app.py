@@ -179,12 +179,16 @@ def create_app(settings: Settings | Server) -> FastAPI:
     def model_info(_who: Who) -> dict[str, Any]:
         return {**srv.service.info(), "embeddings": srv.worker.progress()}
 
-    @app.get("/api/model/decoder.onnx")
-    def decoder(request: Request, _who: Who) -> Response:
-        etag = f'"decoder-{srv.service.id}"'
+    @app.get("/api/model/{name}")
+    def model_file(name: str, request: Request, _who: Who, model: str | None = None) -> Response:
+        # decoder.onnx (official-compatible) and the split decoder's two graphs (see ModelService).
+        _check_model(srv, model)
+        if name not in srv.service.served_files():
+            raise not_found(f"model file {name!r} (this server offers {', '.join(srv.service.served_files())})")
+        etag = f'"{name.removesuffix(".onnx")}-{srv.service.id}"'
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag})
-        path = srv.service.decoder_path()
+        path = srv.service.model_file(name)
         return FileResponse(
             path, media_type="application/octet-stream",
             headers={"ETag": etag, "Cache-Control": IMMUTABLE, "X-Segany-Model": srv.service.id},

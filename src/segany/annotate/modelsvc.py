@@ -1,5 +1,10 @@
-"""The project's model on the server: its identity, the image-embedding cache, the decoder ONNX file
+"""The project's model on the server: its identity, the image-embedding cache, the decoder ONNX files
 and server-side decoding.
+
+The page decodes in the browser with segany's split decoder (``image_cache.onnx`` once per image,
+``decoder_lowres.onnx`` per click; float32, or their int8 versions with ``decoder_precision="int8"``)
+and falls back to the official-compatible ``decoder.onnx``; all are written by one export per model
+under ``<cache>/onnx/<model id>/``.
 
 Embeddings are cached on disk as ``.npy`` files (float32, ``(1, C, g, g)``) under
 ``<cache>/embeddings/<model id>/<image sha256>.npy``: keyed by content and model, so a renamed image
@@ -13,7 +18,7 @@ import hashlib
 import io
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -51,6 +56,10 @@ def load_npy(data: bytes, what: str, max_bytes: int = 64 << 20) -> np.ndarray:
         raise ValueError(f"{what}: not a .npy array ({type(exc).__name__})") from None
 
 
+DecoderPrecision = Literal["fp32", "int8"]
+DECODER_PRECISIONS = ("fp32", "int8")
+
+
 class ModelService:
     """Encoder, embedding cache, decoder export and server-side predict for one model.
 
@@ -58,9 +67,15 @@ class ModelService:
     time), one decodes prompts, so that a long encode never blocks a click.
     """
 
-    def __init__(self, model: Sam, cache_dir: Path, name: str = "segany") -> None:
+    def __init__(
+        self, model: Sam, cache_dir: Path, name: str = "segany", decoder_precision: DecoderPrecision = "fp32"
+    ) -> None:
         from segany.inference.predictor import SamPredictor
 
+        if decoder_precision not in DECODER_PRECISIONS:
+            choices = ", ".join(DECODER_PRECISIONS)
+            raise ValueError(f"decoder precision must be one of {choices}, not {decoder_precision!r}")
+        self.decoder_precision = decoder_precision
         self.model = model.eval()
         self.name = name
         self.id = model_id(model)
@@ -85,8 +100,18 @@ class ModelService:
             "mask_threshold": float(self.model.mask_threshold),
             "embedding_shape": self.embedding_shape,
             "mask_input_shape": [1, 1, self.mask_input_size, self.mask_input_size],
-            "decoder_url": "/api/model/decoder.onnx",
+            "decoder_url": self.model_url("decoder.onnx"),
+            "decoder_split": {
+                "image_cache_url": self.model_url(self.split_files()[0]),
+                "decoder_lowres_url": self.model_url(self.split_files()[1]),
+                "precision": self.decoder_precision,
+            },
         }
+
+    def model_url(self, name: str) -> str:
+        """URL of a served model file. The query names the model, so that a browser's cached copy
+        (served as immutable) is never taken for another model's file."""
+        return f"/api/model/{name}?model={self.id}"
 
     # -- embeddings ----------------------------------------------------------------------------
 
@@ -116,18 +141,41 @@ class ModelService:
 
     # -- decoder ONNX --------------------------------------------------------------------------
 
-    def decoder_path(self) -> Path:
-        """segany's official-compatible decoder graph for this model (exported once, then cached)."""
+    def split_files(self) -> tuple[str, str]:
+        """File names of the split decoder the page runs: ``(image cache, low-res decoder)``."""
+        suffix = ".int8.onnx" if self.decoder_precision == "int8" else ".onnx"
+        return f"image_cache{suffix}", f"decoder_lowres{suffix}"
+
+    def served_files(self) -> tuple[str, ...]:
+        """Every model file a page may fetch: the official-compatible decoder and the split one."""
+        return ("decoder.onnx", *self.split_files())
+
+    def model_file(self, name: str) -> Path:
+        """One of :meth:`served_files` for this model. The first request exports all of them at once
+        (segany's exporter, decoder graphs only), later ones read the cache; a cache folder written
+        without this file (an older version, or another precision) is exported again."""
+        if name not in self.served_files():
+            raise FileNotFoundError(name)
         out = self.cache_dir / "onnx" / self.id
-        path = out / "decoder.onnx"
+        path = out / name
         if path.is_file():
             return path
         with self._export_lock:
             if not path.is_file():
                 from segany.export import export_onnx
 
-                export_onnx(self.model, out, encoder=False)
+                # Unsigned int8 weights: the graphs run in browsers, not on this CPU, and uint8 x uint8
+                # products have no 16-bit saturation on any runtime (see segany.export.quantize).
+                int8 = self.decoder_precision == "int8"
+                export_onnx(self.model, out, encoder=False, quantize="int8" if int8 else None,
+                            int8_weights="u8")
+        if not path.is_file():
+            raise FileNotFoundError(name)
         return path
+
+    def decoder_path(self) -> Path:
+        """segany's official-compatible decoder graph for this model (exported once, then cached)."""
+        return self.model_file("decoder.onnx")
 
     # -- server-side predict -------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from segany.annotate import store
 from segany.annotate.db import Database, open_database, sqlite_url
 from segany.annotate.errors import ApiError
 from segany.annotate.images import DATA_DIR
-from segany.annotate.modelsvc import ModelService
+from segany.annotate.modelsvc import DECODER_PRECISIONS, ModelService
 from segany.annotate.worker import EmbeddingWorker
 
 log = logging.getLogger("segany.annotate")
@@ -53,6 +53,7 @@ class Settings:
     lock_minutes: float = 15.0
     background: bool = True  # encode embeddings in a background thread
     export_decoder: bool = True  # ... and export the decoder ONNX there once they are done
+    decoder_precision: str = "fp32"  # the split decoder the page runs: "fp32" or "int8" (see ModelService)
     prefetch: int = 3
     allowed_origins: tuple[str, ...] = ()
     data_dir: Path | None = None
@@ -66,6 +67,9 @@ class Server:
         root = Path(settings.root)
         if not root.is_dir():
             raise ApiError(400, f"{root}: not a folder")
+        if settings.decoder_precision not in DECODER_PRECISIONS:
+            raise ApiError(400, f"decoder precision must be one of {', '.join(DECODER_PRECISIONS)}, "
+                                f"not {settings.decoder_precision!r}")
         self.settings = settings
         self.root = root.resolve()
         self.data_dir = (settings.data_dir or self.root / DATA_DIR).resolve()
@@ -81,7 +85,7 @@ class Server:
             from segany.build import load_model
 
             model = load_model(settings.checkpoint)
-        self.service = ModelService(model, self.data_dir, settings.model_name)
+        self.service = ModelService(model, self.data_dir, settings.model_name, settings.decoder_precision)  # type: ignore[arg-type]
         self.worker = EmbeddingWorker(
             self.db, self.service, self.root, settings.export_decoder,
             rescan=lambda: store.sync_folder(self.db, self.project_id, self.root, settings.max_pixels),

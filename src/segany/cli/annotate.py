@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--lock-minutes", type=float, default=15.0, help="how long 'next' holds an image")
     server.add_argument("--lazy-decoder", action="store_true",
                         help="export the decoder ONNX when a page first asks for it, not in the background at start")
+    server.add_argument("--decoder-precision", choices=("fp32", "int8"), default="fp32",
+                        help="the split decoder the page runs per click: fp32 (default) or int8 (dynamically "
+                             "quantised: smaller, masks slightly different; see benchmarks/RESULTS.md)")
     out = parser.add_argument_group("export")
     out.add_argument("-o", "--output", metavar="PATH", help="export: COCO file, or folder for --format sa1b")
     out.add_argument("--format", choices=("coco", "sa1b"), default="coco")
@@ -120,6 +123,7 @@ def _serve(args: argparse.Namespace, words: list[str]) -> int:
         model_name=Path(args.checkpoint).name if args.checkpoint else "segany default",
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), lock_minutes=args.lock_minutes,
         allowed_origins=tuple(args.allow_origin), export_decoder=not args.lazy_decoder,
+        decoder_precision=args.decoder_precision,
     )
     if args.auth:
         _first_admin(settings)

@@ -786,7 +786,7 @@ function startDecoder() {
     S.decoderReady = Promise.resolve(fallback(err.message));
     return;
   }
-  S.decoderReady = worker.init(S.model.decoder_url, threads, S.model.mask_threshold ?? 0.0).then(
+  S.decoderReady = worker.init(S.model, threads, S.model.mask_threshold ?? 0.0).then(
     (info) => {
       S.decoder = worker;
       $("decoder-status").textContent = `decoder: in browser, ${info.threads} thread${info.threads > 1 ? "s" : ""}`;

@@ -10,16 +10,26 @@ export class WorkerDecoder {
     this.waiting = new Map(); // seq -> {resolve, reject}
     this.embeddingWaits = new Map(); // key -> [{resolve, reject}]
     this.ready = null;
+    this.timings = [];
     this.worker.onmessage = (event) => this.onMessage(event.data);
   }
 
-  init(modelUrl, threads, threshold) {
+  /** `model`: the server's /api/model answer (decoder_url, and decoder_split when it offers segany's
+   *  split decoder, which the worker prefers), or just the official decoder's URL. */
+  init(model, threads, threshold) {
     this.ready = new Promise((resolve, reject) => {
       this.onReady = resolve;
       this.onInitError = reject;
     });
+    const info = typeof model === "string" ? { decoder_url: model } : model;
+    const split = info.decoder_split
+      ? { cacheUrl: info.decoder_split.image_cache_url, lowresUrl: info.decoder_split.decoder_lowres_url,
+        precision: info.decoder_split.precision }
+      : null;
     this.worker.onerror = (event) => this.onInitError?.(new Error(event.message || "decoder worker failed to start"));
-    this.worker.postMessage({ type: "init", modelUrl, threads, threshold });
+    this.worker.postMessage({
+      type: "init", modelUrl: info.decoder_url, split, imageSize: info.image_size, threads, threshold,
+    });
     return this.ready;
   }
 
@@ -31,6 +41,11 @@ export class WorkerDecoder {
       for (const w of this.embeddingWaits.get(msg.key) || []) w.resolve();
       this.embeddingWaits.delete(msg.key);
     } else if (msg.type === "result" || msg.type === "dropped") {
+      // Per decode: graph time and (split decoder) upscaling time in the worker, for benchmarks.
+      if (msg.type === "result") {
+        this.timings.push({ ms: msg.ms, cacheMs: msg.cacheMs, upscaleMs: msg.upscaleMs, final: msg.final });
+        if (this.timings.length > 1000) this.timings.shift();
+      }
       const w = this.waiting.get(msg.seq);
       this.waiting.delete(msg.seq);
       w?.resolve(msg.type === "result" ? { ...msg, tokens: [...msg.ious.keys()] } : null);

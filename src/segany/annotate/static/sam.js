@@ -64,6 +64,164 @@ export function workSize(h, w, longSide, maxLong = 1024) {
   return [wh, ww];
 }
 
+/** Source index of output `dst` for a 1-D bilinear resize `nIn -> nOut` (align_corners=False), in
+ *  float32 as PyTorch's F.interpolate computes it: [i0, i1, w0, w1]. */
+function linearSource(dst, nIn, nOut) {
+  const f = Math.fround;
+  const scale = f(nIn / nOut);
+  let src = f(f(scale * (dst + 0.5)) - 0.5);
+  if (src < 0) src = 0;
+  const i0 = Math.floor(src);
+  const w1 = f(src - i0);
+  return [i0, i0 < nIn - 1 ? i0 + 1 : i0, f(1 - w1), w1];
+}
+
+/**
+ * One axis of segany's mask post-processing (segany.ops.postprocess.axis_resize): bilinear
+ * `nLow -> square` (the model's input frame), keep the first `valid` (the image without its
+ * padding), bilinear `valid -> nOut`. Composed into at most `taps` consecutive low-resolution
+ * indices per output: {start: Int32Array(nOut), weights: Float32Array(nOut * taps), taps}.
+ */
+export function axisTaps(nLow, square, valid, nOut) {
+  const per = [];
+  let taps = 1;
+  for (let i = 0; i < nOut; i++) {
+    const acc = new Map();
+    const [j0, j1, a0, a1] = linearSource(i, valid, nOut);
+    for (const [j, a] of [[j0, a0], [j1, a1]]) {
+      const [k0, k1, b0, b1] = linearSource(j, nLow, square);
+      acc.set(k0, (acc.get(k0) || 0) + a * b0);
+      acc.set(k1, (acc.get(k1) || 0) + a * b1);
+    }
+    const used = [...acc.entries()].filter(([, w]) => w !== 0);
+    const lo = Math.min(...used.map(([k]) => k));
+    const hi = Math.max(...used.map(([k]) => k));
+    taps = Math.max(taps, hi - lo + 1);
+    per.push([lo, used]);
+  }
+  const start = new Int32Array(nOut);
+  const weights = new Float32Array(nOut * taps);
+  per.forEach(([lo, used], i) => {
+    const s0 = Math.min(lo, nLow - taps); // every window inside the axis
+    start[i] = s0;
+    for (const [k, w] of used) weights[i * taps + (k - s0)] += w;
+  });
+  return { start, weights, taps };
+}
+
+const scratches = new Map();
+/** A typed array of at least `size` elements kept for reuse (contents left from the previous use). */
+function scratch(name, Type, size) {
+  let a = scratches.get(name);
+  if (!a || a.length < size) {
+    a = new Type(size);
+    scratches.set(name, a);
+  }
+  return a.length === size ? a : a.subarray(0, size);
+}
+
+const tapCache = new Map();
+function cachedTaps(nLow, square, valid, nOut) {
+  const key = `${nLow},${square},${valid},${nOut}`;
+  if (!tapCache.has(key)) {
+    if (tapCache.size > 16) tapCache.clear();
+    tapCache.set(key, axisTaps(nLow, square, valid, nOut));
+  }
+  return tapCache.get(key);
+}
+
+/**
+ * Low-resolution mask logits -> masks at (outH, outW), as segany's Python code does it
+ * (segany.ops.postprocess.upscale_masks): bilinear to the `imageSize` square, crop the padding (the
+ * resized image's size, from outH x outW as the official graph computes it), bilinear to outH x outW,
+ * logits > threshold. `low`: Float32Array (m, lh, lw). Returns Uint8Array (m, outH, outW) of 0/1.
+ *
+ * Both resizes are linear and act on rows and columns separately: each output logit is a weighted
+ * mean (weights >= 0, summing to 1) of a small window of low-resolution logits. Where the whole window
+ * lies on one side of the threshold the pixel is decided without computing it; elsewhere (near mask
+ * edges) the logit is interpolated separably: low-resolution rows resized along x (each computed once,
+ * when first needed), then combined along y.
+ */
+export function upscaleMasks(low, m, lh, lw, imageSize, outH, outW, threshold) {
+  const [vh, vw] = preprocessShape(outH, outW, imageSize);
+  const cols = cachedTaps(lw, imageSize, vw, outW);
+  const rows = cachedTaps(lh, imageSize, vh, outH);
+  const ct = cols.taps, cs = cols.start, cw = cols.weights;
+  const rt = rows.taps, rs = rows.start, rw = rows.weights;
+  // side[(c, r, x)] for the window of rt x ct logits starting at (r, x): 1 all above, 0 all at or
+  // below the threshold, 2 mixed. Separable: along x first, then along y.
+  const n = lh * lw;
+  const rowSide = new Uint8Array(m * n);
+  for (let i = 0; i < m * lh; i++) {
+    const b = i * lw;
+    for (let x = 0; x + ct <= lw; x++) {
+      let above = 0;
+      for (let t = 0; t < ct; t++) above += low[b + x + t] > threshold ? 1 : 0;
+      rowSide[b + x] = above === ct ? 1 : above === 0 ? 0 : 2;
+    }
+  }
+  const side = new Uint8Array(m * n);
+  for (let c = 0; c < m; c++) {
+    for (let r = 0; r + rt <= lh; r++) {
+      const b = c * n + r * lw;
+      for (let x = 0; x + ct <= lw; x++) {
+        let v = rowSide[b + x];
+        for (let t = 1; t < rt && v !== 2; t++) if (rowSide[b + t * lw + x] !== v) v = 2;
+        side[b + x] = v;
+      }
+    }
+  }
+  // Runs of output columns that read the same window: one decision per run.
+  const starts = [];
+  for (let x = 0; x < outW; x++) if (x === 0 || cs[x] !== cs[x - 1]) starts.push(x);
+  starts.push(outW);
+  const runs = Int32Array.from(starts);
+  // Low rows resized along x, filled on demand (scratch reused from call to call: no 4 MB of fresh,
+  // zeroed memory per click).
+  const table = scratch("table", Float32Array, m * lh * outW);
+  const ready = scratch("ready", Uint8Array, m * lh).fill(0);
+  const base = new Int32Array(rt);
+  const wts = new Float32Array(rt);
+  const out = new Uint8Array(m * outH * outW);
+  for (let c = 0; c < m; c++) {
+    for (let y = 0; y < outH; y++) {
+      const sb = c * n + rs[y] * lw;
+      const o = (c * outH + y) * outW;
+      let nt = -1;
+      for (let k = 0; k + 1 < runs.length; k++) {
+        const x0 = runs[k], x1 = runs[k + 1];
+        const v = side[sb + cs[x0]];
+        if (v === 1) for (let x = x0; x < x1; x++) out[o + x] = 1;
+        if (v !== 2) continue; // 0: already zero
+        if (nt < 0) { // the rows with a non-zero weight for this output row, resized along x
+          nt = 0;
+          for (let t = 0; t < rt; t++) {
+            const w = rw[y * rt + t];
+            if (w === 0) continue;
+            const i = c * lh + rs[y] + t;
+            wts[nt] = w;
+            base[nt++] = i * outW;
+            if (ready[i]) continue;
+            ready[i] = 1;
+            const src = i * lw;
+            for (let x = 0; x < outW; x++) {
+              let sum = 0;
+              for (let u = 0; u < ct; u++) sum += cw[x * ct + u] * low[src + cs[x] + u];
+              table[i * outW + x] = sum;
+            }
+          }
+        }
+        for (let x = x0; x < x1; x++) {
+          let sum = 0;
+          for (let t = 0; t < nt; t++) sum += wts[t] * table[base[t] + x];
+          out[o + x] = sum > threshold ? 1 : 0;
+        }
+      }
+    }
+  }
+  return out;
+}
+
 /** Parse `.npy` bytes (little-endian float32, C order) -> {data: Float32Array, shape}. */
 export function parseNpy(buffer) {
   const bytes = new Uint8Array(buffer);
