@@ -304,6 +304,8 @@ def test_sigterm_like_sigint(tmp_path: Path, sig: signal.Signals, status: int, w
     proc = subprocess.Popen(
         [sys.executable, "-c", _SLEEPY, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=child_env(),
+        # As from a terminal: a test run launched in the background (`pytest &`) has SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     assert len(list(tmp_path.iterdir())) == 1

@@ -135,7 +135,8 @@ def read_image(
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data": handled below
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as im:
-                _check_size(p, *im.size, cap if isinstance(cap, int) else None)
+                width, height = im.size
+                _check_size(p, width, height, cap if isinstance(cap, int) else None)
                 im.load()
                 if exif_transpose:
                     im = _exif_transposed(im)
