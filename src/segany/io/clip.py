@@ -55,7 +55,7 @@ class ClipModel:
     joint space's width (768 for ViT-L/14), ``image_size`` the crop side and ``context_length`` the
     tokens a text may take, start and end tokens included."""
 
-    model: torch.nn.Module
+    model: Any  # an open_clip CLIP
     tokenizer: Any
     identity: str
     embed_dim: int

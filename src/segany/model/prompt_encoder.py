@@ -133,7 +133,7 @@ class PromptEncoder(nn.Module):
             raise ValueError("this model has no text prompt path (its configuration has text_embed_dim=None)")
         if text.ndim != 2 or text.shape[1] != self.text_embed_dim:
             raise ValueError(f"text embeddings must be (B, {self.text_embed_dim}), got {tuple(text.shape)}")
-        weight = self.text_proj[0].weight
+        weight = cast(nn.Linear, self.text_proj[0]).weight
         return self.text_proj(F.normalize(text.to(weight.dtype), dim=-1)).unsqueeze(1)
 
     def forward(
