@@ -377,7 +377,8 @@ mask_out_probability = 0.0
         x = model.preprocess(torch.from_numpy(item.image).permute(2, 0, 1).float()[None])
         with torch.no_grad():
             sparse, dense = model.prompt_encoder(None, None, None, text=emb)
-            low, _ = model.mask_decoder(model.image_encoder(x), model.prompt_encoder.get_dense_pe(), sparse, dense, False)
+            features = model.image_encoder(x)
+            low, _ = model.mask_decoder(features, model.prompt_encoder.get_dense_pe(), sparse, dense, False)
         pred = (F.interpolate(low, (model.image_size,) * 2, mode="bilinear")[:, 0, :h, :w] > 0).numpy()
         gts = np.stack(masks)
         inter = (pred[:, None] & gts[None]).sum((2, 3))
