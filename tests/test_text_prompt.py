@@ -204,6 +204,29 @@ def test_crop_embeddings_are_cached_on_disk(clip, tmp_path):
     assert CropEmbedder(clip, None)(reqs[:1]).shape == (1, 32)  # memory only
 
 
+def test_precomputed_crops_serve_every_training_step(clip, shapes_data, tmp_path):
+    from segany.train.config import LoopSection
+    from segany.train.data import TrainDataset, build_cache
+    from segany.train.engine import interactive_step
+    from segany.train.text import CropEmbedder, TextTraining, precompute, scale_levels
+
+    items = build_cache(shapes_data, "train", 256, tmp_path / "data", limit=1)
+    dataset = TrainDataset(items, 256, 4, 0.9, 4, seed=0)
+    text = TextTraining(CropEmbedder(clip, tmp_path / "data"), 0.5, scale_levels(1.0, 2.0, 2), 0.5)
+    new = precompute(text, dataset.items, progress=False)
+    assert new == dataset.num_masks() * 2 * 2 and list((tmp_path / "data").glob("clip-*/*.npz"))
+    # a later run reads them back; its training steps then never call CLIP
+    later = TextTraining(CropEmbedder(clip, tmp_path / "data"), 0.5, scale_levels(1.0, 2.0, 2), 0.5)
+    model = build_sam(TEXT_TINY).train()
+    loop = LoopSection(num_rounds=2, seed=0)
+    for step in range(4):
+        out = interactive_step(model, [dataset[(i, step)] for i in range(len(dataset))], loop, text=later)
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+    assert later.embedder.misses == 0 and later.embedder.hits > 0
+    assert model.prompt_encoder.text_proj[0].weight.grad.abs().sum() > 0  # text rows were trained
+
+
 # -- the predictor and the CLI ------------------------------------------------------------------------
 
 

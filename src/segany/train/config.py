@@ -112,6 +112,7 @@ class TextSection:
     scale_levels: int = 5  # ... drawn from this many evenly spaced values (so cached crops repeat)
     mask_out_probability: float = 0.5  # crops with the outside of the mask zeroed
     cache: bool = True  # keep crop embeddings on disk under the data cache folder
+    precompute: bool = False  # embed every crop of the (unaugmented) data before the first step
     batch: int = 32  # crops per CLIP call
 
 

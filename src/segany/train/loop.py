@@ -298,6 +298,12 @@ def train(
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else output / "cache"
     dataset = build_dataset(cfg, model.image_size, cache_dir, info.is_main)
     text = _text_training(cfg, clip, cache_dir)
+    if text is not None and cfg.text.precompute:
+        from segany.train.text import precompute
+
+        new = precompute(text, dataset.items, progress and info.is_main)
+        if info.is_main:
+            print(f"segany train: {new} crop embeddings computed ({text.embedder.hits} already cached)", flush=True)
     loader, sampler = _make_loader(cfg, dataset, start_step, info)
     params = [p for p in model.parameters() if p.requires_grad]
     log = MetricsLog(output / "metrics.csv", start_step) if info.is_main else None

@@ -9,6 +9,7 @@ takes the crop's place: CLIP puts both in one space.
 Crop embeddings are cached on disk (``<cache>/clip-<digest>/*.npz``), keyed by the image's and mask's
 bytes, the enlargement, the masking and the CLIP model, so repeated epochs and later runs on the same data
 skip CLIP. The enlargement is drawn from ``text.scale_levels`` evenly spaced values so that keys repeat.
+``text.precompute`` (:func:`precompute`) embeds every crop the run can ask for before the first step.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ class CropEmbedder:
                         keys, values = z["keys"], z["values"]
                     if values.ndim != 2 or values.shape[1] != clip.embed_dim or len(keys) != len(values):
                         continue  # another model's or a damaged file: ignored, recomputed
-                    self.memory.update(zip((bytes(k) for k in keys), values.astype(np.float32)))
+                    if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != 20:
+                        continue
+                    self.memory.update(zip((k.tobytes() for k in keys), values.astype(np.float32)))
                 except (OSError, ValueError, KeyError):
                     continue
 
@@ -117,7 +120,8 @@ class CropEmbedder:
         import io
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        keys = np.frombuffer(b"".join(self.pending), dtype="S20")
+        # Raw digest bytes (a fixed-width bytes dtype would drop trailing zero bytes).
+        keys = np.frombuffer(b"".join(self.pending), dtype=np.uint8).reshape(-1, 20)
         values = np.stack(list(self.pending.values())).astype(np.float32)
         buf = io.BytesIO()
         np.savez(buf, keys=keys, values=values)
@@ -147,3 +151,33 @@ class TextTraining:
             scale = float(self.scales[rng.integers(len(self.scales))])
             out.append(CropRequest(item["image"], m, scale, bool(rng.random() < self.mask_out_probability)))
         return out
+
+
+def precompute(text: TextTraining, items: list[tuple[Any, np.ndarray]], progress: bool = True) -> int:
+    """Embed every crop the run can ask for, before training: each usable mask of each cached image
+    (``items``: :attr:`segany.train.data.TrainDataset.items`) at every enlargement, masked and not (as
+    the mask-out probability allows), and write them to the cache. Returns how many were new.
+
+    Only images the run sees unchanged are covered: with large-scale jitter, flips or colour jitter the
+    training crops differ and are embedded as they come."""
+    from segany.io.rle import decode_rle
+
+    p = text.mask_out_probability
+    variants = [v for v, keep in ((False, p < 1.0), (True, p > 0.0)) if keep]
+    total = sum(len(ok) for _, ok in items) * len(text.scales) * len(variants)
+    before = text.embedder.misses
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="CLIP crop embeddings", disable=None if progress else True, leave=False) as bar:
+        for cached, ok in items:
+            image = torch.from_numpy(np.ascontiguousarray(cached.image)).permute(2, 0, 1).contiguous()
+            requests = [
+                CropRequest(image, torch.from_numpy(decode_rle(cached.rles[i])), float(s), masked)
+                for i in ok
+                for s in text.scales
+                for masked in variants
+            ]
+            text.embedder(requests)
+            bar.update(len(requests))
+    text.embedder.flush()
+    return text.embedder.misses - before
