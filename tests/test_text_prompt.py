@@ -297,6 +297,16 @@ def test_cli_segment_with_text(tmp_path, cli_files, clip_spec, capsys):
     assert mask.shape == (427, 640) and result["masks"][0]["area"] == int((mask == 255).sum())
 
 
+def test_cli_info_names_the_text_path(cli_files, capsys):
+    from segany.cli.main import main
+
+    _, text_ckpt, plain = cli_files
+    assert main(["info", str(text_ckpt)]) == 0
+    assert "text prompts:  yes, from 32-wide CLIP embeddings" in capsys.readouterr().out
+    assert main(["info", str(plain)]) == 0
+    assert "text prompts" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "which, text, message",
     [
