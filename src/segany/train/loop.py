@@ -276,7 +276,7 @@ def train(
         torch.set_num_threads(loop.threads)
     clip = _load_clip(cfg, info.device)
     torch.manual_seed(loop.seed)
-    model = build_model(cfg, clip.embed_dim if clip is not None else None).to(info.device).train()
+    model = (build_model(cfg) if clip is None else build_model(cfg, clip.embed_dim)).to(info.device).train()
     dist_utils.broadcast_parameters(model)
     depth = len(getattr(model.image_encoder, "blocks", ()))  # layer decay applies to ViT blocks only
     optimizer = build_optimizer(model, cfg.optim, depth)
