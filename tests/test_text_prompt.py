@@ -265,6 +265,9 @@ def test_predictor_text_prompts(text_model, clip):
     no_clip.set_image(image)
     with pytest.raises(TextPromptError, match="no CLIP weights"):
         no_clip.predict(text="a wheel")
+    wide = SamPredictor(random_tiny(seed=4, config=PRESETS["tiny"].replace(text_embed_dim=48)), clip=clip)
+    with pytest.raises(TextPromptError, match="gives 32-wide embeddings, but this checkpoint's text path takes 48"):
+        wide.encode_text(["a wheel"])
     plain = SamPredictor(random_tiny(seed=4))
     plain.set_image(image)
     with pytest.raises(TextPromptError, match="no text prompt path"):

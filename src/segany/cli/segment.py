@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
         predictor.clip = load_clip(args.clip, device=predictor.device)
         predictor.clip.check_text(args.text)
+        predictor.check_clip()  # a CLIP of another width than the checkpoint's text path
     predictor.set_image(image)
     coords = np.array([[x, y] for x, y, _ in points], dtype=float) if points else None
     labels = np.array([lab for _, _, lab in points]) if points else None

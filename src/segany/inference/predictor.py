@@ -426,6 +426,7 @@ class PredictorBase:
         return getattr(getattr(self.model, "prompt_encoder", None), "text_embed_dim", None)
 
     def require_text_path(self) -> int:
+        """The width of the model's text path's CLIP embeddings; one line when the model has none."""
         dim = self._text_dim()
         if dim is None:
             raise TextPromptError(
@@ -434,14 +435,23 @@ class PredictorBase:
             )
         return int(dim)
 
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """CLIP text embeddings ``(N, D)`` of ``texts`` (each checked: not empty, within CLIP's context)."""
-        self.require_text_path()
+    def check_clip(self) -> None:
+        """Refuse, with one line, a model without a text path, a missing CLIP, or a CLIP of another width."""
+        dim = self.require_text_path()
         if self.clip is None:
             raise TextPromptError(
                 "no CLIP weights at hand for text prompts: pass clip='clip_vit_l14_336' (or ARCH:FILE) to the "
                 "predictor, or give text_embedding="
             )
+        if self.clip.embed_dim != dim:
+            raise TextPromptError(
+                f"the CLIP at hand gives {self.clip.embed_dim}-wide embeddings, but this checkpoint's text path "
+                f"takes {dim}: use the CLIP it was trained with"
+            )
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """CLIP text embeddings ``(N, D)`` of ``texts`` (each checked: not empty, within CLIP's context)."""
+        self.check_clip()
         return self.clip.encode_text(texts)
 
     def _text_embeds(self, text: str | None, embedding: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
