@@ -144,6 +144,16 @@ def test_clip_loading_and_encoding(clip, clip_spec, tmp_path):
         load_clip(f"{arch}:{foreign}")
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script is deprecated; OpenAI's files use it
+def test_unknown_torchscript_weights_are_refused(clip_spec, tmp_path):
+    from segany.io.clip import load_clip
+
+    archive = tmp_path / "clip.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(archive))  # TorchScript: code, not plain tensors
+    with pytest.raises(ValueError, match="TorchScript archive that is not one of the known CLIP releases"):
+        load_clip(f"{clip_spec.split(':')[0]}:{archive}")
+
+
 def test_clip_release_not_at_hand(monkeypatch, tmp_path):
     from segany.io import hub
     from segany.io.clip import load_clip
