@@ -31,3 +31,8 @@ class PromptError(SeganyError, ValueError):
 class OutputError(SeganyError, OSError):
     """An output path cannot be written: its folder is missing or read-only, it is a folder where a
     file is meant (or the reverse), it is one of the inputs, or the disk is full."""
+
+
+class TextPromptError(SeganyError, ValueError):
+    """A text prompt cannot be answered: the text is empty or too long for CLIP, the model has no text
+    prompt path, or CLIP (its weights, or the ``open_clip`` package) is not at hand."""

@@ -240,3 +240,5 @@ def _print(info: dict[str, Any]) -> None:
     print(f"decoder:       width {c['prompt_embed_dim']}, depth {c['decoder_depth']}, heads {c['decoder_num_heads']}, "
           f"MLP {c['decoder_mlp_dim']}, {c['num_multimask_outputs']} multimask outputs"
           + (", HQ token and feature fusion" if c["hq"] else ""))
+    if c.get("text_embed_dim"):
+        print(f"text prompts:  yes, from {c['text_embed_dim']}-wide CLIP embeddings (segany segment --text)")

@@ -16,17 +16,21 @@ from segany.cli._common import (
     predictor_from_args,
 )
 
-HELP = "segment an object in an image from points and/or a box"
+HELP = "segment an object in an image from points, a box and/or a text"
 EXAMPLES = """example:
   segany segment photo.jpg --point 320,240 -o mask.png --overlay overlay.png
   segany segment photo.jpg --point 320,240 --point 100,80,0 --box 50,40,600,450 -o mask.png --json
   segany segment photo.jpg --point 320,240 --multimask -o mask.png   # writes mask_0.png .. mask_2.png
   segany segment photo.jpg --point 320,240 -o mask.png --backend onnx   # onnxruntime (exports once)
+  segany segment photo.jpg --text "a wheel" -c text_sam.safetensors -o mask.png   # a model with a text path
+  segany segment photo.jpg --text "a wheel" --point 320,240 -c text_sam.safetensors --clip clip_vit_l14_336 -o mask.png
 
 Points are X,Y in pixels (foreground) or X,Y,LABEL with LABEL 1 (foreground) or 0 (background).
 Masks are written as 8-bit PNGs (255 inside the object); scores are the model's predicted IoU.
 Output paths are checked before the model runs, and the masks and overlay are written all or nothing.
-Images over 300 megapixels are refused before decoding; SEGANY_MAX_IMAGE_PIXELS=N changes the cap."""
+Images over 300 megapixels are refused before decoding; SEGANY_MAX_IMAGE_PIXELS=N changes the cap.
+--text needs a checkpoint trained with a text prompt path and CLIP weights (pip install 'segany[text]';
+see docs/text-prompts.md): a proof of concept, as in the SAM paper, not a detector."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--point", action="append", default=[], metavar="X,Y[,LABEL]",
                         help="a point prompt; repeat for more points")
     parser.add_argument("-b", "--box", metavar="X0,Y0,X1,Y1", help="a box prompt")
+    parser.add_argument("-t", "--text", metavar="TEXT",
+                        help="a text prompt, e.g. 'a wheel' (a checkpoint with a text prompt path only)")
+    parser.add_argument("--clip", default="clip_vit_l14_336", metavar="NAME|ARCH:FILE",
+                        help="the CLIP for --text: a release name (clip_vit_l14_336, clip_vit_l14, clip_vit_b32: "
+                        "cached or downloaded like SAM's weights) or an open_clip architecture and a weights file, "
+                        "e.g. ViT-L-14-336-quickgelu:ViT-L-14-336px.pt; default: %(default)s")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.png", help="where to write the mask")
     parser.add_argument("--multimask", action="store_true",
                         help="return three masks (for an ambiguous prompt such as one point), best first")
@@ -52,8 +62,15 @@ def run(args: argparse.Namespace) -> int:
 
     points = [parse_point(p) for p in args.point]
     box = parse_box(args.box) if args.box else None
-    if not points and box is None:
-        raise PromptError("give at least one --point or a --box")
+    if not points and box is None and args.text is None:
+        raise PromptError("give at least one --point, a --box or a --text")
+    if args.text is not None:
+        from segany.errors import TextPromptError
+
+        if not args.text.strip():
+            raise TextPromptError("--text is empty")
+        if args.backend == "onnx":
+            raise TextPromptError("--text runs on the torch backend only; drop --backend onnx")
     out = Path(args.output)
     if out.suffix.lower() != ".png":
         raise PromptError(f"output {out} must be a .png file")
@@ -78,6 +95,14 @@ def run(args: argparse.Namespace) -> int:
         raise PromptError(f"box {','.join(f'{v:g}' for v in box)} is outside the image ({w}x{h} pixels)")
 
     predictor = predictor_from_args(args)
+    if args.text is not None:
+        # Before the image is encoded: which of model and CLIP is missing, in one line.
+        predictor.require_text_path()
+        from segany.io.clip import load_clip
+
+        predictor.clip = load_clip(args.clip, device=predictor.device)
+        predictor.clip.check_text(args.text)
+        predictor.check_clip()  # a CLIP of another width than the checkpoint's text path
     predictor.set_image(image)
     coords = np.array([[x, y] for x, y, _ in points], dtype=float) if points else None
     labels = np.array([lab for _, _, lab in points]) if points else None
@@ -86,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         point_labels=labels,
         box=np.array(box) if box is not None else None,
         multimask_output=args.multimask,
+        text=args.text,
     )
     order = np.argsort(-scores)
     masks, scores = masks[order], scores[order]

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from segany.errors import ImageError, PromptError
+from segany.errors import ImageError, PromptError, TextPromptError
 from segany.inference.decoders import SKIPPED_LOGIT, ClickDecoder, DecoderChoice, build_decoder, decode, resolve_decoder
 from segany.inference.decoders.compile import CompiledCall, EncoderCall, weights_key
 from segany.inference.options import InferenceOptions, Precision
@@ -265,6 +265,9 @@ class PredictorBase:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        *,
+        text: str | None = None,
+        text_embedding: np.ndarray | torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks for one prompt set, in original image coordinates.
 
@@ -275,13 +278,19 @@ class PredictorBase:
             mask_input: ``(1, 256, 256)`` low-resolution logits, e.g. a previous call's output.
             multimask_output: three masks (for an ambiguous prompt) instead of one.
             return_logits: return logits instead of thresholded masks.
+            text: a text prompt, e.g. ``"a wheel"`` (a model with a text path and a predictor with a
+                CLIP, see :mod:`segany.inference.text`); combines with points and a box.
+            text_embedding: ``(D,)`` or ``(1, D)``: a CLIP embedding instead of ``text`` (no CLIP needed).
         Returns:
             masks ``(M, H, W)`` (bool, or float logits), scores ``(M,)`` and low-resolution logits
             ``(M, 256, 256)``, ``M`` = 3 or 1.
         Raises:
             PromptError (a ``ValueError``): a malformed prompt (shape, NaN, label), with a one-line message.
+            TextPromptError (a ``ValueError``): an empty or over-long text, a model without a text path,
+            or no CLIP at hand.
         """
         image = self._require_image()
+        text_embeds = self._text_embeds(text, text_embedding)
         coords_t, labels_t, box_t, mask_t = prompt_tensors(
             self.transform,
             image.original_size,
@@ -293,7 +302,7 @@ class PredictorBase:
             self.device,
         )
         masks, scores, low_res = self._predict_torch(
-            image, coords_t, labels_t, box_t, mask_t, multimask_output, return_logits
+            image, coords_t, labels_t, box_t, mask_t, multimask_output, return_logits, text_embeds
         )
         return masks[0].cpu().numpy(), scores[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
 
@@ -306,13 +315,15 @@ class PredictorBase:
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        text_embeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Masks for ``B`` prompt sets at once, with prompts already in the resized frame
         (use ``predictor.transform.apply_coords_torch`` / ``apply_boxes_torch``).
 
         Args:
             point_coords: ``(B, N, 2)``; point_labels: ``(B, N)``; boxes: ``(B, 4)``;
-            mask_input: ``(B, 1, 256, 256)``.
+            mask_input: ``(B, 1, 256, 256)``; text_embeds: ``(B or 1, D)`` CLIP embeddings (a model
+            with a text path; e.g. ``predictor.encode_text([...])``).
         Returns:
             masks ``(B, M, H, W)``, scores ``(B, M)``, low-resolution logits ``(B, M, 256, 256)``.
         Raises:
@@ -320,7 +331,8 @@ class PredictorBase:
             ``options.max_mask_bytes`` (the message says how many fit).
         """
         return self._predict_torch(
-            self._require_image(), point_coords, point_labels, boxes, mask_input, multimask_output, return_logits
+            self._require_image(), point_coords, point_labels, boxes, mask_input, multimask_output, return_logits,
+            text_embeds,
         )
 
     @torch.no_grad()
@@ -333,11 +345,13 @@ class PredictorBase:
         mask_input: torch.Tensor | None,
         multimask_output: bool,
         return_logits: bool,
+        text_embeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, w = image.original_size
         per_pixel = 4 if return_logits else 1
         low_res, scores = self._predict_low_res(
-            image, point_coords, point_labels, boxes, mask_input, multimask_output, None, (h * w, per_pixel)
+            image, point_coords, point_labels, boxes, mask_input, multimask_output, None, (h * w, per_pixel),
+            text_embeds,
         )
         # Same masks as model.postprocess_masks (to float rounding), without the padded-square detour.
         size = self.model.image_size
@@ -381,12 +395,16 @@ class PredictorBase:
         multimask_output: bool,
         skip_below: float | None,
         full_size: tuple[int, int],
+        text_embeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Check the prompts and the size of what they would return, then decode. ``full_size``: pixels
         and bytes per pixel of the full-size masks that will follow (0 for none)."""
         prompts = [None if x is None else torch.as_tensor(x) for x in (point_coords, point_labels, boxes, mask_input)]
         coords, labels, box_t, mask_t = prompts
         batch = check_batch(coords, labels, box_t, mask_t, self._mask_input_size())
+        if text_embeds is not None:
+            text_embeds = self._check_text_embeds(text_embeds, batch, coords is None and box_t is None)
+            batch = text_embeds.shape[0]
         masks = self._num_mask_tokens() - 1 if multimask_output else 1
         gh, gw = image.features.shape[-2:]
         per_prompt = masks * (16 * gh * gw * 4 + full_size[0] * full_size[1])
@@ -396,7 +414,82 @@ class PredictorBase:
                 f"{batch} prompts would return {batch * per_prompt / 2**30:.1f} GiB of masks, more than "
                 f"max_mask_bytes ({limit / 2**30:.1f} GiB): pass at most {max(1, limit // per_prompt)} per call"
             )
+        if text_embeds is not None:
+            return self._low_res_text(image, coords, labels, box_t, mask_t, text_embeds, multimask_output)
         return self._low_res(image, coords, labels, box_t, mask_t, batch, multimask_output, skip_below)
+
+    # -- text prompts (SAM paper, section 7.5) ------------------------------------------------------
+
+    clip: Any = None  # a segany.io.clip.ClipModel: turns text prompts into CLIP embeddings
+
+    def _text_dim(self) -> int | None:
+        return getattr(getattr(self.model, "prompt_encoder", None), "text_embed_dim", None)
+
+    def require_text_path(self) -> int:
+        """The width of the model's text path's CLIP embeddings; one line when the model has none."""
+        dim = self._text_dim()
+        if dim is None:
+            raise TextPromptError(
+                "this checkpoint has no text prompt path: fine-tune one with 'segany train RECIPE "
+                "text.clip=clip_vit_l14_336' (see docs/text-prompts.md)"
+            )
+        return int(dim)
+
+    def check_clip(self) -> None:
+        """Refuse, with one line, a model without a text path, a missing CLIP, or a CLIP of another width."""
+        dim = self.require_text_path()
+        if self.clip is None:
+            raise TextPromptError(
+                "no CLIP weights at hand for text prompts: pass clip='clip_vit_l14_336' (or ARCH:FILE) to the "
+                "predictor, or give text_embedding="
+            )
+        if self.clip.embed_dim != dim:
+            raise TextPromptError(
+                f"the CLIP at hand gives {self.clip.embed_dim}-wide embeddings, but this checkpoint's text path "
+                f"takes {dim}: use the CLIP it was trained with"
+            )
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """CLIP text embeddings ``(N, D)`` of ``texts`` (each checked: not empty, within CLIP's context)."""
+        self.check_clip()
+        return self.clip.encode_text(texts)
+
+    def _text_embeds(self, text: str | None, embedding: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
+        if text is not None and embedding is not None:
+            raise TextPromptError("give text or text_embedding, not both")
+        if text is not None:
+            return self.encode_text([text])
+        if embedding is not None:
+            emb = torch.as_tensor(np.asarray(embedding) if not isinstance(embedding, torch.Tensor) else embedding)
+            return emb.reshape(1, -1) if emb.ndim == 1 else emb
+        return None
+
+    def _check_text_embeds(self, emb: torch.Tensor, batch: int, alone: bool) -> torch.Tensor:
+        dim = self.require_text_path()
+        emb = torch.as_tensor(emb)
+        if emb.ndim != 2 or emb.shape[1] != dim or not emb.is_floating_point():
+            raise TextPromptError(f"text embeddings must be float (B, {dim}), got {tuple(emb.shape)} {emb.dtype}")
+        if not bool(torch.isfinite(emb).all()):
+            raise TextPromptError("text embeddings hold NaN or infinite values")
+        if emb.shape[0] != batch and not (emb.shape[0] == 1 or (alone and batch == 1)):
+            raise TextPromptError(f"text embeddings are {emb.shape[0]} rows for {batch} prompts")
+        if emb.shape[0] == 1 and batch > 1:
+            emb = emb.expand(batch, -1)
+        return emb
+
+    def _low_res_text(
+        self,
+        image: ImageState,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        text_embeds: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts with a text token: the model's own prompt encoder and decoder (the click decoders
+        take points and boxes only)."""
+        raise TextPromptError("this predictor backend has no text prompts; use the torch backend")
 
 
 class SamPredictor(PredictorBase):
@@ -418,6 +511,8 @@ class SamPredictor(PredictorBase):
             (approximate; faster on CPUs with AVX-512 BF16 or AMX, slower elsewhere: a warning says so).
         compile_encoder: run the image encoder through ``torch.compile`` (same embedding to float
             rounding) after a one-off compilation at the first image; its frozen weights are a second copy.
+        clip: for ``predict(text=...)``: a CLIP name (``"clip_vit_l14_336"``), ``"ARCH:FILE"`` or a loaded
+            :class:`segany.io.clip.ClipModel` (the model must have a text prompt path).
 
     Which settings pay off on this machine: ``segany info --system``; measured gains, one-off costs and
     accuracy: ``benchmarks/RESULTS.md``. One predictor may be used from several threads.
@@ -433,6 +528,7 @@ class SamPredictor(PredictorBase):
         compile_decoder: bool | None = None,
         encoder_precision: Precision | None = None,
         compile_encoder: bool | None = None,
+        clip: Any = None,
     ) -> None:
         if not all(hasattr(sam_model, part) for part in ("image_encoder", "prompt_encoder", "mask_decoder")):
             kind = type(sam_model).__name__
@@ -455,7 +551,15 @@ class SamPredictor(PredictorBase):
         self._lock = threading.Lock()
         self._kept_decoder: tuple[tuple[Any, ...], ClickDecoder[Any, Any]] | None = None
         self._kept_encoder: tuple[tuple[Any, ...], CompiledCall] | None = None
+        self.clip = self._load_clip(clip)
         self.reset_image()
+
+    def _load_clip(self, clip: Any) -> Any:
+        if clip is None or not isinstance(clip, str):
+            return clip
+        from segany.io.clip import load_clip
+
+        return load_clip(clip, device=self.model.device)
 
     # The constructor's shortcuts, read back.
 
@@ -593,3 +697,28 @@ class SamPredictor(PredictorBase):
             m = self._num_mask_tokens() - 1 if multimask_output else 1
             return torch.empty(0, m, *mask_size, device=self.device), torch.empty(0, m, device=self.device)
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    @torch.no_grad()
+    def _low_res_text(
+        self,
+        image: ImageState,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        text_embeds: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pe = self.model.prompt_encoder
+        points = None
+        if coords is not None and labels is not None:
+            points = (coords.to(self.device, torch.float32), labels.to(self.device))
+        boxes = boxes.to(self.device, torch.float32) if boxes is not None else None
+        if mask_input is not None:
+            mask_input = mask_input.to(self.device, torch.float32)
+            if mask_input.shape[0] == 1 and text_embeds.shape[0] > 1:
+                mask_input = mask_input.expand(text_embeds.shape[0], -1, -1, -1)
+        sparse, dense = pe(points, boxes, mask_input, text=text_embeds.to(self.device, torch.float32))
+        if dense.shape[0] != sparse.shape[0]:
+            dense = dense.expand(sparse.shape[0], -1, -1, -1)
+        return self.model.mask_decoder(image.features, pe.get_dense_pe(), sparse, dense, multimask_output)

@@ -20,6 +20,8 @@ from segany.io.files import sweep_stale_temps, temp_path
 from segany.model import Sam, SamConfig, build_sam
 
 _PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+# The first layer of the optional text prompt path: (prompt width, CLIP width).
+TEXT_PROJ_KEY = "prompt_encoder.text_proj.0.weight"
 # The largest model input size a file's metadata may ask for (SAM's is 1024): inputs are resized to it.
 MAX_IMAGE_SIZE = 4096
 
@@ -193,6 +195,7 @@ def _infer(state: dict[str, torch.Tensor], name: str) -> SamConfig:
         iou_head_hidden_dim=_dim(state, "mask_decoder.iou_prediction_head.layers.0.weight", 0, d.iou_head_hidden_dim),
         num_multimask_outputs=max(num_tokens - 1, 1),
         hq="mask_decoder.hf_token.weight" in state,
+        text_embed_dim=_dim(state, TEXT_PROJ_KEY, 1, 0) or None,  # segany's text prompt path, when present
         name=name,
     )
     from segany.model import PRESETS

@@ -94,6 +94,35 @@ WEIGHTS: dict[str, Release] = {
     ]
 }
 
+# CLIP weights for the text prompt path (segany.io.clip), under the same cache, download and checksum
+# rules. OpenAI publishes each file's SHA-256 as the folder name of its address; sizes are not known here.
+CLIP_WEIGHTS: dict[str, Release] = {
+    r.name: r
+    for r in [
+        Release(
+            "clip_vit_l14_336", "ViT-L-14-336px.pt",
+            "https://openaipublic.azureedge.net/clip/models/"
+            "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+            "CLIP ViT-L/14 at 336 px (OpenAI, 2021): the one the SAM paper uses for text prompts",
+            sha256="3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
+        ),
+        Release(
+            "clip_vit_l14", "ViT-L-14.pt",
+            "https://openaipublic.azureedge.net/clip/models/"
+            "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+            "CLIP ViT-L/14 at 224 px (OpenAI, 2021)",
+            sha256="b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+        ),
+        Release(
+            "clip_vit_b32", "ViT-B-32.pt",
+            "https://openaipublic.azureedge.net/clip/models/"
+            "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+            "CLIP ViT-B/32 (OpenAI, 2021): small, for trying the text path out",
+            sha256="40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+        ),
+    ]
+}
+
 CHUNK = 1 << 20
 
 
@@ -150,11 +179,15 @@ def _hash_file(path: Path) -> tuple[str, str]:
     return sha.hexdigest(), md5.hexdigest()
 
 
-def resolve(name: str, download: bool = True, progress: bool = True) -> Path:
-    """The local file of the release ``name``, downloaded into segany's cache when it is nowhere."""
-    release = WEIGHTS.get(name)
+def resolve(
+    name: str, download: bool = True, progress: bool = True, table: dict[str, Release] | None = None
+) -> Path:
+    """The local file of the release ``name``, downloaded into segany's cache when it is nowhere.
+    ``table``: where ``name`` is looked up (default :data:`WEIGHTS`; :data:`CLIP_WEIGHTS` for CLIP)."""
+    table = WEIGHTS if table is None else table
+    release = table.get(name)
     if release is None:
-        raise CheckpointError(f"{name}: not a known checkpoint name ({', '.join(WEIGHTS)})")
+        raise CheckpointError(f"{name}: not a known checkpoint name ({', '.join(table)})")
     found = find_cached(release)
     if found is not None:
         return found

@@ -57,6 +57,9 @@ class SamConfig:
     # patch_size is then its stride, 16.
     conv_widths: tuple[int, ...] = (32, 64, 128, 256)
     conv_depths: tuple[int, ...] = (1, 2, 2)
+    # The text prompt path (SAM paper, section 7.5): the width of the CLIP embeddings it projects into one
+    # prompt token (768 for CLIP ViT-L/14); None (every official model): no such path, no extra weights.
+    text_embed_dim: int | None = None
     name: str = field(default="custom", compare=False)
 
     @property
@@ -177,6 +180,7 @@ def build_sam(config: SamConfig) -> Sam:
         image_embedding_size=(grid, grid),
         input_image_size=(config.image_size, config.image_size),
         mask_in_chans=config.mask_in_chans,
+        text_embed_dim=config.text_embed_dim,
     )
     hq_args: dict[str, object] = {"early_dim": config.hq_early_dim} if config.hq else {}
     decoder = (MaskDecoderHQ if config.hq else MaskDecoder)(

@@ -2,7 +2,9 @@
 
 Sparse prompts become ``(B, N, C)`` tokens: a random-Fourier positional encoding of the location plus a
 learned embedding of its kind (background point, foreground point, box top-left, box bottom-right, or
-"not a point" for padding). A mask prompt ``(B, 1, 4h, 4w)`` is downscaled by convolutions to the image
+"not a point" for padding). An optional text path (SAM paper, section 7.5) projects a CLIP embedding
+``(B, D)`` into one more sparse token; models built without it hold no extra weights and match the
+official checkpoints exactly. A mask prompt ``(B, 1, 4h, 4w)`` is downscaled by convolutions to the image
 embedding's ``(B, C, h, w)``; without one, a learned "no mask" vector fills that map.
 """
 
@@ -12,6 +14,7 @@ import math
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segany.model.common import LayerNorm2d
@@ -58,6 +61,7 @@ class PromptEncoder(nn.Module):
         input_image_size: tuple[int, int],
         mask_in_chans: int,
         activation: type[nn.Module] = nn.GELU,
+        text_embed_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -79,6 +83,16 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self.text_embed_dim = text_embed_dim
+        self.text_proj: nn.Sequential | None = None
+        if text_embed_dim is not None:
+            if text_embed_dim < 1:
+                raise ValueError(f"text_embed_dim must be >= 1, got {text_embed_dim}")
+            # CLIP embedding -> one token. The paper does not give this projection; a two-layer MLP lets
+            # the token live in the prompt space without forcing CLIP's geometry onto it.
+            self.text_proj = nn.Sequential(
+                nn.Linear(text_embed_dim, embed_dim), activation(), nn.Linear(embed_dim, embed_dim)
+            )
 
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the image embedding grid: ``(1, C, h, w)``."""
@@ -113,11 +127,21 @@ class PromptEncoder(nn.Module):
         kinds = torch.cat([self._point_kind(2), self._point_kind(3)], dim=0)
         return pe + kinds
 
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """CLIP embeddings ``(B, D)`` (image or text; L2-normalised here) -> tokens ``(B, 1, C)``."""
+        if self.text_proj is None:
+            raise ValueError("this model has no text prompt path (its configuration has text_embed_dim=None)")
+        if text.ndim != 2 or text.shape[1] != self.text_embed_dim:
+            raise ValueError(f"text embeddings must be (B, {self.text_embed_dim}), got {tuple(text.shape)}")
+        weight = cast(nn.Linear, self.text_proj[0]).weight
+        return self.text_proj(F.normalize(text.to(weight.dtype), dim=-1)).unsqueeze(1)
+
     def forward(
         self,
         points: tuple[torch.Tensor, torch.Tensor] | None,
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
+        text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed prompts.
 
@@ -126,6 +150,8 @@ class PromptEncoder(nn.Module):
                 (1 foreground, 0 background, -1 padding).
             boxes: ``(B, 4)`` as x0, y0, x1, y1 in the input frame.
             masks: ``(B, 1, 4h, 4w)`` mask logits.
+            text: ``(B, D)`` CLIP embeddings (models with a text path only): one token after the points
+                and box. Without a box, the "not a point" token is added as for points, also with no points.
         Returns:
             sparse ``(B, N', C)`` and dense ``(B, C, h, w)`` embeddings.
         """
@@ -135,15 +161,22 @@ class PromptEncoder(nn.Module):
             b = boxes.shape[0]
         elif masks is not None:
             b = masks.shape[0]
+        elif text is not None:
+            b = text.shape[0]
         else:
             b = 1
         device = self.no_mask_embed.weight.device
         sparse = torch.empty((b, 0, self.embed_dim), device=device)
+        if text is not None and points is None and boxes is None:
+            # Text alone is laid out as "no points": a lone padding token, then the text token.
+            points = (torch.zeros(b, 0, 2, device=device), torch.zeros(b, 0, dtype=torch.long, device=device))
         if points is not None:
             coords, labels = points
             sparse = torch.cat([sparse, self._embed_points(coords, labels, pad=boxes is None)], dim=1)
         if boxes is not None:
             sparse = torch.cat([sparse, self._embed_boxes(boxes)], dim=1)
+        if text is not None:
+            sparse = torch.cat([sparse, self.embed_text(text).to(sparse.dtype)], dim=1)
         if masks is not None:
             dense = self.mask_downscaling(masks)
         else:

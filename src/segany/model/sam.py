@@ -53,7 +53,8 @@ class Sam(nn.Module):
 
         Each input dict holds ``image`` ``(3, H, W)`` already resized so its long side is ``image_size``,
         ``original_size`` (H0, W0), and optionally ``point_coords`` ``(B, N, 2)``, ``point_labels``
-        ``(B, N)``, ``boxes`` ``(B, 4)`` and ``mask_inputs`` ``(B, 1, 4h, 4w)`` in the resized frame.
+        ``(B, N)``, ``boxes`` ``(B, 4)`` and ``mask_inputs`` ``(B, 1, 4h, 4w)`` in the resized frame, and
+        ``text_embeds`` ``(B, D)`` (CLIP embeddings; models with a text path only).
         Each output dict holds ``masks`` ``(B, M, H0, W0)`` bool, ``iou_predictions`` ``(B, M)`` and
         ``low_res_logits`` ``(B, M, 4h, 4w)``. Gradients flow: wrap in ``torch.no_grad()`` for inference.
         """
@@ -64,7 +65,9 @@ class Sam(nn.Module):
             points = None
             if record.get("point_coords") is not None:
                 points = (record["point_coords"], record["point_labels"])
-            sparse, dense = self.prompt_encoder(points, record.get("boxes"), record.get("mask_inputs"))
+            text = record.get("text_embeds")
+            extra = {} if text is None else {"text": text}  # the official call when there is no text
+            sparse, dense = self.prompt_encoder(points, record.get("boxes"), record.get("mask_inputs"), **extra)
             low_res, iou = self.mask_decoder(
                 embedding.unsqueeze(0), self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
             )

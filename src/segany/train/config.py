@@ -1,6 +1,6 @@
 """Training configuration: one dataclass per recipe section, read from a TOML file.
 
-A recipe is a TOML file with the sections ``[model]``, ``[data]``, ``[optim]`` and ``[loop]`` (every
+A recipe is a TOML file with the sections ``[model]``, ``[data]``, ``[optim]``, ``[loop]`` and ``[text]`` (every
 key optional; the defaults follow the SAM paper, Appendix A). Command-line overrides use dotted
 names, ``optim.lr=1e-4`` or ``loop.steps=200``, and are parsed as TOML values (strings may be bare).
 """
@@ -103,6 +103,20 @@ class LoopSection:
 
 
 @dataclass
+class TextSection:
+    """The text prompt path (SAM paper, section 7.5; :mod:`segany.train.text`): off while ``clip`` is unset."""
+
+    clip: str | None = None  # a CLIP release name (clip_vit_l14_336) or ARCH:WEIGHTS; sets the model's text path
+    rate: float = 0.5  # share of masks whose first prompt is their crop's CLIP image embedding
+    scale: tuple[float, float] = (1.0, 2.0)  # the mask's box is enlarged by a factor in this range
+    scale_levels: int = 5  # ... drawn from this many evenly spaced values (so cached crops repeat)
+    mask_out_probability: float = 0.5  # crops with the outside of the mask zeroed
+    cache: bool = True  # keep crop embeddings on disk under the data cache folder
+    precompute: bool = False  # embed every crop of the (unaugmented) data before the first step
+    batch: int = 32  # crops per CLIP call
+
+
+@dataclass
 class TrainConfig:
     """A whole recipe."""
 
@@ -110,6 +124,7 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     loop: LoopSection = field(default_factory=LoopSection)
+    text: TextSection = field(default_factory=TextSection)
     name: str = "run"
     base_dir: str = "."  # folder the recipe came from; relative data paths are resolved against it
 
@@ -130,7 +145,9 @@ class TrainConfig:
         return Path(self.base_dir) / p
 
 
-_SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "loop": LoopSection}
+_SECTIONS = {
+    "model": ModelSection, "data": DataSection, "optim": OptimSection, "loop": LoopSection, "text": TextSection,
+}
 
 
 def _coerce(section: str, name: str, value: Any, default: Any) -> Any:

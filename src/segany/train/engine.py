@@ -8,6 +8,8 @@ For every sampled mask, ``num_rounds`` rounds are simulated:
   (foreground if it fell in a false negative, background if in a false positive); points accumulate,
   and the previous round's low-resolution logits are fed back as the mask prompt; two rounds add no
   point (one at a random position, the last one), per :func:`segany.ops.clicks.round_schedule`;
+* with a text path (:mod:`segany.train.text`), a share of the masks get their crop's CLIP image
+  embedding as round-1 prompt instead (then points as above);
 * a prompt that is a single point is ambiguous: the three multimask outputs are scored and only the
   best one's mask loss counts; any other prompt uses the single-mask output;
 * the highest-predicted-IoU mask is the one fed back and used to sample the next point.
@@ -39,6 +41,7 @@ from segany.ops.clicks import (
 )
 from segany.train.config import ConfigError, LoopSection
 from segany.train.losses import sam_loss
+from segany.train.text import TextTraining
 
 STAT_NAMES = ("loss", "focal", "dice", "iou_loss", "iou_first", "iou_last")
 
@@ -155,6 +158,8 @@ class _Prompts:
     schedules: list[list[bool]]
     extra_pts: torch.Tensor
     extra_lbl: torch.Tensor
+    use_text: torch.Tensor | None = None  # bool (B,): the round-1 prompt is a CLIP crop embedding
+    text_emb: torch.Tensor | None = None  # (B, D) for those rows (zeros elsewhere)
 
 
 @dataclass
@@ -191,9 +196,14 @@ def _prepare_targets(model: Sam, batch: list[dict[str, Any]], loss_size: int) ->
 
 
 def _first_prompts(
-    t: _Targets, batch: list[dict[str, Any]], gens: list[torch.Generator], loop: LoopSection
+    t: _Targets,
+    batch: list[dict[str, Any]],
+    gens: list[torch.Generator],
+    loop: LoopSection,
+    text: TextTraining | None = None,
 ) -> _Prompts:
-    """Round-1 prompt and round schedule, per image from its own generator."""
+    """Round-1 prompt and round schedule, per image from its own generator (the text rows' crops from
+    ``(seed, step, index, 4)``)."""
     n_rows, device = t.gt.shape[0], t.gt.device
     use_box = torch.zeros(n_rows, dtype=torch.bool, device=device)
     first_pts = torch.zeros(n_rows, 2, device=device)
@@ -211,11 +221,39 @@ def _first_prompts(
         )
         np_rng = np.random.default_rng([loop.seed, batch[i]["step"], batch[i]["index"], 2])
         schedules.append(round_schedule(loop.num_rounds, np_rng))
-    return _Prompts(
+    p = _Prompts(
         use_box, first_pts, boxes, schedules,
         extra_pts=torch.zeros(n_rows, 0, 2, device=device),  # points added after round 1
         extra_lbl=torch.zeros(n_rows, 0, dtype=torch.long, device=device),
     )
+    if text is not None:
+        _text_prompts(p, t, batch, gens, loop, text)
+    return p
+
+
+def _text_prompts(
+    p: _Prompts, t: _Targets, batch: list[dict[str, Any]], gens: list[torch.Generator], loop: LoopSection,
+    text: TextTraining,
+) -> None:
+    """Turn a ``text.rate`` share of the rows into text rows: their round-1 prompt is the CLIP image
+    embedding of their object's crop (drawn after the other round-1 draws, so those stay as they were)."""
+    n_rows, device = t.gt.shape[0], t.gt.device
+    use_text = torch.zeros(n_rows, dtype=torch.bool, device=device)
+    requests, rows_all = [], []
+    for i, rows in enumerate(t.rows_of):
+        chosen = rows[torch.rand(len(rows), generator=gens[i], device=device) < text.rate]
+        if not len(chosen):
+            continue
+        use_text[chosen] = True
+        h, w = batch[i]["masks"].shape[-2:]
+        rng = np.random.default_rng([loop.seed, batch[i]["step"], batch[i]["index"], 4])
+        requests += text.requests(batch[i], t.gt[chosen, :h, :w], rng)
+        rows_all.append(chosen)
+    emb = torch.zeros(n_rows, text.embedder.clip.embed_dim, device=device)
+    if requests:
+        emb[torch.cat(rows_all)] = text.embedder(requests).to(device)
+    p.use_box = p.use_box & ~use_text
+    p.use_text, p.text_emb = use_text, emb
 
 
 def _sparse_embeddings(model: Sam, p: _Prompts) -> torch.Tensor:
@@ -224,8 +262,10 @@ def _sparse_embeddings(model: Sam, p: _Prompts) -> torch.Tensor:
     pe = model.prompt_encoder
     n_rows, device = p.use_box.shape[0], p.use_box.device
     k = p.extra_pts.shape[1]
+    is_text = p.use_text if p.use_text is not None else torch.zeros_like(p.use_box)
     box_rows = torch.nonzero(p.use_box).squeeze(1)
-    pt_rows = torch.nonzero(~p.use_box).squeeze(1)
+    pt_rows = torch.nonzero(~p.use_box & ~is_text).squeeze(1)
+    text_rows = torch.nonzero(is_text).squeeze(1)
     sparse = torch.zeros(n_rows, k + 2, pe.embed_dim, device=device)
     if len(pt_rows):
         coords = torch.cat([p.first_pts[pt_rows].unsqueeze(1), p.extra_pts[pt_rows]], dim=1)
@@ -236,6 +276,11 @@ def _sparse_embeddings(model: Sam, p: _Prompts) -> torch.Tensor:
         pts = (p.extra_pts[box_rows], p.extra_lbl[box_rows]) if k else None
         sp, _ = pe(pts, p.boxes[box_rows], None)
         sparse = sparse.index_copy(0, box_rows, sp.to(sparse.dtype))
+    if len(text_rows) and p.text_emb is not None:
+        # The added points, "not a point", then the text token: k + 2 tokens, as the other rows.
+        pts = (p.extra_pts[text_rows], p.extra_lbl[text_rows])
+        sp, _ = pe(pts, None, None, text=p.text_emb[text_rows])
+        sparse = sparse.index_copy(0, text_rows, sp.to(sparse.dtype))
     return sparse
 
 
@@ -249,6 +294,8 @@ def _round_loss(
     n_rows, device = t.gt.shape[0], t.gt.device
     n_valid = 1 + (p.extra_lbl >= 0).sum(1)
     ambiguous = (~p.use_box) & (n_valid == 1)
+    if p.use_text is not None:  # a crop embedding names its object: one mask is asked for
+        ambiguous = ambiguous & ~p.use_text
     logits = F.interpolate(low, (s, s), mode="bilinear", align_corners=False)
     logits = logits.masked_fill(~t.valid.unsqueeze(1), -20.0)  # padding is never the object
     if t.loss_valid is not None:
@@ -336,6 +383,7 @@ def interactive_step(
     batch: list[dict[str, Any]],
     loop: LoopSection,
     freeze_image_encoder: bool = False,
+    text: TextTraining | None = None,
 ) -> StepOutput:
     """Simulate the interactive rounds on a micro-batch and return its summed loss.
 
@@ -345,6 +393,7 @@ def interactive_step(
             ``max(h, w) <= model.image_size``, ``masks`` bool ``(M, h, w)``, ``index``, ``step``.
         loop: the loop settings (rounds, losses, box probability and noise, bf16, seed).
         freeze_image_encoder: encode without gradient.
+        text: the text prompt path's training (None: no text rounds).
     """
     if loop.loss_rounds not in ("all", "first_last"):
         raise ConfigError(f"loop.loss_rounds must be 'all' or 'first_last', not {loop.loss_rounds!r}")
@@ -357,7 +406,7 @@ def interactive_step(
     with autocast, torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_image_encoder):
         embeddings = model.image_encoder(t.images)  # (n, C, g, g)
     row_embeddings = embeddings[t.owner]
-    p = _first_prompts(t, batch, gens, loop)
+    p = _first_prompts(t, batch, gens, loop, text)
 
     # The fast decoder computes the same function with about half the multiply-adds; in round 1 (no
     # mask prompt) it also shares the image side of the first layer between the masks of an image.

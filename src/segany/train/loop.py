@@ -60,21 +60,34 @@ class TrainResult:
     seconds: float
 
 
-def build_model(cfg: TrainConfig) -> Sam:
+def build_model(cfg: TrainConfig, text_embed_dim: int | None = None) -> Sam:
     """The model to train: ``model.init`` if set (any SAM checkpoint; its architecture wins), else
-    ``model.preset`` with ``model.architecture`` overrides, randomly initialised."""
+    ``model.preset`` with ``model.architecture`` overrides, randomly initialised. ``text_embed_dim``
+    (the CLIP width, when ``text.clip`` is set): the model gets a text prompt path of that width, new
+    and randomly initialised when ``model.init`` has none."""
     m = cfg.model
     if m.init:
         base = load_checkpoint(cfg.resolve_path(m.init))
         config = base.config.replace(drop_path_rate=m.drop_path_rate)
+        if text_embed_dim is not None and config.text_embed_dim not in (None, text_embed_dim):
+            raise ConfigError(
+                f"text.clip: its embeddings are {text_embed_dim} wide, but model.init's text path takes "
+                f"{config.text_embed_dim}"
+            )
+        if text_embed_dim is not None:
+            config = config.replace(text_embed_dim=text_embed_dim)
         model = build_sam(config)
-        model.load_state_dict(base.state_dict(), strict=True)
+        missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("prompt_encoder.text_proj.") for k in missing):
+            model.load_state_dict(base.state_dict(), strict=True)  # raises, naming the keys
     else:
         if m.preset not in PRESETS:
             raise ConfigError(f"model.preset {m.preset!r} is not one of {', '.join(sorted(PRESETS))}")
         arch = dict(m.architecture)
         if "encoder_global_attn_indexes" in arch:
             arch["encoder_global_attn_indexes"] = tuple(arch["encoder_global_attn_indexes"])
+        if text_embed_dim is not None:
+            arch["text_embed_dim"] = text_embed_dim
         try:
             config = PRESETS[m.preset].replace(**arch, drop_path_rate=m.drop_path_rate)
         except TypeError as exc:
@@ -261,8 +274,9 @@ def train(
     loop = cfg.loop
     if loop.threads:
         torch.set_num_threads(loop.threads)
+    clip = _load_clip(cfg, info.device)
     torch.manual_seed(loop.seed)
-    model = build_model(cfg).to(info.device).train()
+    model = (build_model(cfg) if clip is None else build_model(cfg, clip.embed_dim)).to(info.device).train()
     dist_utils.broadcast_parameters(model)
     depth = len(getattr(model.image_encoder, "blocks", ()))  # layer decay applies to ViT blocks only
     optimizer = build_optimizer(model, cfg.optim, depth)
@@ -283,6 +297,13 @@ def train(
 
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else output / "cache"
     dataset = build_dataset(cfg, model.image_size, cache_dir, info.is_main)
+    text = _text_training(cfg, clip, cache_dir)
+    if text is not None and cfg.text.precompute:
+        from segany.train.text import precompute
+
+        new = precompute(text, dataset.items, progress and info.is_main)
+        if info.is_main:
+            print(f"segany train: {new} crop embeddings computed ({text.embedder.hits} already cached)", flush=True)
     loader, sampler = _make_loader(cfg, dataset, start_step, info)
     params = [p for p in model.parameters() if p.requires_grad]
     log = MetricsLog(output / "metrics.csv", start_step) if info.is_main else None
@@ -305,7 +326,7 @@ def train(
     step = start_step
     micro = 0
     for batch in loader:
-        out = interactive_step(model, batch, loop, cfg.model.freeze_image_encoder)
+        out = interactive_step(model, batch, loop, cfg.model.freeze_image_encoder, text)
         _check_finite(out, batch, step, info.device)
         # Each process's share of the global mean over images; the all-reduce averages it.
         (out.loss * (info.world / loop.global_batch)).backward()
@@ -338,6 +359,8 @@ def train(
         if loop.checkpoint_minutes:
             due = dist_utils.any_process(due or time.time() - last_ckpt_t > 60 * loop.checkpoint_minutes, info.device)
         if due:
+            if text is not None:
+                text.embedder.flush()
             _checkpoint(output, info, model, optimizer, scheduler, step, cfg)
             last_ckpt_t = time.time()
     if bar is not None:
@@ -345,6 +368,33 @@ def train(
     weights = output / "model.safetensors" if info.is_main else None
     dist_utils.barrier()
     return TrainResult(step=step, metrics=last_metrics, weights=weights, seconds=time.time() - t_start)
+
+
+def _load_clip(cfg: TrainConfig, device: torch.device) -> Any:
+    """The frozen CLIP of ``text.clip`` (None when unset); a file in ``ARCH:WEIGHTS`` is found as the
+    recipe's other paths are."""
+    spec = cfg.text.clip
+    if not spec:
+        return None
+    from segany.io.clip import load_clip
+    from segany.io.hub import CLIP_WEIGHTS
+
+    if spec not in CLIP_WEIGHTS and ":" in spec:
+        arch, _, weights = spec.partition(":")
+        if arch.endswith(".json"):
+            arch = str(cfg.resolve_path(arch))
+        spec = f"{arch}:{cfg.resolve_path(weights)}"
+    return load_clip(spec, device=device)
+
+
+def _text_training(cfg: TrainConfig, clip: Any, cache_dir: Path) -> Any:
+    if clip is None:
+        return None
+    from segany.train.text import CropEmbedder, TextTraining, scale_levels
+
+    t = cfg.text
+    embedder = CropEmbedder(clip, cache_dir if t.cache else None, t.batch)
+    return TextTraining(embedder, t.rate, scale_levels(t.scale[0], t.scale[1], t.scale_levels), t.mask_out_probability)
 
 
 def _checkpoint(

@@ -65,6 +65,12 @@ _RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("loop", "log_every"): (lambda v: v >= 1, ">= 1"),
     ("loop", "checkpoint_every"): (lambda v: v >= 1, ">= 1"),
     ("loop", "checkpoint_minutes"): (lambda v: v is None or (_finite(v) and v > 0.0), "> 0 (or absent)"),
+    ("text", "clip"): (lambda v: v is None or bool(v.strip()), "a CLIP name or ARCH:WEIGHTS (or absent: no text path)"),
+    ("text", "rate"): (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
+    ("text", "scale"): (lambda v: 0.5 <= v[0] <= v[1] <= 10.0, "two factors with 0.5 <= low <= high <= 10"),
+    ("text", "scale_levels"): (lambda v: 1 <= v <= 1000, "in 1..1000"),
+    ("text", "mask_out_probability"): (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
+    ("text", "batch"): (lambda v: 1 <= v <= 4096, "in 1..4096"),
 }
 
 
@@ -109,8 +115,10 @@ def validate_config(cfg: Any) -> None:
     from segany.model import PRESETS
     from segany.train.config import ConfigError
 
-    for section in ("model", "data", "optim", "loop"):
-        obj = getattr(cfg, section)
+    for section in ("model", "data", "optim", "loop", "text"):
+        obj = getattr(cfg, section, None)
+        if obj is None:  # a configuration object from before the section existed
+            continue
         hints = typing.get_type_hints(type(obj))
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
