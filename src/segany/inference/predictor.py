@@ -537,7 +537,9 @@ class SamPredictor(PredictorBase):
 
     def _embedding_shape(self) -> tuple[int, int, int, int]:
         grid = self.model.prompt_encoder.image_embedding_size
-        return (1, self.model.prompt_encoder.embed_dim, grid[0], grid[1])
+        # SAM-HQ's embedding carries the early encoder features after SAM's channels (model/hq.py).
+        channels = self.model.prompt_encoder.embed_dim + int(getattr(self.model.mask_decoder, "early_dim", 0))
+        return (1, channels, grid[0], grid[1])
 
     def _mask_input_size(self) -> tuple[int, int]:
         gh, gw = self.model.prompt_encoder.image_embedding_size
