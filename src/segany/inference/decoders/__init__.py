@@ -18,8 +18,8 @@ bf16          no     the fast decoder's image-side products in bfloat16, for CPU
 ``"auto"`` (the default) resolves to ``fast`` on a CPU, where ``benchmarks/RESULTS.md`` measures it
 faster than the model's decoder, and to ``reference`` elsewhere (no GPU benchmark yet) or for a model
 whose decoder is neither the standard one nor SAM-HQ's. ``fast`` and ``bf16`` also run SAM-HQ models
-(one mask per prompt, as the HQ decoder gives it); ``lowrank`` refuses them. It never picks an approximate decoder. "Exact" means the model's
-logits to float rounding (tests compare to 1e-4).
+(one mask per prompt, as the HQ decoder gives it); ``lowrank`` refuses them. ``auto`` never picks an
+approximate decoder. "Exact" means the model's logits to float rounding (tests compare to 1e-4).
 """
 
 from __future__ import annotations
