@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -192,7 +194,8 @@ class HQDecoderGraph(nn.Module):
             sam = sam_masks[:, 1:n].gather(1, best[..., None, None].expand(-1, 1, h, w))
         else:
             scores, sam = scores[:, :1], sam_masks[:, :1]
-        refined = self.model.mask_decoder.embedding_maskfeature(upscaled) + hq_features
+        maskfeature: Any = self.model.mask_decoder.embedding_maskfeature  # SAM-HQ's 3x3 refinement
+        refined = maskfeature(upscaled) + hq_features
         masks = (hyper[:, n:] @ refined.flatten(2)).view(b, 1, h, w)
         if not self.hq_token_only:
             masks = sam + masks
