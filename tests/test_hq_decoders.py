@@ -140,3 +140,11 @@ def test_fast_cache_refuses_a_plain_embedding(model):
     decoder = build_decoder("fast", model)
     with pytest.raises(ValueError, match="HQ encoder"):
         decoder.prepare(torch.zeros(1, model.prompt_encoder.embed_dim, 16, 16))
+
+
+@pytest.mark.parametrize("name", ["reference", "fast"])
+def test_an_empty_hq_batch_has_one_mask_per_prompt(model, name):
+    p = SamPredictor(model, decoder=name)
+    p.set_image(IMAGE)
+    low, iou = p.predict_low_res(torch.zeros(0, 1, 2), torch.zeros(0, 1), multimask_output=True)
+    assert low.shape == (0, 1, 64, 64) and iou.shape == (0, 1)

@@ -128,6 +128,7 @@ class OnnxPredictor(PredictorBase):
             raise CheckpointError(f"{manifest_path}: not a segany ONNX manifest")
         files: dict[str, str] = manifest["files"]
         self.exported_model_id: str | None = manifest.get("model_id")
+        self._hq = bool(manifest.get("hq"))  # SAM-HQ: one mask per prompt
         precision = opts.onnx_precision
         if precision == "int8" and not any(k.endswith(".int8") for k in files):
             raise CheckpointError(f"{self.folder}: has no int8 graphs; export with --quantize int8")
@@ -236,6 +237,9 @@ class OnnxPredictor(PredictorBase):
 
     def _num_mask_tokens(self) -> int:
         return self.model.num_mask_tokens
+
+    def _masks_per_prompt(self, multimask_output: bool) -> int:
+        return 1 if self._hq else super()._masks_per_prompt(multimask_output)
 
     def _model_id(self) -> str | None:
         return self.exported_model_id

@@ -247,6 +247,10 @@ class PredictorBase:
     def _num_mask_tokens(self) -> int:
         raise NotImplementedError
 
+    def _masks_per_prompt(self, multimask_output: bool) -> int:
+        """Masks returned per prompt: the multimask tokens' or the single-mask token's (SAM-HQ: one)."""
+        return self._num_mask_tokens() - 1 if multimask_output else 1
+
     def _model_id(self) -> str | None:
         """:func:`segany.io.identity.model_id` of the model, where known."""
         raise NotImplementedError
@@ -387,7 +391,7 @@ class PredictorBase:
         prompts = [None if x is None else torch.as_tensor(x) for x in (point_coords, point_labels, boxes, mask_input)]
         coords, labels, box_t, mask_t = prompts
         batch = check_batch(coords, labels, box_t, mask_t, self._mask_input_size())
-        masks = self._num_mask_tokens() - 1 if multimask_output else 1
+        masks = self._masks_per_prompt(multimask_output)
         gh, gw = image.features.shape[-2:]
         per_prompt = masks * (16 * gh * gw * 4 + full_size[0] * full_size[1])
         limit = self.options.max_mask_bytes
@@ -550,6 +554,11 @@ class SamPredictor(PredictorBase):
     def _num_mask_tokens(self) -> int:
         return int(getattr(self.model.mask_decoder, "num_mask_tokens", 4))  # a replaced decoder: SAM's 4
 
+    def _masks_per_prompt(self, multimask_output: bool) -> int:
+        from segany.model.hq import MaskDecoderHQ
+
+        return 1 if isinstance(self.model.mask_decoder, MaskDecoderHQ) else super()._masks_per_prompt(multimask_output)
+
     def _model_id(self) -> str | None:
         return model_id(self.model)
 
@@ -592,6 +601,6 @@ class SamPredictor(PredictorBase):
         if len(parts) == 1:
             return parts[0]
         if not parts:
-            m = self._num_mask_tokens() - 1 if multimask_output else 1
+            m = self._masks_per_prompt(multimask_output)
             return torch.empty(0, m, *mask_size, device=self.device), torch.empty(0, m, device=self.device)
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
