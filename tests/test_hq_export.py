@@ -158,3 +158,22 @@ def test_hq_options_are_refused_for_sam_and_cli_exports_hq(tmp_path, capsys):
     assert main(["export", "tiny", "-o", str(tmp_path / "x"), "--hq-token-only"]) == 2
     err = capsys.readouterr().err
     assert "SAM-HQ models only" in err and "Traceback" not in err
+
+
+def test_annotation_server_model_service_takes_hq_and_tiny_vit_models(tmp_path):
+    """The annotation server's model service states the embedding shape its encoder writes (SAM-HQ: C +
+    early_dim channels; TinyViT: no ViT patch embedding to read the grid off) and exports HQ decoders."""
+    from PIL import Image
+
+    from segany.annotate.modelsvc import ModelService
+    from test_families import TINY_MOBILE
+
+    image = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(image)
+    for config in (TINY_HQ, TINY_MOBILE):
+        service = ModelService(randomize_(build_sam(config), seed=5), tmp_path / config.encoder)
+        embedding = np.load(service.ensure_embedding("0" * 64, image))
+        assert list(embedding.shape) == service.info()["embedding_shape"]
+        if config.hq:
+            decoder = ort.InferenceSession(str(service.decoder_path()), providers=["CPUExecutionProvider"])
+            assert decoder.get_inputs()[0].shape == list(embedding.shape)
