@@ -185,8 +185,8 @@ class OnnxPredictor(PredictorBase):
         else:
             if manifest.get("hq"):
                 raise CheckpointError(
-                    f"{self.folder}: a SAM-HQ export has no onnxruntime decoder split; pass the model "
-                    "(decoder_model=, or the checkpoint) so that prompts run in PyTorch"
+                    f"{self.folder}: a SAM-HQ export has no onnxruntime decoder split: its prompts run in "
+                    "segany's PyTorch decoder (pass decoder_model= or the checkpoint, without decoder='onnx')"
                 )
             self._cache_graph = session("image_cache")
             self._decoder = session("decoder_lowres")
