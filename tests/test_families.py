@@ -235,16 +235,18 @@ def test_hq_decoder_refuses_a_plain_embedding():
         model.mask_decoder(torch.zeros(1, 64, 16, 16), model.prompt_encoder.get_dense_pe(), sparse, dense, True)
 
 
-def test_onnx_export_of_mobile_sam_matches_and_hq_is_refused(tmp_path):
+def test_onnx_export_of_mobile_sam_and_light_hq_matches(tmp_path):
+    """Both TinyViT families export; SAM-HQ's own export tests are in test_hq_export.py."""
     pytest.importorskip("onnxruntime")
-    from segany.export.onnx import ExportError, export_onnx
+    from segany.export.onnx import export_onnx
 
     model = randomize_(build_sam(TINY_MOBILE), seed=8).eval()
     result = export_onnx(model, tmp_path / "mobile")  # checks every graph against PyTorch (1e-4)
     assert {"encoder", "decoder"} <= set(result.files)
-    with pytest.raises(ExportError, match="SAM-HQ"):
-        export_onnx(build_sam(TINY_HQ), tmp_path / "hq")
-    assert not (tmp_path / "hq").exists()
+    light_hq = randomize_(build_sam(TINY_MOBILE.replace(hq=True)), seed=9).eval()
+    result = export_onnx(light_hq, tmp_path / "light_hq")
+    assert set(result.files) == {"encoder", "decoder", "manifest"}
+    assert max(result.max_abs_diff.values()) < 1e-4
 
 
 def test_tiny_vit_refuses_widths_its_heads_do_not_divide():

@@ -227,3 +227,41 @@ def test_every_release_has_an_official_address_and_an_architecture():
     for name, release in hub.WEIGHTS.items():
         assert name in PRESETS and release.url.startswith("https://")
         assert release.filename == release.url.rsplit("/", 1)[-1]
+
+
+def test_download_without_a_known_checksum_warns_in_one_line(server, weights, capsys):
+    server.payload = weights
+    release = _release(server, weights, sha256=None, md5=None, size=None)
+    assert not release.verifiable
+    target = hub.cache_dir() / release.filename
+    assert hub.fetch(release, target, progress=False) == target
+    assert target.read_bytes() == weights
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checksum is known for tiny_release.pth" in err[0] and "cannot be verified" in err[0]
+    # A release with a checksum downloads without that warning.
+    verified = _release(server, weights, name="other", filename="other.pth")
+    hub.fetch(verified, hub.cache_dir() / verified.filename, progress=False)
+    assert "cannot be verified" not in capsys.readouterr().err
+
+
+def test_the_releases_without_checksums_are_the_ones_nobody_published():
+    assert {n for n, r in hub.WEIGHTS.items() if not r.verifiable} == {"mobile_sam", "sam_hq_vit_tiny"}
+
+
+def test_info_says_checksum_unknown_for_names_and_files(weights, monkeypatch, tmp_path, capsys):
+    from segany.cli.main import main
+
+    assert main(["info", "mobile_sam"]) == 0
+    assert "checksum:      checksum unknown" in capsys.readouterr().out
+    assert main(["info", "vit_b"]) == 0
+    assert f"checksum:      SHA-256 {hub.WEIGHTS['vit_b'].sha256}" in capsys.readouterr().out
+    # A file with a release's architecture whose checksum is unknown is not claimed as (or denied to be) it.
+    path = tmp_path / "tiny.pth"
+    path.write_bytes(weights)
+    monkeypatch.setitem(hub.WEIGHTS, "tiny", hub.Release("tiny", "tiny.pth", "https://example.org/tiny.pth", "t"))
+    assert main(["info", str(path)]) == 0
+    assert "release:       tiny's architecture; checksum unknown" in capsys.readouterr().out
+    digest = hashlib.sha256(weights).hexdigest()
+    monkeypatch.setitem(hub.WEIGHTS, "tiny", hub.Release("tiny", "tiny.pth", "https://x/tiny.pth", "t", sha256=digest))
+    assert main(["info", str(path)]) == 0
+    assert "release:       tiny (checksum matches)" in capsys.readouterr().out

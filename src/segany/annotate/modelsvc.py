@@ -36,7 +36,7 @@ def model_id(model: Sam) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too (BatchNorm)
     return h.hexdigest()[:16]
 
 
@@ -87,8 +87,10 @@ class ModelService:
         self._encode_lock = threading.Lock()
         self._decode_lock = threading.Lock()
         self._export_lock = threading.Lock()
-        grid = self.model.image_encoder.img_size // self.model.image_encoder.patch_embed.proj.kernel_size[0]
-        self.embedding_shape = [1, int(self.model.prompt_encoder.embed_dim), int(grid), int(grid)]
+        grid = self.model.prompt_encoder.image_embedding_size[0]  # any encoder (ViT, TinyViT, conv)
+        # SAM-HQ's embedding carries its early encoder features after SAM's channels (model/hq.py).
+        channels = self.model.prompt_encoder.embed_dim + int(getattr(self.model.mask_decoder, "early_dim", 0))
+        self.embedding_shape = [1, int(channels), int(grid), int(grid)]
         self.image_size = int(self.model.image_encoder.img_size)
         self.mask_input_size = 4 * int(grid)
 

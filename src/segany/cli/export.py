@@ -16,6 +16,8 @@ Writes to the output folder:
   image_cache.onnx, decoder_lowres.onnx   the fast split used by 'segany ... --backend onnx'
   encoder.int8.onnx     with --quantize int8
   segany_onnx.json      what the folder holds
+A SAM-HQ model writes encoder.onnx (the HQ embedding: C + early channels) and decoder.onnx with the official
+SAM-HQ export's interface (one mask; --hq-token-only, --hq-multimask-output), no decoder split.
 Every graph is run once with onnxruntime and compared with PyTorch (skip with --no-check)."""
 
 
@@ -39,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decoder.onnx scores masks by stability instead of predicted IoU (official option)")
     parser.add_argument("--return-extra-metrics", action="store_true",
                         help="decoder.onnx also returns stability scores and areas (official option)")
+    parser.add_argument("--hq-token-only", action="store_true",
+                        help="SAM-HQ: decoder.onnx returns the HQ mask alone (official SAM-HQ export option)")
+    parser.add_argument("--hq-multimask-output", action="store_true",
+                        help="SAM-HQ: SAM's part of the mask from the best multimask token (official SAM-HQ "
+                        "export's multimask_output)")
     parser.add_argument("--no-encoder", action="store_true", help="skip the image encoder (decoders only)")
     parser.add_argument("--no-check", action="store_true", help="do not compare the graphs with PyTorch")
 
@@ -64,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         return_extra_metrics=args.return_extra_metrics,
         encoder=not args.no_encoder,
         check=not args.no_check,
+        hq_token_only=True if args.hq_token_only else None,
+        hq_multimask_output=args.hq_multimask_output,
     )
     for role, path in result.files.items():
         size = path.stat().st_size / 1e6

@@ -58,16 +58,20 @@ def _describe_file(arg: str) -> dict[str, Any]:
     notes: dict[str, object] = {}
     config, skeleton, _ = inspect_checkpoint(path, notes)  # checked against the file; nothing allocated
     hf_keys = bool(notes.get("hf"))
-    release = None
+    release = unverifiable = None
     if not path.is_dir() and config.name in hub.WEIGHTS and PRESETS[config.name] == config:
-        found = hub.known_release(path)  # hashes only files whose architecture is a release's
-        release = found.name if found is not None else None
+        if hub.WEIGHTS[config.name].verifiable:
+            found = hub.known_release(path)  # hashes only files whose architecture is a release's
+            release = found.name if found is not None else None
+        else:  # the architecture of a release whose checksum nobody has published: no match possible
+            unverifiable = config.name
     info = _summary(config, skeleton)
     info.update(
         file=str(arg),
         format=_format(path, hf_keys and not path.is_dir()),
         file_bytes=_file_bytes(path),
         release=release,
+        checksum_unknown=unverifiable,
     )
     return info
 
@@ -215,11 +219,18 @@ def _print(info: dict[str, Any]) -> None:
         print(f"release:       {info['description']}")
         print("location:      " + (info["cached"] or f"not downloaded yet: would go to {info['download_to']}"))
         print(f"address:       {info['url']}")
+        if info["sha256"] or info["md5"]:
+            print("checksum:      " + (f"SHA-256 {info['sha256']}" if info["sha256"] else f"MD5 {info['md5']}"))
+        else:
+            print("checksum:      checksum unknown (a download of it cannot be verified)")
     elif info["format"] != "preset (random weights)":
-        print(
-            "release:       "
-            + (f"{info['release']} (checksum matches)" if info["release"] else "no known release (by checksum)")
-        )
+        if info["release"]:
+            text = f"{info['release']} (checksum matches)"
+        elif info.get("checksum_unknown"):
+            text = f"{info['checksum_unknown']}'s architecture; checksum unknown (cannot be matched to the release)"
+        else:
+            text = "no known release (by checksum)"
+        print(f"release:       {text}")
     print(f"family:        {info['family']}, architecture {info['architecture']}")
     print(f"parameters:    {info['parameters'] / 1e6:.2f} M "
           f"(encoder {parts['image_encoder'] / 1e6:.2f} M, prompt encoder {parts['prompt_encoder'] / 1e6:.3f} M, "

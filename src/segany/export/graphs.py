@@ -11,9 +11,16 @@
 * :class:`ImageCacheGraph` and :class:`LowResDecoderGraph` -- the split used by segany's own onnxruntime
   predictor: a per-image (and per-mask-prompt) cache, and a batched decoder returning low-resolution
   logits, which the predictor maps to image size with :func:`segany.ops.postprocess.upscale_logits`.
+  SAM's decoder only: a SAM-HQ export has no split.
+* :class:`HQDecoderGraph` -- SAM-HQ's decoder with the official SAM-HQ export's interface and options
+  (``segment_anything_hq/utils/onnx.py``), except that the early features travel inside
+  ``image_embeddings`` ``(1, C + early_dim, g, g)``, as the encoder graph of an HQ model outputs them
+  (see :mod:`segany.model.hq`), instead of a separate ``interm_embeddings`` input.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +29,14 @@ from torch import nn
 from segany.inference.fast_decoder import DecoderImageCache, FastMaskDecoder, embed_points
 from segany.model import Sam
 
-__all__ = ["EncoderGraph", "ImageCacheGraph", "LowResDecoderGraph", "OfficialDecoderGraph", "stability_score"]
+__all__ = [
+    "EncoderGraph",
+    "HQDecoderGraph",
+    "ImageCacheGraph",
+    "LowResDecoderGraph",
+    "OfficialDecoderGraph",
+    "stability_score",
+]
 
 
 class EncoderGraph(nn.Module):
@@ -86,13 +100,7 @@ class OfficialDecoderGraph(nn.Module):
         return masks[rows, best].unsqueeze(1), scores[rows, best].unsqueeze(1)
 
     def _to_image(self, masks: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
-        s = self.img_size
-        masks = F.interpolate(masks, size=(s, s), mode="bilinear", align_corners=False)
-        size = orig_im_size.to(torch.float32)
-        valid = torch.floor(size * (s / torch.max(size)) + 0.5).to(torch.int64)
-        masks = masks[..., : valid[0], : valid[1]]
-        out = orig_im_size.to(torch.int64)
-        return F.interpolate(masks, size=(out[0], out[1]), mode="bilinear", align_corners=False)
+        return _to_image(masks, orig_im_size, self.img_size)
 
     def forward(
         self,
@@ -117,6 +125,86 @@ class OfficialDecoderGraph(nn.Module):
             areas = (upscaled > threshold).sum(dim=(-1, -2))
             return upscaled, scores, stability, areas, masks
         return upscaled, scores, masks
+
+
+def _to_image(masks: torch.Tensor, orig_im_size: torch.Tensor, s: int) -> torch.Tensor:
+    """Low-resolution logits -> the original image size ``orig_im_size (2,)`` (the official post-processing)."""
+    masks = F.interpolate(masks, size=(s, s), mode="bilinear", align_corners=False)
+    size = orig_im_size.to(torch.float32)
+    valid = torch.floor(size * (s / torch.max(size)) + 0.5).to(torch.int64)
+    masks = masks[..., : valid[0], : valid[1]]
+    out = orig_im_size.to(torch.int64)
+    return F.interpolate(masks, size=(out[0], out[1]), mode="bilinear", align_corners=False)
+
+
+class HQDecoderGraph(nn.Module):
+    """SAM-HQ's decoder with the official SAM-HQ ``SamOnnxModel``'s options and outputs.
+
+    Inputs: as :class:`OfficialDecoderGraph`, with ``image_embeddings (1, C + early_dim, g, g)`` (the HQ
+    encoder graph's output). Outputs: ``masks (1, 1, H, W)``, ``iou_predictions (1, 1)``,
+    ``low_res_masks (1, 1, 4g, 4g)`` (with ``return_extra_metrics``: ``masks, iou_predictions,
+    stability_scores, areas, low_res_masks``). SAM's mask is its single-mask token's, or with
+    ``multimask_output`` the best multimask token's by score (predicted IoU, or stability with
+    ``use_stability_score``); the HQ mask is added to it, or replaces it with ``hq_token_only``.
+    """
+
+    def __init__(
+        self,
+        model: Sam,
+        hq_token_only: bool = False,
+        multimask_output: bool = False,
+        use_stability_score: bool = False,
+        return_extra_metrics: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.cache = DecoderImageCache(model)
+        self.decoder = FastMaskDecoder(model)
+        if not self.decoder.hq:
+            raise ValueError("HQDecoderGraph needs a SAM-HQ model")
+        self.img_size = model.image_encoder.img_size
+        self.hq_token_only = hq_token_only
+        self.multimask_output = multimask_output
+        self.use_stability_score = use_stability_score
+        self.return_extra_metrics = return_extra_metrics
+        self.stability_offset = 1.0
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        orig_im_size: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        sparse = embed_points(self.model, point_coords, point_labels)
+        src, k1, v1, q1 = self.cache(image_embeddings, mask_input, has_mask_input)
+        hq_features = self.cache.hq_features(image_embeddings)
+        keys, hyper, scores = self.decoder.run_transformer(src, k1, v1, q1, sparse)
+        upscaled = self.decoder.upscale_features(keys)  # (1, c2, 4g, 4g)
+        b, _, h, w = upscaled.shape
+        n = hyper.shape[1] - 1  # SAM's mask tokens; the HQ token's output is last
+        sam_masks = (hyper[:, :n] @ upscaled.flatten(2)).view(b, n, h, w)
+        threshold = self.model.mask_threshold
+        if self.use_stability_score:  # of SAM's masks, as the official HQ export scores them
+            scores = stability_score(sam_masks, threshold, self.stability_offset)
+        if self.multimask_output:
+            scores, best = scores[:, 1:n].max(dim=1, keepdim=True)
+            sam = sam_masks[:, 1:n].gather(1, best[..., None, None].expand(-1, 1, h, w))
+        else:
+            scores, sam = scores[:, :1], sam_masks[:, :1]
+        maskfeature: Any = self.model.mask_decoder.embedding_maskfeature  # SAM-HQ's 3x3 refinement
+        refined = maskfeature(upscaled) + hq_features
+        masks = (hyper[:, n:] @ refined.flatten(2)).view(b, 1, h, w)
+        if not self.hq_token_only:
+            masks = sam + masks
+        upscaled_masks = _to_image(masks, orig_im_size, self.img_size)
+        if self.return_extra_metrics:
+            stability = stability_score(upscaled_masks, threshold, self.stability_offset)
+            areas = (upscaled_masks > threshold).sum(dim=(-1, -2))
+            return upscaled_masks, scores, stability, areas, masks
+        return upscaled_masks, scores, masks
 
 
 class ImageCacheGraph(nn.Module):

@@ -12,6 +12,11 @@ Files written to the output folder (see :mod:`segany.export.graphs` for each gra
 ``segany_onnx.json``       what the folder holds: model configuration, sizes, file names
 =========================  ==================================================================
 
+A SAM-HQ model's folder holds ``encoder.onnx`` (its output: the HQ embedding, ``C + early_dim``
+channels), ``decoder.onnx`` with the official SAM-HQ export's interface and options
+(:class:`~segany.export.graphs.HQDecoderGraph`) and the manifest: segany's decoder split does not run
+SAM-HQ, so the onnxruntime predictor decodes an HQ export's prompts in PyTorch (given the model).
+
 Graphs are written with ``torch.onnx.export``: the ``torch.export``-based exporter for opset >= 18 and
 the TorchScript exporter for older opsets (the official export's default is 17).
 """
@@ -32,7 +37,13 @@ import torch
 from torch import nn
 
 from segany.errors import SeganyError
-from segany.export.graphs import EncoderGraph, ImageCacheGraph, LowResDecoderGraph, OfficialDecoderGraph
+from segany.export.graphs import (
+    EncoderGraph,
+    HQDecoderGraph,
+    ImageCacheGraph,
+    LowResDecoderGraph,
+    OfficialDecoderGraph,
+)
 from segany.model import Sam
 
 __all__ = ["ExportError", "OnnxExport", "export_onnx", "MANIFEST", "FORMAT_VERSION"]
@@ -68,7 +79,8 @@ def _example_inputs(model: Sam) -> dict[str, tuple[torch.Tensor, ...]]:
     c = model.prompt_encoder.embed_dim
     gh, gw = model.prompt_encoder.image_embedding_size
     mh, mw = model.prompt_encoder.mask_input_size
-    embedding = torch.randn(1, c, gh, gw, generator=g)
+    early = int(getattr(model.mask_decoder, "early_dim", 0))  # SAM-HQ's early features ride along
+    embedding = torch.randn(1, c + early, gh, gw, generator=g)
     # Non-square, so that the padding code path is traced with distinct height and width.
     image = torch.randint(0, 256, (s * 3 // 4, s, 3), generator=g, dtype=torch.uint8)
     k, b = 5, 2
@@ -230,6 +242,8 @@ def export_onnx(
     encoder: bool = True,
     check: bool = True,
     tolerance: float = 1e-4,
+    hq_token_only: bool | None = None,
+    hq_multimask_output: bool = False,
 ) -> OnnxExport:
     """Export ``model`` to ONNX files in ``out_dir`` (created if needed; existing files replaced).
 
@@ -241,7 +255,12 @@ def export_onnx(
         int8_weights: signedness of the int8 weights: ``"s8"`` (fast on CPUs with VNNI/AMX), ``"u8"``
             (safe on any x86 CPU) or ``"auto"`` (whichever suits this CPU; see segany.export.quantize).
         return_single_mask, use_stability_score, return_extra_metrics: the official export's options
-            for ``decoder.onnx`` (same defaults: all off).
+            for ``decoder.onnx`` (same defaults: all off). A SAM-HQ ``decoder.onnx`` always returns one
+            mask (``return_single_mask`` changes nothing there).
+        hq_token_only, hq_multimask_output: SAM-HQ models only, the official SAM-HQ export's
+            ``hq_token_only`` (the HQ mask alone instead of added to SAM's; None: the model's own
+            ``mask_decoder.hq_token_only``) and ``multimask_output`` (SAM's part from the best
+            multimask token instead of the single-mask token).
         encoder: also export the image encoder (slow for big models).
         check: run every graph once with onnxruntime and compare with PyTorch (relative |diff| <=
             ``tolerance``); raises :class:`ExportError` otherwise.
@@ -250,8 +269,14 @@ def export_onnx(
     """
     if quantize not in (None, "int8"):
         raise ExportError(f"quantize must be 'int8' or None, not {quantize!r}")
-    if getattr(getattr(model, "config", None), "hq", False):  # its decoder graphs would drop the HQ token
-        raise ExportError("ONNX export of SAM-HQ models is not supported; use the PyTorch backend")
+    from segany.inference.fast_decoder import is_hq
+
+    hq: dict[str, bool] | None = None
+    if is_hq(model):
+        only = model.mask_decoder.hq_token_only if hq_token_only is None else hq_token_only
+        hq = {"hq_token_only": bool(only), "multimask_output": bool(hq_multimask_output)}
+    elif hq_token_only is not None or hq_multimask_output:
+        raise ExportError("hq_token_only and hq_multimask_output apply to SAM-HQ models only")
     from segany.export.quantize import int8_weight_type
 
     try:
@@ -264,7 +289,7 @@ def export_onnx(
     try:
         return _export_all(
             model.eval().cpu(), Path(out_dir), opset, quantize, weights, return_single_mask, use_stability_score,
-            return_extra_metrics, encoder, check, tolerance,
+            return_extra_metrics, encoder, check, tolerance, hq,
         )
     finally:
         model.to(device).train(training)
@@ -282,6 +307,7 @@ def _export_all(
     encoder: bool,
     check: bool,
     tolerance: float,
+    hq: dict[str, bool] | None,
 ) -> OnnxExport:
     from segany.io.files import temp_path
 
@@ -297,7 +323,7 @@ def _export_all(
         raise ExportError(f"cannot write to {out}: {exc.strerror or exc}") from exc
     try:
         return _export_into(model, out, staging, opset, quantize, int8_weights, return_single_mask,
-                            use_stability_score, return_extra_metrics, encoder, check, tolerance)
+                            use_stability_score, return_extra_metrics, encoder, check, tolerance, hq)
     except BaseException:
         if created:  # a failed export into a new folder leaves nothing behind
             shutil.rmtree(out, ignore_errors=True)
@@ -319,18 +345,15 @@ def _export_into(
     encoder: bool,
     check: bool,
     tolerance: float,
+    hq: dict[str, bool] | None,
 ) -> OnnxExport:
     """:func:`_export_all` once ``out`` exists: graphs are staged in ``tmp`` (a temporary folder in
-    ``out``) and moved into ``out`` only when all of them were written and checked."""
+    ``out``) and moved into ``out`` only when all of them were written and checked. ``hq``: a SAM-HQ
+    model's decoder options (its folder then has no decoder split), None for SAM's decoder."""
     examples = _example_inputs(model)
     s = model.image_encoder.img_size
     result = OnnxExport(folder=out)
 
-    cache_graph = ImageCacheGraph(model)
-    with torch.no_grad():
-        cache_example = cache_graph(*examples["image_cache"])
-    # The low-resolution decoder uses a batch-1 cache shared by B prompts.
-    lowres_args = tuple(cache_example) + examples["decoder_lowres"]
     graphs: list[tuple[str, nn.Module, tuple[torch.Tensor, ...], list[str], list[str], dict[str, dict[int, str]]]] = []
     if encoder:
         graphs.append(
@@ -340,32 +363,47 @@ def _export_into(
     official_outputs = ["masks", "iou_predictions", "low_res_masks"]
     if return_extra_metrics:
         official_outputs = ["masks", "iou_predictions", "stability_scores", "areas", "low_res_masks"]
-    graphs += [
+    decoder_graph: nn.Module
+    if hq is not None:
+        decoder_graph = HQDecoderGraph(
+            model, hq["hq_token_only"], hq["multimask_output"], use_stability_score, return_extra_metrics
+        )
+    else:
+        decoder_graph = OfficialDecoderGraph(model, return_single_mask, use_stability_score, return_extra_metrics)
+    graphs.append(
         (
             "decoder",
-            OfficialDecoderGraph(model, return_single_mask, use_stability_score, return_extra_metrics),
+            decoder_graph,
             examples["decoder"],
             ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"],
             official_outputs,
             {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
-        ),
-        (
-            "image_cache",
-            cache_graph,
-            examples["image_cache"],
-            ["image_embeddings", "mask_input", "has_mask_input"],
-            ["src", "k1", "v1", "q1"],
-            {},
-        ),
-        (
-            "decoder_lowres",
-            LowResDecoderGraph(model),
-            lowres_args,
-            ["src", "k1", "v1", "q1", "point_coords", "point_labels"],
-            ["low_res_masks", "iou_predictions"],
-            {"point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"}},
-        ),
-    ]
+        )
+    )
+    if hq is None:  # segany's decoder split (the onnxruntime predictor's prompts): SAM's decoder only
+        cache_graph = ImageCacheGraph(model)
+        with torch.no_grad():
+            cache_example = cache_graph(*examples["image_cache"])
+        # The low-resolution decoder uses a batch-1 cache shared by B prompts.
+        lowres_args = tuple(cache_example) + examples["decoder_lowres"]
+        graphs += [
+            (
+                "image_cache",
+                cache_graph,
+                examples["image_cache"],
+                ["image_embeddings", "mask_input", "has_mask_input"],
+                ["src", "k1", "v1", "q1"],
+                {},
+            ),
+            (
+                "decoder_lowres",
+                LowResDecoderGraph(model),
+                lowres_args,
+                ["src", "k1", "v1", "q1", "point_coords", "point_labels"],
+                ["low_res_masks", "iou_predictions"],
+                {"point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"}},
+            ),
+        ]
 
     # Graphs are staged in tmp (see _export_all, which removes it) and moved into out once all passed.
     staged: dict[str, Path] = {}
@@ -400,7 +438,7 @@ def _export_into(
     # File sizes let a reader (the export cache of segany.export.backend) spot a truncated graph.
     result.sizes = {name: path.stat().st_size for name, path in result.files.items()}
     manifest = _manifest(
-        model, result, opset, quantize, int8_weights, return_single_mask, use_stability_score, return_extra_metrics
+        model, result, opset, quantize, int8_weights, return_single_mask, use_stability_score, return_extra_metrics, hq
     )
     from segany.io.files import atomic_write_text
 
@@ -418,6 +456,7 @@ def _manifest(
     single: bool,
     stability: bool,
     extra: bool,
+    hq: dict[str, bool] | None,
 ) -> dict[str, Any]:
     from segany.io.identity import model_id
 
@@ -429,6 +468,9 @@ def _manifest(
         "opset": opset,
         "image_size": model.image_encoder.img_size,
         "embed_dim": model.prompt_encoder.embed_dim,
+        # The encoder's output channels: embed_dim, plus SAM-HQ's early features.
+        "embedding_channels": model.prompt_encoder.embed_dim + int(getattr(model.mask_decoder, "early_dim", 0)),
+        "hq": hq,  # SAM-HQ's decoder options (hq_token_only, multimask_output), null for SAM's decoder
         "embedding_size": list(model.prompt_encoder.image_embedding_size),
         "mask_input_size": list(model.prompt_encoder.mask_input_size),
         "num_mask_tokens": model.mask_decoder.num_mask_tokens,

@@ -52,6 +52,7 @@ class OnnxModelInfo:
     mask_input_size: tuple[int, int]
     num_mask_tokens: int
     config: dict[str, Any]
+    embedding_channels: int = 0  # the encoder's output channels (SAM-HQ: embed_dim + early_dim); 0: embed_dim
 
     @property
     def device(self) -> torch.device:
@@ -127,6 +128,7 @@ class OnnxPredictor(PredictorBase):
             raise CheckpointError(f"{manifest_path}: not a segany ONNX manifest")
         files: dict[str, str] = manifest["files"]
         self.exported_model_id: str | None = manifest.get("model_id")
+        self._hq = bool(manifest.get("hq"))  # SAM-HQ: one mask per prompt
         precision = opts.onnx_precision
         if precision == "int8" and not any(k.endswith(".int8") for k in files):
             raise CheckpointError(f"{self.folder}: has no int8 graphs; export with --quantize int8")
@@ -147,6 +149,7 @@ class OnnxPredictor(PredictorBase):
             mask_input_size=(int(manifest["mask_input_size"][0]), int(manifest["mask_input_size"][1])),
             num_mask_tokens=int(manifest["num_mask_tokens"]),
             config=dict(manifest.get("config", {})),
+            embedding_channels=int(manifest.get("embedding_channels") or manifest["embed_dim"]),
         )
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = int(opts.num_threads or torch.get_num_threads())
@@ -180,6 +183,11 @@ class OnnxPredictor(PredictorBase):
                     f"{self.folder}: decoder_model is not the exported model (embedding shapes differ)"
                 )
         else:
+            if manifest.get("hq"):
+                raise CheckpointError(
+                    f"{self.folder}: a SAM-HQ export has no onnxruntime decoder split: its prompts run in "
+                    "segany's PyTorch decoder (pass decoder_model= or the checkpoint, without decoder='onnx')"
+                )
             self._cache_graph = session("image_cache")
             self._decoder = session("decoder_lowres")
         self.transform = ResizeLongestSide(self.model.image_size)
@@ -222,13 +230,16 @@ class OnnxPredictor(PredictorBase):
         return features, (embedding, self._run_cache(embedding, None))
 
     def _embedding_shape(self) -> tuple[int, int, int, int]:
-        return (1, self.model.embed_dim, *self.model.embedding_size)
+        return (1, self.model.embedding_channels or self.model.embed_dim, *self.model.embedding_size)
 
     def _mask_input_size(self) -> tuple[int, int]:
         return self.model.mask_input_size
 
     def _num_mask_tokens(self) -> int:
         return self.model.num_mask_tokens
+
+    def _masks_per_prompt(self, multimask_output: bool) -> int:
+        return 1 if self._hq else super()._masks_per_prompt(multimask_output)
 
     def _model_id(self) -> str | None:
         return self.exported_model_id

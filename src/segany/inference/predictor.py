@@ -247,6 +247,10 @@ class PredictorBase:
     def _num_mask_tokens(self) -> int:
         raise NotImplementedError
 
+    def _masks_per_prompt(self, multimask_output: bool) -> int:
+        """Masks returned per prompt: the multimask tokens' or the single-mask token's (SAM-HQ: one)."""
+        return self._num_mask_tokens() - 1 if multimask_output else 1
+
     def _model_id(self) -> str | None:
         """:func:`segany.io.identity.model_id` of the model, where known."""
         raise NotImplementedError
@@ -405,7 +409,7 @@ class PredictorBase:
         if text_embeds is not None:
             text_embeds = self._check_text_embeds(text_embeds, batch, coords is None and box_t is None)
             batch = text_embeds.shape[0]
-        masks = self._num_mask_tokens() - 1 if multimask_output else 1
+        masks = self._masks_per_prompt(multimask_output)
         gh, gw = image.features.shape[-2:]
         per_prompt = masks * (16 * gh * gw * 4 + full_size[0] * full_size[1])
         limit = self.options.max_mask_bytes
@@ -641,7 +645,9 @@ class SamPredictor(PredictorBase):
 
     def _embedding_shape(self) -> tuple[int, int, int, int]:
         grid = self.model.prompt_encoder.image_embedding_size
-        return (1, self.model.prompt_encoder.embed_dim, grid[0], grid[1])
+        # SAM-HQ's embedding carries the early encoder features after SAM's channels (model/hq.py).
+        channels = self.model.prompt_encoder.embed_dim + int(getattr(self.model.mask_decoder, "early_dim", 0))
+        return (1, channels, grid[0], grid[1])
 
     def _mask_input_size(self) -> tuple[int, int]:
         gh, gw = self.model.prompt_encoder.image_embedding_size
@@ -651,6 +657,11 @@ class SamPredictor(PredictorBase):
 
     def _num_mask_tokens(self) -> int:
         return int(getattr(self.model.mask_decoder, "num_mask_tokens", 4))  # a replaced decoder: SAM's 4
+
+    def _masks_per_prompt(self, multimask_output: bool) -> int:
+        from segany.model.hq import MaskDecoderHQ
+
+        return 1 if isinstance(self.model.mask_decoder, MaskDecoderHQ) else super()._masks_per_prompt(multimask_output)
 
     def _model_id(self) -> str | None:
         return model_id(self.model)
@@ -694,7 +705,7 @@ class SamPredictor(PredictorBase):
         if len(parts) == 1:
             return parts[0]
         if not parts:
-            m = self._num_mask_tokens() - 1 if multimask_output else 1
+            m = self._masks_per_prompt(multimask_output)
             return torch.empty(0, m, *mask_size, device=self.device), torch.empty(0, m, device=self.device)
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 

@@ -20,6 +20,7 @@ import errno
 import hashlib
 import http.client
 import os
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -40,13 +41,20 @@ class Release:
     sha256: str | None = None
     md5: str | None = None
 
+    @property
+    def verifiable(self) -> bool:
+        """Whether a checksum is known, so that a download can be checked to be this release."""
+        return bool(self.sha256 or self.md5)
+
 
 # The released weights. Addresses are the authors' own. Checksums could not be computed here (no
 # internet): the SHA-256 sums of sam_vit_b and sam_vit_h and every size come from public listings of
 # these files, the MD5 sums from a widely used downloader's table (the SAM ones match the six hex
 # digits in the official file names). A download is checked against every value given: SHA-256 when
-# known, else MD5, and the size. MobileSAM's and Light HQ-SAM's files have none known: their downloads
-# are checked by the checkpoint validation only (keys, shapes, sizes), and `segany info` says so.
+# known, else MD5, and the size. MobileSAM's and Light HQ-SAM's files have none known (nothing here
+# records one: not the reference packages, not their metadata): their downloads print a warning that
+# they cannot be verified, are checked by the checkpoint validation only (keys, shapes, sizes), and
+# `segany info` says "checksum unknown".
 WEIGHTS: dict[str, Release] = {
     r.name: r
     for r in [
@@ -203,7 +211,15 @@ def _by_hand(release: Release, target: Path) -> str:
 
 def fetch(release: Release, target: Path, progress: bool = True, timeout: float = 60.0) -> Path:
     """Download ``release`` to ``target``: resumable, verified, atomic. Errors are one line that says
-    what failed and where to put the file by hand."""
+    what failed and where to put the file by hand. A release without a known checksum is downloaded
+    after a one-line warning on stderr that it cannot be verified."""
+    if not release.verifiable:
+        print(
+            f"segany: warning: no checksum is known for {release.filename}; the download from {release.url} "
+            "cannot be verified (only loading it checks its layout)",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + ".part")

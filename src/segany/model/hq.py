@@ -97,6 +97,21 @@ class MaskDecoderHQ(MaskDecoder):
         hq = masks[:, -1:]
         return (hq if self.hq_token_only else sam + hq), iou_sam
 
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every SAM token's mask as this decoder would output it, ``(B, num_mask_tokens, 4h, 4w)``: the
+        token's mask plus the HQ mask (the HQ mask alone with ``hq_token_only``), and SAM's IoUs
+        ``(B, num_mask_tokens)``. :meth:`forward` picks one of these; training (which scores every
+        token, as SAM's recipe does) calls this."""
+        masks, iou = self.predict_all(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        hq = masks[:, -1:]
+        return (hq.expand_as(masks[:, :-1]) if self.hq_token_only else masks[:, :-1] + hq), iou
+
     def predict_all(
         self,
         image_embeddings: torch.Tensor,

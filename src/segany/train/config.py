@@ -66,7 +66,8 @@ class OptimSection:
     warmup_steps: int = 250
     decay_steps: list[int] = field(default_factory=list)  # lr is multiplied by decay_factor at each
     decay_factor: float = 0.1
-    layer_decay: float = 1.0  # encoder block i gets lr * layer_decay ** (depth - i); 1.0 = off
+    # Encoder block i gets lr * layer_decay ** (depth - i) (TinyViT's blocks counted across stages); 1.0 = off.
+    layer_decay: float = 1.0
     grad_clip: float | None = None
 
 

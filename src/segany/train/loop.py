@@ -39,7 +39,7 @@ from segany.train.data import (
 )
 from segany.train.engine import STAT_NAMES, interactive_step
 from segany.train.logs import MetricsLog, plot_losses
-from segany.train.optim import build_optimizer, build_scheduler, lr_factor
+from segany.train.optim import build_optimizer, build_scheduler, decay_depths, lr_factor
 from segany.train.state import (
     TrainingStateError,
     load_training_state,
@@ -278,8 +278,8 @@ def train(
     torch.manual_seed(loop.seed)
     model = (build_model(cfg) if clip is None else build_model(cfg, clip.embed_dim)).to(info.device).train()
     dist_utils.broadcast_parameters(model)
-    depth = len(getattr(model.image_encoder, "blocks", ()))  # layer decay applies to ViT blocks only
-    optimizer = build_optimizer(model, cfg.optim, depth)
+    depth, stage_depths = decay_depths(model)  # layer decay over ViT or TinyViT blocks
+    optimizer = build_optimizer(model, cfg.optim, depth, stage_depths)
     scheduler = build_scheduler(optimizer, cfg.optim)
     if state is not None:
         start_step = _restore(state, model, optimizer, scheduler, cfg, info.device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -19,11 +21,27 @@ _NO_DECAY_NAMES = (
 )
 
 
-def layer_id(name: str, depth: int) -> int:
+def layer_id(name: str, depth: int, stage_depths: Sequence[int] = ()) -> int:
     """Depth of a parameter for layer-wise lr decay: 0 = patch/position embedding, ``i + 1`` =
-    encoder block ``i``, ``depth + 1`` = everything after the blocks (neck, prompt encoder, decoder)."""
+    encoder block ``i``, ``depth + 1`` = everything after the blocks (neck, prompt encoder, decoder).
+
+    ``stage_depths``: a TinyViT encoder's blocks per stage (MobileSAM; ``depth`` is their sum). Its blocks
+    are numbered across stages (``layers.s.blocks.j`` is block ``sum(stage_depths[:s]) + j``); as in
+    TinyViT's own fine-tuning recipe, the patch embedding shares block 0's rate and each stage's
+    downsampling its last block's."""
     if name.startswith("image_encoder."):
         rest = name[len("image_encoder.") :]
+        if stage_depths:
+            if rest.startswith("patch_embed."):
+                return 1
+            if rest.startswith("layers."):
+                parts = rest.split(".")
+                stage = int(parts[1])
+                before = sum(stage_depths[:stage])
+                if parts[2] == "blocks":
+                    return before + int(parts[3]) + 1
+                return before + stage_depths[stage]  # the downsampling after the stage's last block
+            return depth + 1
         if rest.startswith(("patch_embed", "pos_embed")):
             return 0
         if rest.startswith("blocks."):
@@ -31,15 +49,29 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def param_groups(model: nn.Module, optim: OptimSection, depth: int) -> list[dict]:
+def decay_depths(model: nn.Module) -> tuple[int, tuple[int, ...]]:
+    """The encoder's ``depth`` and ``stage_depths`` for :func:`layer_id`: SAM's ViT has ``blocks``,
+    TinyViT ``layers`` (stages) of ``blocks``; another encoder has none (no layer decay inside it)."""
+    encoder = getattr(model, "image_encoder", None)
+    from segany.model.tiny_vit import TinyViT
+
+    if isinstance(encoder, TinyViT):
+        stages = tuple(len(stage.blocks) for stage in encoder.layers)  # type: ignore[union-attr,arg-type]
+        return sum(stages), stages
+    return len(getattr(encoder, "blocks", ())), ()
+
+
+def param_groups(
+    model: nn.Module, optim: OptimSection, depth: int, stage_depths: Sequence[int] = ()
+) -> list[dict]:
     """AdamW groups: lr scaled by ``layer_decay ** (depth + 1 - layer_id)``; no decay on 1-d tensors
-    and embeddings. Frozen parameters are left out."""
+    and embeddings. Frozen parameters are left out. ``depth``, ``stage_depths``: see :func:`decay_depths`."""
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or any(k in name for k in _NO_DECAY_NAMES)
-        lid = layer_id(name, depth)
+        lid = layer_id(name, depth, stage_depths)
         key = (lid, no_decay)
         if key not in groups:
             scale = optim.layer_decay ** (depth + 1 - lid)
@@ -55,8 +87,10 @@ def param_groups(model: nn.Module, optim: OptimSection, depth: int) -> list[dict
     return [groups[k] for k in sorted(groups)]
 
 
-def build_optimizer(model: nn.Module, optim: OptimSection, depth: int) -> torch.optim.AdamW:
-    groups = param_groups(model, optim, depth)
+def build_optimizer(
+    model: nn.Module, optim: OptimSection, depth: int, stage_depths: Sequence[int] = ()
+) -> torch.optim.AdamW:
+    groups = param_groups(model, optim, depth, stage_depths)
     for g in groups:
         del g["names"]  # the optimiser's state dict need not carry them
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)

@@ -17,8 +17,9 @@ bf16          no     the fast decoder's image-side products in bfloat16, for CPU
 
 ``"auto"`` (the default) resolves to ``fast`` on a CPU, where ``benchmarks/RESULTS.md`` measures it
 faster than the model's decoder, and to ``reference`` elsewhere (no GPU benchmark yet) or for a model
-whose decoder is not the standard one. It never picks an approximate decoder. "Exact" means the model's
-logits to float rounding (tests compare to 1e-4).
+whose decoder is neither the standard one nor SAM-HQ's. ``fast`` and ``bf16`` also run SAM-HQ models
+(one mask per prompt, as the HQ decoder gives it); ``lowrank`` refuses them. ``auto`` never picks an
+approximate decoder. "Exact" means the model's logits to float rounding (tests compare to 1e-4).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import torch
 
 from segany.inference.decoders._kernels import Points, sparse_prompts
-from segany.inference.decoders.fast import supports
+from segany.inference.decoders.fast import is_hq, supports_fast
 from segany.model import Sam
 
 __all__ = [
@@ -90,7 +91,7 @@ class ClickDecoder(Protocol[S, P]):
 def resolve_decoder(choice: str, model: Sam, device: torch.device) -> DecoderName:
     """The decoder that ``choice`` means for ``model`` on ``device`` (``"auto"`` resolved, see above)."""
     if choice == "auto":
-        return "fast" if device.type == "cpu" and supports(model) else "reference"
+        return "fast" if device.type == "cpu" and supports_fast(model) else "reference"
     if choice not in DECODERS:
         raise ValueError(f"decoder must be 'auto' or one of {', '.join(DECODERS)}, not {choice!r}")
     return choice  # type: ignore[return-value]
@@ -111,12 +112,14 @@ def build_decoder(name: DecoderName, model: Sam, *, compiled: bool = False) -> C
     elif name == "lowrank":
         from segany.inference.decoders.lowrank import LowRankDecoder
 
+        if is_hq(model):
+            raise ValueError("decoder='lowrank' does not run SAM-HQ models; use decoder='fast'")
         decoder = LowRankDecoder(model)
     elif name == "bf16":
         from segany.inference.decoders.bf16 import BFloat16Decoder
 
-        if not supports(model):
-            raise ValueError("decoder='bf16' needs the standard mask decoder; use decoder='reference'")
+        if not supports_fast(model):
+            raise ValueError("decoder='bf16' needs the standard mask decoder or SAM-HQ's; use decoder='reference'")
         decoder = BFloat16Decoder(model)
     else:
         raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, not {name!r}")

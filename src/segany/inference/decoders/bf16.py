@@ -28,7 +28,7 @@ from typing import Any
 
 from segany.inference.decoders._kernels import Points, heads_first, sparse_prompts, upscale_to_image
 from segany.inference.decoders.compile import compile_methods
-from segany.inference.decoders.fast import DecoderImageCache, FastMaskDecoder, ImageCache, supports
+from segany.inference.decoders.fast import DecoderImageCache, FastMaskDecoder, ImageCache, select_hq, supports_fast
 from segany.model import Sam
 from segany.model.transformer import Attention
 
@@ -68,12 +68,14 @@ class _Linear2:
 class BF16ImageCache:
     """:class:`~segany.inference.decoders.fast.ImageCache` in the bfloat16 decoder's layouts, all bfloat16:
     ``src (B|1, N, C)``, ``v1 (B|1, h, N, e)``, and transposed per head, the first layer's token->image
-    keys ``k1`` and image->token queries ``q1`` ``(B|1, h, e, N)`` (row-major right operands)."""
+    keys ``k1`` and image->token queries ``q1`` ``(B|1, h, e, N)`` (row-major right operands); SAM-HQ's
+    fused features ``hq`` as the fast cache holds them (float32, None for other models)."""
 
     src: torch.Tensor
     k1: torch.Tensor
     v1: torch.Tensor
     q1: torch.Tensor
+    hq: torch.Tensor | None = None
 
 
 class BFloat16ClickDecoder(FastMaskDecoder):
@@ -86,8 +88,8 @@ class BFloat16ClickDecoder(FastMaskDecoder):
     """
 
     def __init__(self, model: Sam) -> None:
-        if not supports(model):
-            raise ValueError("the bfloat16 decoder needs the standard mask decoder")
+        if not supports_fast(model):
+            raise ValueError("the bfloat16 decoder needs the standard mask decoder or SAM-HQ's")
         super().__init__(model, scratch=True)
         dec: Any = model.mask_decoder
         self.heads = dec.transformer.num_heads
@@ -117,7 +119,7 @@ class BFloat16ClickDecoder(FastMaskDecoder):
         h = first.k1.shape[1]
         k1 = first.k1.transpose(-1, -2).to(BF16).contiguous()
         q1 = first.q1.view(b, n, h, d // h).permute(0, 2, 3, 1).to(BF16).contiguous()
-        return BF16ImageCache(first.src.to(BF16), k1, first.v1.to(BF16), q1)
+        return BF16ImageCache(first.src.to(BF16), k1, first.v1.to(BF16), q1, first.hq)
 
     # -- attention ---------------------------------------------------------------------------------
 
@@ -233,6 +235,9 @@ class BFloat16Decoder:
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         sparse = sparse_prompts(self.model, points, boxes, state.src.shape[0])
         keys, hyper, iou = self.module.run_transformer(state.src, state.k1, state.v1, state.q1, sparse)
+        if self.module.hq:
+            hyper, iou = select_hq(hyper, iou, multimask_output)
+            return (keys, hyper), iou
         sel = slice(1, None) if multimask_output else slice(0, 1)
         return (keys, hyper[:, sel]), iou[:, sel]
 
@@ -243,6 +248,10 @@ class BFloat16Decoder:
         keys, hyper = pending
         if index is not None:
             keys, hyper = keys[index], hyper[index]
+        if state.hq is not None:
+            # SAM-HQ: the transformer ran in bfloat16; the HQ upscaling and its 3x3 convolutions in float32.
+            hq_token_only = bool(getattr(self.model.mask_decoder, "hq_token_only", False))
+            return FastMaskDecoder.upscale_hq(self.module, keys.float(), hyper, state.hq, hq_token_only)
         return self.module.upscale(keys, hyper)
 
     def compile(self) -> None:

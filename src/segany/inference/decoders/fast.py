@@ -19,6 +19,12 @@ Nothing here changes what the decoder computes; it changes the order of the (lin
 For more than ~16 prompt tokens the reassociated attention does more work than the original one; the
 result is still correct. Shapes: ``g`` = embedding grid side (64), ``N = g * g``, ``C`` = decoder width.
 All modules trace cleanly for ONNX export (no data-dependent Python control flow).
+
+**SAM-HQ** (:mod:`segany.model.hq`): the transformer runs with one more output token (``hf_token``), and
+the image cache also holds the per-image ``hq_features`` (the fused embedding and early features, which
+no prompt changes). Each prompt's SAM mask and HQ mask need the upscaled feature map itself (the HQ
+mask refines it with 3x3 convolutions), so :meth:`FastMaskDecoder.upscale_hq` upscales on channel-last
+rows as above, puts the map once into image layout and dots both hypernetwork outputs with it.
 """
 
 from __future__ import annotations
@@ -45,7 +51,17 @@ from segany.inference.decoders.compile import compile_methods
 from segany.model import Sam
 from segany.model.transformer import Attention
 
-__all__ = ["DecoderImageCache", "FastDecoder", "FastMaskDecoder", "ImageCache", "embed_points", "supports"]
+__all__ = [
+    "DecoderImageCache",
+    "FastDecoder",
+    "FastMaskDecoder",
+    "ImageCache",
+    "embed_points",
+    "is_hq",
+    "select_hq",
+    "supports",
+    "supports_fast",
+]
 
 
 @dataclass
@@ -53,13 +69,15 @@ class ImageCache:
     """Image-side decoder inputs for one image (batch 1) or one per prompt (batch B).
 
     ``src (B, N, C)``: image embedding plus dense prompt; ``k1, v1 (B, heads, N, e)``: keys and values
-    of the first layer's token->image attention; ``q1 (B, N, d)``: queries of its image->token attention.
+    of the first layer's token->image attention; ``q1 (B, N, d)``: queries of its image->token attention;
+    ``hq (1, C/8, 4g, 4g)``: SAM-HQ's fused image features (HQ models only, else None).
     """
 
     src: torch.Tensor
     k1: torch.Tensor
     v1: torch.Tensor
     q1: torch.Tensor
+    hq: torch.Tensor | None = None
 
 
 def supports(model: Sam) -> bool:
@@ -67,6 +85,35 @@ def supports(model: Sam) -> bool:
     from segany.model.mask_decoder import MaskDecoder
 
     return type(model.mask_decoder) is MaskDecoder
+
+
+def is_hq(model: Sam) -> bool:
+    """Whether ``model`` has SAM-HQ's decoder (:class:`segany.model.hq.MaskDecoderHQ`), unmodified."""
+    from segany.model.hq import MaskDecoderHQ
+
+    return type(model.mask_decoder) is MaskDecoderHQ
+
+
+def supports_fast(model: Sam) -> bool:
+    """Whether the fast decoder reproduces ``model``'s decoder: the standard one or SAM-HQ's."""
+    return supports(model) or is_hq(model)
+
+
+def select_hq(
+    hyper: torch.Tensor, iou: torch.Tensor, multimask_output: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM-HQ's choice of SAM's mask, as :meth:`segany.model.hq.MaskDecoderHQ.forward` makes it.
+
+    ``hyper (B, M + 1, c)`` (the HQ token's last), ``iou (B, M)`` -> ``(B, 2, c)``: the chosen SAM
+    token's hypernetwork output and the HQ token's; and that SAM token's IoU prediction ``(B, 1)``. The
+    choice: with ``multimask_output`` the multimask token with the highest predicted IoU, else token 0."""
+    if multimask_output:
+        iou_sam, best = iou[:, 1:].max(dim=1, keepdim=True)
+        best = best + 1
+    else:
+        iou_sam, best = iou[:, :1], torch.zeros_like(iou[:, :1], dtype=torch.int64)
+    sam = hyper.gather(1, best.unsqueeze(-1).expand(-1, -1, hyper.shape[-1]))
+    return torch.cat([sam, hyper[:, -1:]], dim=1), iou_sam
 
 
 def embed_points(model: Sam, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -99,6 +146,7 @@ class DecoderImageCache(nn.Module):
         self.t2i: Attention = layer.cross_attn_token_to_image
         self.i2t: Attention = layer.cross_attn_image_to_token
         self.register_buffer("image_pe", flat_dense_pe(model), persistent=False)
+        self.hq = is_hq(model)
 
     def dense(self, mask_input: torch.Tensor | None, has_mask_input: torch.Tensor | None) -> torch.Tensor:
         """Dense prompt ``(B or 1, C, g, g)``; ``has_mask_input`` (1,) blends like the official export."""
@@ -117,7 +165,10 @@ class DecoderImageCache(nn.Module):
         mask_input: torch.Tensor | None = None,
         has_mask_input: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(1, C, g, g)``, optional ``(B, 1, 4g, 4g)`` and ``(1,)`` -> ``src, k1, v1, q1``."""
+        """``(1, C, g, g)``, optional ``(B, 1, 4g, 4g)`` and ``(1,)`` -> ``src, k1, v1, q1``. A SAM-HQ
+        model's embedding ``(1, C + early_dim, g, g)`` gives the same fields (see :meth:`hq_features`)."""
+        if self.hq:
+            image_embeddings = image_embeddings[:, : self.model.prompt_encoder.embed_dim]
         src = image_embeddings + self.dense(mask_input, has_mask_input)
         src = src.flatten(2).transpose(1, 2)  # (B, N, C)
         with_pe = src + self.image_pe
@@ -127,8 +178,22 @@ class DecoderImageCache(nn.Module):
         q1 = self.i2t.q_proj(with_pe)
         return src.contiguous(), k1, v1, q1
 
+    def hq_features(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        """SAM-HQ: the HQ encoder's output ``(1, C + early_dim, g, g)`` -> the fused features
+        ``(1, C/8, 4g, 4g)`` (upscaled embedding plus upscaled early features), the same for every prompt."""
+        dec: Any = self.model.mask_decoder
+        d = self.model.prompt_encoder.embed_dim
+        if image_embeddings.shape[1] != d + dec.early_dim:
+            raise ValueError(
+                f"SAM-HQ's decoder takes an HQ encoder's output ({d} + {dec.early_dim} channels), "
+                f"got {image_embeddings.shape[1]} channels"
+            )
+        embedding, early = image_embeddings[:, :d], image_embeddings[:, d:]
+        return dec.embedding_encoder(embedding) + dec.compress_vit_feat(early)
+
     def cache(self, image_embeddings: torch.Tensor, mask_input: torch.Tensor | None = None) -> ImageCache:
-        return ImageCache(*self.forward(image_embeddings, mask_input))
+        hq = self.hq_features(image_embeddings) if self.hq else None
+        return ImageCache(*self.forward(image_embeddings, mask_input), hq=hq)
 
 
 class FastMaskDecoder(nn.Module):
@@ -155,6 +220,7 @@ class FastMaskDecoder(nn.Module):
         self.register_buffer("eye", torch.eye(heads), persistent=False)
         gh, gw = model.prompt_encoder.image_embedding_size
         self.grid = (int(gh), int(gw))
+        self.hq = is_hq(model)
 
     # -- attention variants ------------------------------------------------------------------
 
@@ -221,7 +287,10 @@ class FastMaskDecoder(nn.Module):
         sparse: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cache fields (see :class:`ImageCache`) and sparse tokens ``(B, K, C)`` ->
-        logits ``(B, M, 4g, 4g)`` and IoU predictions ``(B, M)`` for all ``M`` mask tokens."""
+        logits ``(B, M, 4g, 4g)`` and IoU predictions ``(B, M)`` for all ``M`` mask tokens (SAM's
+        decoder; a SAM-HQ model's goes through :meth:`run_transformer` and :meth:`upscale_hq`)."""
+        if self.hq:
+            raise ValueError("FastMaskDecoder.forward gives SAM's masks only; for SAM-HQ use upscale_hq")
         keys, hyper, iou = self.run_transformer(src, k1, v1, q1, sparse)
         return self.upscale(keys, hyper), iou
 
@@ -237,12 +306,14 @@ class FastMaskDecoder(nn.Module):
 
         Returns the image rows ``keys (B, N, C)``, the hypernetwork outputs ``hyper (B, M, c)`` and the
         IoU predictions ``(B, M)``; :meth:`upscale` turns the first two into mask logits. Splitting
-        here lets a caller upscale only the prompts whose IoU predictions it will keep.
+        here lets a caller upscale only the prompts whose IoU predictions it will keep. For SAM-HQ,
+        ``hyper`` is ``(B, M + 1, c)``, the HQ token's output last (see :func:`select_hq`).
         """
-        dec = self.decoder
+        dec: Any = self.decoder
         layer: Any
         b = sparse.shape[0]
-        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        weights = [dec.iou_token.weight, dec.mask_tokens.weight] + ([dec.hf_token.weight] if self.hq else [])
+        output_tokens = torch.cat(weights, dim=0)
         prompt = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # (B, T, C)
         queries = prompt
         keys = src
@@ -273,7 +344,11 @@ class FastMaskDecoder(nn.Module):
         queries = dec.transformer.norm_final_attn(queries + self._t2i(final, q, keys + image_pe, keys))
 
         iou = dec.iou_prediction_head(queries[:, 0, :])
-        return keys, self._hypernetworks(queries[:, 1 : 1 + dec.num_mask_tokens, :]), iou
+        n = dec.num_mask_tokens
+        hyper = self._hypernetworks(queries[:, 1 : 1 + n, :])
+        if self.hq:
+            hyper = torch.cat([hyper, dec.hf_mlp(queries[:, 1 + n, :]).unsqueeze(1)], dim=1)
+        return keys, hyper, iou
 
     # Hooks for variants with other weights or kernels (:mod:`segany.inference.decoders.bf16`).
 
@@ -325,6 +400,38 @@ class FastMaskDecoder(nn.Module):
         return logits.reshape(b, m, 4 * gh, 4 * gw)
 
 
+    def upscale_features(self, keys: torch.Tensor) -> torch.Tensor:
+        """The upscaled feature map in image layout: image rows ``(B, N, C)`` -> ``(B, c2, 4g, 4g)``,
+        as the model's ``output_upscaling`` gives it (products on channel-last rows, one permutation)."""
+        b, n, _ = keys.shape
+        gh, gw = self.grid
+        _, norm, act1, up2, act2 = list[Any](self.decoder.output_upscaling)
+        w1, b1 = conv_as_matrix(self.decoder.output_upscaling[0])
+        w2, b2 = conv_as_matrix(up2)
+        c1, c2 = up2.in_channels, up2.out_channels
+        x = torch.addmm(b1, keys.reshape(b * n, -1), w1).view(b, n * 4, c1)  # rows (pixel, dy, dx)
+        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+        x = act2(torch.addmm(b2, x.view(b * n * 4, c1), w2))  # columns (dy2, dx2, channel)
+        # Row order (i, j, dy, dx, dy2, dx2) -> image position (4i + 2dy + dy2, 4j + 2dx + dx2).
+        x = x.view(b, gh, gw, 2, 2, 2, 2, c2).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return x.reshape(b, c2, 4 * gh, 4 * gw)
+
+    def upscale_hq(
+        self, keys: torch.Tensor, hyper: torch.Tensor, hq_features: torch.Tensor, hq_token_only: bool
+    ) -> torch.Tensor:
+        """SAM-HQ's mask: image rows ``(B, N, C)``, ``hyper (B, 2, c2)`` (the chosen SAM token's and the HQ
+        token's outputs, see :func:`select_hq`) and the cache's ``hq_features (1|B, c2, 4g, 4g)`` ->
+        logits ``(B, 1, 4g, 4g)``: the HQ mask, plus the SAM mask unless ``hq_token_only``."""
+        dec: Any = self.decoder
+        upscaled = self.upscale_features(keys)  # (B, c2, 4g, 4g)
+        refined = dec.embedding_maskfeature(upscaled) + hq_features
+        b, _, h, w = upscaled.shape
+        logits = hyper[:, 1:] @ refined.flatten(2)  # (B, 1, 16N)
+        if not hq_token_only:
+            logits = logits + hyper[:, :1] @ upscaled.flatten(2)
+        return logits.view(b, 1, h, w)
+
+
 class FastDecoder:
     """``decoder="fast"``: :class:`DecoderImageCache` and :class:`FastMaskDecoder` behind the
     :class:`~segany.inference.decoders.ClickDecoder` interface. The official logits to float rounding,
@@ -334,8 +441,8 @@ class FastDecoder:
     exact = True
 
     def __init__(self, model: Sam) -> None:
-        if not supports(model):
-            raise ValueError("decoder='fast' needs the standard mask decoder; use decoder='reference'")
+        if not supports_fast(model):
+            raise ValueError("decoder='fast' needs the standard mask decoder or SAM-HQ's; use decoder='reference'")
         self.model = model
         self.image_cache = DecoderImageCache(model)
         self.module = FastMaskDecoder(model, scratch=True)
@@ -356,6 +463,9 @@ class FastDecoder:
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """:meth:`run` on encoded sparse prompt tokens ``(B, K, C)``."""
         keys, hyper, iou = self.module.run_transformer(state.src, state.k1, state.v1, state.q1, sparse)
+        if self.module.hq:  # one mask per prompt: SAM's chosen one with the HQ one (see select_hq)
+            hyper, iou = select_hq(hyper, iou, multimask_output)
+            return (keys, hyper), iou
         sel = slice(1, None) if multimask_output else slice(0, 1)
         return (keys, hyper[:, sel]), iou[:, sel]
 
@@ -366,6 +476,10 @@ class FastDecoder:
         keys, hyper = pending
         if index is not None:
             keys, hyper = keys[index], hyper[index]
+        if state.hq is not None:
+            # Read at call time, as the model's decoder does: the flag may be switched after building.
+            hq_token_only = bool(getattr(self.model.mask_decoder, "hq_token_only", False))
+            return self.module.upscale_hq(keys, hyper, state.hq, hq_token_only)
         return self.module.upscale(keys, hyper)
 
     def compile(self) -> None:
