@@ -350,11 +350,11 @@ def main() -> None:
         if r["exhausted"]:
             print(f"{r['backend']}: every image was submitted before the time was up")
     header = (
-        f"Measured {started:%Y-%m-%d %H:%M} UTC by `nice -n 19 python benchmarks/bench_annotate_load.py"
+        f"Measured {started:%Y-%m-%d %H:%M} UTC by `python benchmarks/bench_annotate_load.py"
         f" --users {args.users} --seconds {args.seconds:.0f}` on {cpu_name()} "
-        f"({os.cpu_count()} cores), Python {platform.python_version()}. **Shared machine**: load average "
-        f"{load0:.1f} at the start and {load1:.1f} at the end (other people's jobs), so latencies are upper bounds; "
-        "server and clients share the same cores.\n\n"
+        f"({os.cpu_count()} cores), Python {platform.python_version()}. Load average {load0:.1f} before the run "
+        f"and {load1:.1f} at its end (the run's own processes count: server, database and the {args.users} "
+        "simulated annotators share the same cores).\n\n"
         "Each simulated annotator loops without pause over next image -> embedding (.npy, served from its file) -> "
         "10 object saves (idempotency keys) -> 2 edits (If-Match) -> submit, against `segany annotate` in its own "
         "process on loopback. Embedding cache warm (hard links to one real default-model embedding; the encoder is "

@@ -16,8 +16,9 @@ warm-up excluded). Images per hour per core divides the steady rate by the cores
 Speed-up = steady rate of ray x2 / ray x1 (goal >= 1.7); Ray overhead = 1 - steady rate of ray x1 /
 local (goal <= 10 %).
 
-Usage: ``nice -n 19 python benchmarks/bench_engine.py --images 6 --vit-b-images 4`` (at least 2 images
-per model; the steady rate of 2 workers needs at least 3).
+Usage: ``python benchmarks/bench_engine.py --images 6 --vit-b-images 4`` on an otherwise idle machine.
+Give each model an even number of images, at least 4: with an odd count the last image runs alone on one
+of the two workers, and the 2-worker steady rate then measures one worker (3 images gave ~1x).
 """
 
 from __future__ import annotations
@@ -117,11 +118,40 @@ def measure(
             "per_core_hour": steady / workers, "image_seconds": sum(seconds) / len(seconds)}
 
 
+def _control_worker(args: tuple[str, str | None, list[str], str]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    model, checkpoint, images, tmp = args
+    return measure(model, checkpoint, [Path(p) for p in images], "local", 1, Path(tmp))
+
+
+def control(model: str, count: int) -> None:
+    """Two independent one-process runs at the same time, no Ray: how far the machine itself scales."""
+    import multiprocessing as mp
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_engine_ctl_"))
+    try:
+        images = [str(p) for p in _images(tmp / "in", count)]
+        checkpoint = _checkpoint(model, tmp)
+        alone = _control_worker((model, checkpoint, images, str(tmp / "alone")))
+        with mp.get_context("spawn").Pool(2) as pool:
+            pair = pool.map(_control_worker, [(model, checkpoint, images, str(tmp / t)) for t in "ab"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{model}: s per image, one process alone {alone['image_seconds']:.1f}; two processes at once "
+          f"{pair[0]['image_seconds']:.1f} and {pair[1]['image_seconds']:.1f} (each on the same {count} images)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6, help="images for the default model")
     parser.add_argument("--vit-b-images", type=int, default=4, help="images for ViT-B (0 skips it)")
+    parser.add_argument("--control", metavar="MODEL", choices=("default", "vit_b"),
+                        help="instead: one process alone, then two at once (no Ray), on --images images")
     args = parser.parse_args()
+    if args.control:
+        return control(args.control, args.images)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import torch
 
