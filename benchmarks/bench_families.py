@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -88,9 +89,9 @@ def main() -> None:
         SECTION,
         "",
         f"Machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; the machine was shared with other "
-        "jobs (load average well above the core count), so absolute times are high and noisy: compare the "
-        f"rows with each other, not with other sections. Medians of {args.rounds} interleaved rounds (clicks: median of 5 per round), random weights, "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, load average "
+        f"{os.getloadavg()[0]:.1f} at the end (compare the rows with each other; other sections ran at other "
+        f"times). Medians of {args.rounds} interleaved rounds (clicks: median of 5 per round), random weights, "
         "a 1024-pixel input from a real photo (rocket.jpg), `SamPredictor.set_image` and one-point `predict` "
         "(3 masks). `benchmarks/bench_families.py`.",
         "",
