@@ -158,7 +158,6 @@ def main() -> None:
     torch.set_num_threads(1)
     from segany.engine.executors import RayOptions, _start_ray
 
-    _start_ray(RayOptions(workers=2))  # one local instance (2 CPUs) for every Ray row
     tmp = Path(tempfile.mkdtemp(prefix="bench_engine_"))
     rows = []
     try:
@@ -168,7 +167,17 @@ def main() -> None:
             images = _images(tmp / f"in-{model}", count)
             checkpoint = _checkpoint(model, tmp)
             for executor, workers in (("local", 1), ("ray", 1), ("ray", 2)):
-                row = measure(model, checkpoint, images, executor, workers, tmp)
+                if executor == "ray":
+                    # A fresh local instance (2 CPUs) per Ray row: in one instance reused across rows, the
+                    # 2-worker ViT-B row ran each image ~40% slower than in a fresh one (cause not found).
+                    _start_ray(RayOptions(workers=2))
+                try:
+                    row = measure(model, checkpoint, images, executor, workers, tmp)
+                finally:
+                    if executor == "ray":
+                        import ray
+
+                        ray.shutdown()
                 rows.append(row)
                 print(f"# {row}", flush=True)
     finally:
