@@ -28,7 +28,7 @@ from typing import Any
 
 from segany.inference.decoders._kernels import Points, heads_first, sparse_prompts, upscale_to_image
 from segany.inference.decoders.compile import compile_methods
-from segany.inference.decoders.fast import DecoderImageCache, FastMaskDecoder, ImageCache, select_hq, supports_fast
+from segany.inference.decoders.fast import DecoderImageCache, FastMaskDecoder, ImageCache, select_outputs, supports_fast
 from segany.model import Sam
 from segany.model.transformer import Attention
 
@@ -235,11 +235,8 @@ class BFloat16Decoder:
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         sparse = sparse_prompts(self.model, points, boxes, state.src.shape[0])
         keys, hyper, iou = self.module.run_transformer(state.src, state.k1, state.v1, state.q1, sparse)
-        if self.module.hq:
-            hyper, iou = select_hq(hyper, iou, multimask_output)
-            return (keys, hyper), iou
-        sel = slice(1, None) if multimask_output else slice(0, 1)
-        return (keys, hyper[:, sel]), iou[:, sel]
+        hyper, iou = select_outputs(self.module.hq, hyper, iou, multimask_output)
+        return (keys, hyper), iou
 
     @torch.no_grad()
     def upscale(

@@ -59,6 +59,7 @@ __all__ = [
     "embed_points",
     "is_hq",
     "select_hq",
+    "select_outputs",
     "supports",
     "supports_fast",
 ]
@@ -114,6 +115,17 @@ def select_hq(
         iou_sam, best = iou[:, :1], torch.zeros_like(iou[:, :1], dtype=torch.int64)
     sam = hyper.gather(1, best.unsqueeze(-1).expand(-1, -1, hyper.shape[-1]))
     return torch.cat([sam, hyper[:, -1:]], dim=1), iou_sam
+
+
+def select_outputs(
+    hq: bool, hyper: torch.Tensor, iou: torch.Tensor, multimask_output: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hypernetwork outputs and IoU predictions of the masks a click returns: the multimask tokens'
+    (or the single-mask token's), or for SAM-HQ (``hq``) one mask per prompt (see :func:`select_hq`)."""
+    if hq:
+        return select_hq(hyper, iou, multimask_output)
+    sel = slice(1, None) if multimask_output else slice(0, 1)
+    return hyper[:, sel], iou[:, sel]
 
 
 def embed_points(model: Sam, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -463,11 +475,8 @@ class FastDecoder:
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """:meth:`run` on encoded sparse prompt tokens ``(B, K, C)``."""
         keys, hyper, iou = self.module.run_transformer(state.src, state.k1, state.v1, state.q1, sparse)
-        if self.module.hq:  # one mask per prompt: SAM's chosen one with the HQ one (see select_hq)
-            hyper, iou = select_hq(hyper, iou, multimask_output)
-            return (keys, hyper), iou
-        sel = slice(1, None) if multimask_output else slice(0, 1)
-        return (keys, hyper[:, sel]), iou[:, sel]
+        hyper, iou = select_outputs(self.module.hq, hyper, iou, multimask_output)
+        return (keys, hyper), iou
 
     @torch.no_grad()
     def upscale(
