@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _shared() -> Path:
     """The project's shared folder (``../shared`` of a checkout or of a worktree under ``../wt``)."""
-    for candidate in (REPO.parent / "shared", REPO.parent.parent / "shared", Path("/work/shared")):
+    for candidate in (REPO.parent / "shared", REPO.parent.parent / "shared"):
         if candidate.is_dir():
             return candidate
     return REPO.parent / "shared"

@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=$1 NAME=$2 OUT=$3
-DATA=${SEGANY_DATA:-/work/shared/data}
+DATA=${SEGANY_DATA:-../shared/data}
 BSDS=${BSDS_HELDOUT:-/tmp/bsds500_test_1pct}
 [ -f "$BSDS/annotations.json" ] || python recipes/heldout_bsds500.py "$DATA/BSDS500" "$BSDS"
 case "$CKPT" in
