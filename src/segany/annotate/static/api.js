@@ -121,3 +121,29 @@ export class SaveQueue {
     this.delay = Math.min(this.delay * 2, 8000);
   }
 }
+
+/** The session for `api`; when the server asks for authentication (401), the page's sign-in form
+ * (#login, #login-form, #login-user, #login-password, #login-error) first. Shared by every page. */
+export async function signIn(api) {
+  const $ = (id) => document.getElementById(id);
+  try {
+    return await api.json("GET", "/api/session");
+  } catch (err) {
+    if (!(err instanceof ApiError) || err.status !== 401) throw err;
+  }
+  $("login").hidden = false;
+  $("login-user").focus();
+  return new Promise((resolve) => {
+    $("login-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      try {
+        await api.json("POST", "/api/login", { username: $("login-user").value, password: $("login-password").value });
+        const session = await api.json("GET", "/api/session");
+        $("login").hidden = true;
+        resolve(session);
+      } catch (err) {
+        $("login-error").textContent = err.message;
+      }
+    });
+  });
+}

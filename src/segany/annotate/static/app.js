@@ -1,6 +1,6 @@
 // The annotation page: prompts -> masks in the browser (decoder worker), objects saved to the server.
 // Plain ES module, no build step. User text (category names, comments) is only ever set as text.
-import { Api, ApiError, SaveQueue } from "./api.js";
+import { Api, SaveQueue, signIn } from "./api.js";
 import { RemoteDecoder, WorkerDecoder } from "./decoder.js";
 import { bboxArea, paintStroke, resizeNearest, rleDecode, rleEncode } from "./mask.js";
 import { defaultCandidate, promptFeeds, workSize } from "./sam.js";
@@ -848,36 +848,12 @@ function wire() {
   setInterval(updateTimer, 1000);
 }
 
-/** The session; when the server asks for authentication (401), a sign-in form first. */
-async function signIn() {
-  try {
-    return await S.api.json("GET", "/api/session");
-  } catch (err) {
-    if (!(err instanceof ApiError) || err.status !== 401) throw err;
-  }
-  $("login").hidden = false;
-  $("login-user").focus();
-  return new Promise((resolve) => {
-    $("login-form").addEventListener("submit", async (event) => {
-      event.preventDefault();
-      try {
-        await S.api.json("POST", "/api/login", { username: $("login-user").value, password: $("login-password").value });
-        const session = await S.api.json("GET", "/api/session");
-        $("login").hidden = true;
-        resolve(session);
-      } catch (err) {
-        $("login-error").textContent = err.message;
-      }
-    });
-  });
-}
-
 async function main() {
   buildHelp();
   wire();
   if (params.get("review") === "1") { $("review-mode").checked = true; $("review-panel").hidden = false; }
   try {
-    const session = await signIn();
+    const session = await signIn(S.api);
     S.api.csrf = session.csrf || null;
     S.session = session;
     const roles = session.roles || [];

@@ -1,7 +1,7 @@
 // The statistics page: the paper's data-engine figures for one project, from GET /api/projects/{id}/stats.
 // Plain ES module, no build step; signs in as the annotation page does (session cookie, or none on
 // loopback). User names are only ever set as text.
-import { Api, ApiError } from "./api.js";
+import { Api, signIn } from "./api.js";
 import { PALETTE, barChart, lineChart, shareBar } from "./charts.js";
 
 const $ = (id) => document.getElementById(id);
@@ -20,30 +20,6 @@ window.__seganyStats = { P, ready: false, renders: 0 };
 function showError(message) {
   $("error-banner").textContent = message;
   $("error-banner").hidden = false;
-}
-
-/** The session; when the server asks for authentication (401), the sign-in form first. */
-async function signIn() {
-  try {
-    return await P.api.json("GET", "/api/session");
-  } catch (err) {
-    if (!(err instanceof ApiError) || err.status !== 401) throw err;
-  }
-  $("login").hidden = false;
-  $("login-user").focus();
-  return new Promise((resolve) => {
-    $("login-form").addEventListener("submit", async (event) => {
-      event.preventDefault();
-      try {
-        await P.api.json("POST", "/api/login", { username: $("login-user").value, password: $("login-password").value });
-        const session = await P.api.json("GET", "/api/session");
-        $("login").hidden = true;
-        resolve(session);
-      } catch (err) {
-        $("login-error").textContent = err.message;
-      }
-    });
-  });
 }
 
 // -- formatting ---------------------------------------------------------------------------------
@@ -223,7 +199,7 @@ async function main() {
   }
   $("refresh").addEventListener("click", load);
   try {
-    const session = await signIn();
+    const session = await signIn(P.api);
     P.api.csrf = session.csrf || null;
     $("who").textContent = session.user;
     const projects = await P.api.json("GET", "/api/projects");
