@@ -8,15 +8,15 @@ no crops) and 1 torch thread per worker:
 * ``ray x1``: a local Ray instance, 1 actor with 1 CPU;
 * ``ray x2``: 2 actors with 1 CPU each.
 
-Each row gives the wall time including start-up (actors importing torch and loading the model; one
-Ray instance with 2 CPUs, started before the first row, serves every Ray row), the mean time one image
+Each row gives the wall time including start-up (actors importing torch and loading the model; each
+Ray row starts its own local Ray instance with 2 CPUs), the mean time one image
 takes inside its worker, and the steady rate: images finished after each worker's first one, over the
 time since the last worker's first image (finish times taken in the workers; start-up and first-image
 warm-up excluded). Images per hour per core divides the steady rate by the cores in use (workers x 1).
 Speed-up = steady rate of ray x2 / ray x1 (goal >= 1.7); Ray overhead = 1 - steady rate of ray x1 /
 local (goal <= 10 %).
 
-Usage: ``python benchmarks/bench_engine.py --images 6 --vit-b-images 4`` on an otherwise idle machine.
+Usage: ``python benchmarks/bench_engine.py --images 6 --vit-b-images 6`` on an otherwise idle machine.
 Give each model an even number of images, at least 4: with an odd count the last image runs alone on one
 of the two workers, and the 2-worker steady rate then measures one worker (3 images gave ~1x).
 """
@@ -146,7 +146,7 @@ def control(model: str, count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6, help="images for the default model")
-    parser.add_argument("--vit-b-images", type=int, default=4, help="images for ViT-B (0 skips it)")
+    parser.add_argument("--vit-b-images", type=int, default=6, help="images for ViT-B (0 skips it)")
     parser.add_argument("--control", metavar="MODEL", choices=("default", "vit_b"),
                         help="instead: one process alone, then two at once (no Ray), on --images images")
     args = parser.parse_args()
