@@ -400,7 +400,10 @@ def test_save_with_network_cut_shows_banner_and_lands_once(page, stub):
     page.locator("#save-banner").wait_for(state="visible")
     assert page.locator("#objects li.pending").count() == 1
     page.unroute("**/api/images/*/objects")
-    page.click("#save-retry")
+    # The page also retries on its own (500 ms, doubling): that retry may land and hide the banner
+    # before a pointer click could reach the button, so the button is pressed from script. Either way
+    # the object must land exactly once.
+    page.evaluate("document.getElementById('save-retry').click()")
     page.locator("#save-banner").wait_for(state="hidden")
     page.wait_for_function("() => window.__segany.S.queue.items.length === 0")
     assert len(st.objects) == 1 and list(st.keys) == lost
