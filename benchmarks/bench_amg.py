@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -46,20 +44,15 @@ from segany.inference.automatic import SamAutomaticMaskGenerator  # noqa: E402
 from segany.io.image import read_image  # noqa: E402
 from segany.model import PRESETS, build_sam  # noqa: E402
 
+from _results import cpu_name, write_section  # noqa: E402  (beside this script)
+
 HEADING = "## Automatic mask generation"
 DEFAULT_IMAGE = REPO / "tests" / "data" / "images" / "coffee.jpg"
 LOOSE = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or cpu
+    cpu = cpu_name()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
         f"{cpu}, {os.cpu_count()} cores (load average {load:.1f} at start), torch {torch.__version__}, "
@@ -156,14 +149,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_results(text: str) -> Path:
-    path = REPO / "benchmarks" / "RESULTS.md"
-    fresh = "# Benchmarks\n\nEach section is written by its own benchmark script.\n"
-    old = path.read_text() if path.exists() else fresh
-    section = f"{HEADING}\n\n{text.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _m: section + "\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + section
-    path.write_text(new)
-    return path
+    return write_section(HEADING, f"{HEADING}\n\n{text.strip()}\n")
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+from _results import cpu_name, write_section  # beside this script
 PG_PORT = 55414
 ENDPOINTS = ("next", "embedding", "create", "patch", "submit")
 
@@ -307,24 +308,8 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def write_results(text: str) -> None:
-    path = REPO / "benchmarks" / "RESULTS.md"
-    old = path.read_text()
     title = "## Annotation server load"
-    section = f"{title}\n\n{text}\n"
-    if title in old:
-        start = old.index(title)
-        end = old.find("\n## ", start + len(title))
-        new = old[:start] + section + (old[end + 1:] if end >= 0 else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    path.write_text(new)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
+    write_section(title, f"{title}\n\n{text}\n")
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+from _results import cpu_name  # beside this script
 sys.path.insert(0, str(REPO / "tests"))
 
 from annotate_browser import block_external, click, launch, open_page
@@ -50,16 +50,6 @@ DECODERS = {  # --decoders name -> (row label, split precision or None for decod
     "split-int8": ("split decoder int8", "int8"),
     "official": ("official decoder.onnx", None),
 }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def _print_row(name: str, where: str, values: list[float]) -> None:
@@ -255,7 +245,7 @@ def main() -> None:
                 shown, tokens = int8_agreement(st, folder, args.clicks, np.random.default_rng(2))
                 agreement.append((name, shown, tokens))
         browser.close()
-    print(f"\nMachine: {_cpu_name()}, {os.cpu_count()} cores, load average "
+    print(f"\nMachine: {cpu_name()}, {os.cpu_count()} cores, load average "
           f"{load:.1f} at start and {os.getloadavg()[0]:.1f} at the end; Chromium {version}; onnxruntime-web 1.31.1; "
           f"{started:%Y-%m-%d %H:%M}-{dt.datetime.now():%H:%M}; {args.clicks} clicks\n")
     print("| model | where | p50 ms | p95 ms | n |")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+from _results import cpu_name, write_section  # beside this script
 sys.path.insert(0, str(ROOT / "tests"))
 
 
@@ -114,10 +114,7 @@ def main() -> None:
     enc16_cells = (
         f"{statistics.median(enc['bf16']):.2f} (bf16 encoder) | {ratio(enc, 'bf16'):.2f}x" if enc["bf16"] else "- | -"
     )
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-        platform.processor(),
-    )
+    cpu = cpu_name()
     lines = [
         "## Core: vit_b encoder and one click",
         "",
@@ -141,14 +138,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = ROOT / "benchmarks" / "RESULTS.md"
-        old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-        head = "## Core: vit_b encoder and one click"
-        if head in old:
-            start = old.index(head)
-            nxt = old.find("\n## ", start + 1)
-            old = old[:start] + (old[nxt + 1 :] if nxt >= 0 else "")
-        path.write_text(old.rstrip("\n") + "\n\n" + text)
+        write_section("## Core: vit_b encoder and one click", text)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_cpu_workers import REPO, THREADS, warm_memory  # noqa: E402  (this script's folder is on sys.path)
+from _results import write_section  # noqa: E402  (this script's folder is on sys.path)
 
 DATA = Path(os.environ.get("SEGANY_SHARED_DATA", REPO.parent / "shared" / "data"))
 TRAINING_SETS = ("COCO_MVal", "BSDS500", "ISBI2012_EM", "SUIM_sample", "KvasirSEG_sample")
@@ -311,7 +312,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     if args.write_results:
-        write_results_section(REPO / "benchmarks" / "RESULTS.md", text)
+        write_section("## CPU inference", text)
     return 0
 
 
@@ -476,20 +477,6 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
                 best = max(best, click[impl]["speedup"])
         out.append(f"- click >= 5x, {spec['label']}: {'met' if best >= 5 else 'NOT met'} ({', '.join(parts)})")
     return out
-
-
-def write_results_section(path: Path, section: str) -> None:
-    """Replace (or append) the ``## CPU inference`` section of RESULTS.md, atomically."""
-    from segany.io.files import atomic_write_text
-
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    start = text.find("## CPU inference")
-    if start < 0:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        new = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    atomic_write_text(path, new)
 
 
 if __name__ == "__main__":

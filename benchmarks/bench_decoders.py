@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+from _results import write_section  # beside this script
 SECTION = "## Click decoders"
 
 
@@ -132,15 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(rows, args.rounds, args.clicks)
     print(text)
     if args.write:
-        results = HERE / "RESULTS.md"
-        old = results.read_text(encoding="utf-8")
-        if SECTION in old:
-            start = old.index(SECTION)
-            end = old.find("\n## ", start + len(SECTION))
-            old = old[:start] + text + (old[end + 1 :] if end != -1 else "")
-            results.write_text(old, encoding="utf-8")
-        else:
-            results.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
+        write_section(SECTION, text)
     return 0
 
 

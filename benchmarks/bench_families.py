@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -25,13 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from _results import cpu_name, timed, write_section  # beside this script
+
 SECTION = "## Model families: MobileSAM and ViT-B"
-
-
-def timed(fn: object) -> float:
-    t = time.perf_counter()
-    fn()  # type: ignore[operator]
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -82,9 +76,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in {**{f"enc_{k}": v for k, v in encode.items()},
                                                   **{f"click_{k}": v for k, v in click.items()}}.items()}
     params = {k: sum(p.numel() for p in m.image_encoder.parameters()) / 1e6 for k, m in models.items()}
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), None) \
-        if Path("/proc/cpuinfo").exists() else None
-    cpu = cpu or platform.processor() or platform.machine()
+    cpu = cpu_name()
     lines = [
         SECTION,
         "",
@@ -111,13 +103,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = ROOT / "benchmarks" / "RESULTS.md"
-        old = path.read_text()
-        if SECTION in old:
-            start = old.index(SECTION)
-            nxt = old.find("\n## ", start + len(SECTION))
-            old = old[:start] + old[nxt + 1 :] if nxt >= 0 else old[:start]
-        path.write_text(old.rstrip("\n") + "\n\n" + text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +24,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from _results import cpu_name, timed, write_section  # beside this script
+
 SECTION = "## SAM-HQ click decoders: fast against the model's own"
-
-
-def timed(fn: object) -> float:
-    t = time.perf_counter()
-    fn()  # type: ignore[operator]
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -73,9 +67,7 @@ def main() -> None:
                   flush=True)
     med_click = {k: statistics.median(v) for k, v in click.items()}
     med_batch = {k: statistics.median(v) for k, v in batch.items()}
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), None) \
-        if Path("/proc/cpuinfo").exists() else None
-    cpu = cpu or platform.processor() or platform.machine()
+    cpu = cpu_name()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         SECTION,
@@ -100,13 +92,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        path = ROOT / "benchmarks" / "RESULTS.md"
-        old = path.read_text()
-        if SECTION in old:
-            start = old.index(SECTION)
-            nxt = old.find("\n## ", start + len(SECTION))
-            old = old[:start] + old[nxt + 1 :] if nxt >= 0 else old[:start]
-        path.write_text(old.rstrip("\n") + "\n\n" + text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":
