@@ -59,7 +59,34 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
     return high.to(torch.float32) / low.to(torch.float32)
 
 
-class OfficialDecoderGraph(nn.Module):
+class _ClickGraph(nn.Module):
+    """What the official-interface decoder graphs share: the model, the fast decoder and its per-image
+    cache, and the outputs (masks at the original size, scores, optional metrics, low-res masks)."""
+
+    def __init__(self, model: Sam, use_stability_score: bool, return_extra_metrics: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.cache = DecoderImageCache(model)
+        self.decoder = FastMaskDecoder(model)
+        self.img_size = model.image_encoder.img_size
+        self.use_stability_score = use_stability_score
+        self.return_extra_metrics = return_extra_metrics
+        self.stability_offset = 1.0
+
+    def _outputs(
+        self, masks: torch.Tensor, scores: torch.Tensor, orig_im_size: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """``masks (1, M, 4g, 4g)`` low-res logits -> ``upscaled, scores[, stability, areas], masks``."""
+        upscaled = _to_image(masks, orig_im_size, self.img_size)
+        if self.return_extra_metrics:
+            threshold = self.model.mask_threshold
+            stability = stability_score(upscaled, threshold, self.stability_offset)
+            areas = (upscaled > threshold).sum(dim=(-1, -2))
+            return upscaled, scores, stability, areas, masks
+        return upscaled, scores, masks
+
+
+class OfficialDecoderGraph(_ClickGraph):
     """Same interface as the official ``SamOnnxModel``.
 
     Inputs: ``image_embeddings (1, C, g, g)``; ``point_coords (1, K, 2)`` float, pixel coordinates of the
@@ -78,15 +105,8 @@ class OfficialDecoderGraph(nn.Module):
         use_stability_score: bool = False,
         return_extra_metrics: bool = False,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.cache = DecoderImageCache(model)
-        self.decoder = FastMaskDecoder(model)
-        self.img_size = model.image_encoder.img_size
+        super().__init__(model, use_stability_score, return_extra_metrics)
         self.return_single_mask = return_single_mask
-        self.use_stability_score = use_stability_score
-        self.return_extra_metrics = return_extra_metrics
-        self.stability_offset = 1.0
         weights = torch.zeros(1, model.mask_decoder.num_mask_tokens)
         weights[0, 0] = 1000.0
         self.register_buffer("single_mask_weight", weights, persistent=False)
@@ -98,9 +118,6 @@ class OfficialDecoderGraph(nn.Module):
         best = torch.argmax(score, dim=1)
         rows = torch.arange(masks.shape[0], device=masks.device)
         return masks[rows, best].unsqueeze(1), scores[rows, best].unsqueeze(1)
-
-    def _to_image(self, masks: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
-        return _to_image(masks, orig_im_size, self.img_size)
 
     def forward(
         self,
@@ -114,17 +131,11 @@ class OfficialDecoderGraph(nn.Module):
         sparse = embed_points(self.model, point_coords, point_labels)
         cache = self.cache(image_embeddings, mask_input, has_mask_input)
         masks, scores = self.decoder(*cache, sparse)
-        threshold = self.model.mask_threshold
         if self.use_stability_score:
-            scores = stability_score(masks, threshold, self.stability_offset)
+            scores = stability_score(masks, self.model.mask_threshold, self.stability_offset)
         if self.return_single_mask:
             masks, scores = self._select(masks, scores, point_coords.shape[1])
-        upscaled = self._to_image(masks, orig_im_size)
-        if self.return_extra_metrics:
-            stability = stability_score(upscaled, threshold, self.stability_offset)
-            areas = (upscaled > threshold).sum(dim=(-1, -2))
-            return upscaled, scores, stability, areas, masks
-        return upscaled, scores, masks
+        return self._outputs(masks, scores, orig_im_size)
 
 
 def _to_image(masks: torch.Tensor, orig_im_size: torch.Tensor, s: int) -> torch.Tensor:
@@ -137,7 +148,7 @@ def _to_image(masks: torch.Tensor, orig_im_size: torch.Tensor, s: int) -> torch.
     return F.interpolate(masks, size=(out[0], out[1]), mode="bilinear", align_corners=False)
 
 
-class HQDecoderGraph(nn.Module):
+class HQDecoderGraph(_ClickGraph):
     """SAM-HQ's decoder with the official SAM-HQ ``SamOnnxModel``'s options and outputs.
 
     Inputs: as :class:`OfficialDecoderGraph`, with ``image_embeddings (1, C + early_dim, g, g)`` (the HQ
@@ -156,18 +167,11 @@ class HQDecoderGraph(nn.Module):
         use_stability_score: bool = False,
         return_extra_metrics: bool = False,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.cache = DecoderImageCache(model)
-        self.decoder = FastMaskDecoder(model)
+        super().__init__(model, use_stability_score, return_extra_metrics)
         if not self.decoder.hq:
             raise ValueError("HQDecoderGraph needs a SAM-HQ model")
-        self.img_size = model.image_encoder.img_size
         self.hq_token_only = hq_token_only
         self.multimask_output = multimask_output
-        self.use_stability_score = use_stability_score
-        self.return_extra_metrics = return_extra_metrics
-        self.stability_offset = 1.0
 
     def forward(
         self,
@@ -186,9 +190,8 @@ class HQDecoderGraph(nn.Module):
         b, _, h, w = upscaled.shape
         n = hyper.shape[1] - 1  # SAM's mask tokens; the HQ token's output is last
         sam_masks = (hyper[:, :n] @ upscaled.flatten(2)).view(b, n, h, w)
-        threshold = self.model.mask_threshold
         if self.use_stability_score:  # of SAM's masks, as the official HQ export scores them
-            scores = stability_score(sam_masks, threshold, self.stability_offset)
+            scores = stability_score(sam_masks, self.model.mask_threshold, self.stability_offset)
         if self.multimask_output:
             scores, best = scores[:, 1:n].max(dim=1, keepdim=True)
             sam = sam_masks[:, 1:n].gather(1, best[..., None, None].expand(-1, 1, h, w))
@@ -199,12 +202,7 @@ class HQDecoderGraph(nn.Module):
         masks = (hyper[:, n:] @ refined.flatten(2)).view(b, 1, h, w)
         if not self.hq_token_only:
             masks = sam + masks
-        upscaled_masks = _to_image(masks, orig_im_size, self.img_size)
-        if self.return_extra_metrics:
-            stability = stability_score(upscaled_masks, threshold, self.stability_offset)
-            areas = (upscaled_masks > threshold).sum(dim=(-1, -2))
-            return upscaled_masks, scores, stability, areas, masks
-        return upscaled_masks, scores, masks
+        return self._outputs(masks, scores, orig_im_size)
 
 
 class ImageCacheGraph(nn.Module):
