@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+from _results import cpu_name  # beside this script
 
 
 def main() -> None:
@@ -60,7 +60,7 @@ def main() -> None:
             times[name]["click"].append(time.perf_counter() - t)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = os.getloadavg()[0]
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} torch "
+    print(f"Machine: {cpu_name()}, {os.cpu_count()} cores, {args.threads} torch "
           f"threads, torch {torch.__version__}, {stamp}, load average {load:.1f} at the end. Image "
           f"{image.shape[1]}x{image.shape[0]}; median of {args.rounds} interleaved calls.\n")
     print("| model | parameters | set_image (ms) | one click, 3 masks (ms) |")

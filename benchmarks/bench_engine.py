@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+from _results import cpu_name  # beside this script
 
 
 def _images(folder: Path, count: int) -> list[Path]:
@@ -184,7 +184,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(
-        f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"\nMachine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"1 thread per worker, {stamp}\n"
     )
     print("| model | executor | cores | images | masks | wall incl. start-up (s) | steady images/hour "
