@@ -121,3 +121,36 @@ def test_onnx_export_of_a_conv_model_matches_torch(tmp_path: Path) -> None:
 
     export = export_onnx(_model(), tmp_path / "onnx", check=True, tolerance=1e-3)
     assert export is not None and any((tmp_path / "onnx").glob("*.onnx"))
+
+
+def test_resize_recipe_moves_a_conv_model_to_another_input_size(tmp_path: Path) -> None:
+    """recipes/resize_conv_input.py: the same weights at a larger input, a larger grid, read back by
+    load_model; a ViT checkpoint is refused with one line."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "resize_conv_input.py"
+    model = _model()
+    src = save_checkpoint(model, tmp_path / "small.safetensors")
+    out = tmp_path / "resized.safetensors"
+    done = subprocess.run([sys.executable, str(script), str(src), "96", "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "embedding grid (6, 6)" in done.stdout
+    resized = segany.load_model(out).eval()
+    assert resized.image_size == 96 and resized.config.conv_widths == SMALL.conv_widths
+    a, b = model.state_dict(), resized.state_dict()
+    assert int(b["image_encoder.input_size"]) == 96
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "image_encoder.input_size")
+    with torch.no_grad():
+        emb = resized.image_encoder(torch.zeros(1, 3, 96, 96))
+    assert emb.shape == (1, SMALL.prompt_embed_dim, 6, 6)
+    predictor = segany.SamPredictor(resized)
+    predictor.set_image(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    masks, scores, low = predictor.predict(point_coords=np.array([[30, 20]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 50, 70) and low.shape == (3, 24, 24) and np.isfinite(scores).all()
+
+    vit = save_checkpoint(build_sam(PRESETS["tiny"]), tmp_path / "vit.safetensors")
+    refused = subprocess.run([sys.executable, str(script), str(vit), "96", "-o", str(tmp_path / "x.safetensors")],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "only conv encoders resize" in refused.stderr
+    assert not (tmp_path / "x.safetensors").exists()
