@@ -1,8 +1,8 @@
 """The packaged default model's speed: ``set_image`` and one click, against the previous default.
 
-Usage (on an otherwise idle machine)::
+Usage (on an otherwise idle machine; COMMIT: one whose package holds the previous default)::
 
-    git show 16cf2e4:src/segany/weights/segany_default.safetensors > /tmp/previous_default.safetensors
+    git show COMMIT:src/segany/weights/segany_default.safetensors > /tmp/previous_default.safetensors
     python benchmarks/bench_default_model.py --previous /tmp/previous_default.safetensors
 
 Issue 18's budget is ``set_image`` at most ~0.1 s on a 2-core CPU. Both models run through
