@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-from _results import cpu_name  # beside this script
+from _results import cpu_name, timed  # beside this script
 
 
 def main() -> None:
@@ -52,12 +52,8 @@ def main() -> None:
     times: dict[str, dict[str, list[float]]] = {n: {"set_image": [], "click": []} for n in predictors}
     for _ in range(args.rounds):
         for name, p in predictors.items():
-            t = time.perf_counter()
-            p.set_image(image)
-            times[name]["set_image"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            p.predict(point_coords=point, point_labels=label)
-            times[name]["click"].append(time.perf_counter() - t)
+            times[name]["set_image"].append(timed(partial(p.set_image, image)))
+            times[name]["click"].append(timed(partial(p.predict, point_coords=point, point_labels=label)))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = os.getloadavg()[0]
     print(f"Machine: {cpu_name()}, {os.cpu_count()} cores, {args.threads} torch "
