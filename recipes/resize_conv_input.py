@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,15 +30,17 @@ def main() -> None:
     model = load_checkpoint(args.weights)
     if model.config.encoder != "conv":
         raise SystemExit(f"{args.weights}: a {model.config.encoder} encoder; only conv encoders resize this way")
-    resized = build_sam(model.config.replace(image_size=args.size))
+    try:
+        resized = build_sam(model.config.replace(image_size=args.size))
+    except ValueError as exc:  # e.g. a size that is not a multiple of the encoder's stride
+        raise SystemExit(f"size {args.size}: {exc}") from None
     state = {k: v for k, v in model.state_dict().items() if k != "image_encoder.input_size"}
     missing, unexpected = resized.load_state_dict(state, strict=False)
     if unexpected or missing != ["image_encoder.input_size"]:
         raise SystemExit(f"state mismatch: missing {missing}, unexpected {unexpected}")
     out = save_checkpoint(resized, args.output)
-    with torch.no_grad():
-        grid = resized.image_encoder(torch.zeros(1, 3, args.size, args.size)).shape[-2:]
-    print(f"wrote {out}: input {args.size} px, embedding grid {tuple(grid)}")
+    grid = resized.config.image_embedding_size
+    print(f"wrote {out}: input {args.size} px, embedding grid {(grid, grid)}")
 
 
 if __name__ == "__main__":
