@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from segany.train.losses import binary_iou, dice_loss, sam_loss, sigmoid_focal_loss
+from segany.train.losses import binary_iou, dice_loss, iou_rank_loss, sam_loss, sigmoid_focal_loss
 
 
 def _sig(x: float) -> float:
@@ -88,3 +88,31 @@ def test_soft_targets_are_accepted() -> None:
     assert torch.isfinite(terms.total).all()
     terms.total.sum().backward()
     assert logits.grad.abs().sum() > 0
+
+
+def test_rank_loss_is_zero_for_the_right_order_and_grows_with_misorder() -> None:
+    true = torch.tensor([[0.8, 0.5, 0.2]])
+    right = iou_rank_loss(torch.tensor([[0.8, 0.5, 0.2]]), true)
+    shifted = iou_rank_loss(torch.tensor([[0.6, 0.3, 0.0]]), true)  # off by a constant: same order
+    swapped = iou_rank_loss(torch.tensor([[0.5, 0.8, 0.2]]), true)
+    reversed_ = iou_rank_loss(torch.tensor([[0.2, 0.5, 0.8]]), true)
+    assert right.item() == pytest.approx(0.0, abs=1e-6) and shifted.item() == pytest.approx(0.0, abs=1e-6)
+    assert 0 < swapped.item() < reversed_.item()
+    assert iou_rank_loss(torch.tensor([[0.1]]), torch.tensor([[0.9]])).item() == 0.0  # one candidate: no order
+
+
+def test_rank_weight_adds_the_ranking_term_and_pushes_the_best_candidate_up() -> None:
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    gt[:, 1:5, 1:5] = True
+    good = torch.where(gt, 8.0, -8.0)
+    half = good.clone()
+    half[:, 1:5, 1:3] = -8.0
+    logits = torch.stack([-good, half, good], dim=1)  # true IoUs 0, 0.5, 1
+    iou_pred = torch.tensor([[0.9, 0.5, 0.4]], requires_grad=True)  # ranks the worst mask first
+    plain = sam_loss(logits, iou_pred, gt)
+    ranked = sam_loss(logits, iou_pred, gt, rank_weight=0.5)
+    extra = 0.5 * iou_rank_loss(iou_pred, torch.tensor([[0.0, 0.5, 1.0]]))
+    assert ranked.iou.item() == pytest.approx(plain.iou.item() + extra.item(), rel=1e-5)
+    (ranked.iou - plain.iou).sum().backward()  # the ranking term alone
+    grad = iou_pred.grad[0]
+    assert grad[2] < 0 < grad[0]  # gradient descent raises the best candidate and lowers the worst

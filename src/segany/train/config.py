@@ -91,6 +91,7 @@ class LoopSection:
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
+    rank_weight: float = 0.0  # > 0: also train the IoU head to order the three masks (not in the paper)
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     bf16: bool = False

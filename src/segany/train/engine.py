@@ -320,6 +320,7 @@ def _round_loss(
         terms = sam_loss(
             loss_logits[rows, sel], iou_pred[rows, sel], t.loss_gt[rows],
             loop.focal_weight, loop.dice_weight, loop.iou_weight, loop.focal_alpha, loop.focal_gamma,
+            loop.rank_weight,
         )
         total = total.index_copy(0, rows, terms.total)
         for name, value in (("focal", terms.focal), ("dice", terms.dice), ("iou_loss", terms.iou)):

@@ -1,5 +1,8 @@
 """SAM's training losses: 20 x focal + 1 x dice on the masks, MSE on the predicted IoU (paper §A).
 
+An optional ranking term (:func:`iou_rank_loss`, not in the paper) trains the IoU head to order the
+candidate masks, which is what picks the mask a single click returns.
+
 With several candidate masks for one ambiguous prompt, only the one with the lowest mask loss is
 backpropagated (:func:`sam_loss`). Every function returns per-row losses so the caller decides how
 to average over rows, rounds and images.
@@ -54,6 +57,25 @@ def binary_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def iou_rank_loss(iou_pred: torch.Tensor, true_iou: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Listwise ranking loss of the predicted IoUs of ``M`` candidates.
+
+    Cross-entropy between ``softmax(true_iou / T)`` and ``softmax(iou_pred / T)``: the candidate with
+    the highest actual IoU should get the highest prediction, and near-ties matter little. MSE alone
+    spends the head on absolute values; a head that is off by a constant still ranks right here.
+
+    Args:
+        iou_pred: ``(B, M)`` predicted IoUs; true_iou: ``(B, M)`` actual IoUs (no gradient).
+    Returns:
+        ``(B,)``; zero where ``M == 1``.
+    """
+    target = torch.softmax(true_iou.detach().float() / temperature, dim=-1)
+    log_pred = torch.log_softmax(iou_pred.float() / temperature, dim=-1)
+    # Minus the target's own entropy, so a perfect ranking costs 0 (and M == 1 costs exactly 0).
+    entropy = -(target * target.clamp(min=1e-12).log()).sum(-1)
+    return -(target * log_pred).sum(-1) - entropy
+
+
 @dataclass
 class LossTerms:
     """Per-row losses of one round: ``total``, ``focal``, ``dice``, ``iou`` (all ``(B,)``), the chosen
@@ -76,11 +98,13 @@ def sam_loss(
     iou_weight: float = 1.0,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    rank_weight: float = 0.0,
 ) -> LossTerms:
     """Loss of ``M`` candidate masks per row, keeping the best candidate's mask loss.
 
     The IoU head is trained on every candidate (MSE against each mask's actual IoU, no gradient into
     the target), so it learns to rank all of them; the mask loss is the minimum over candidates.
+    ``rank_weight`` adds :func:`iou_rank_loss` (counted in the ``iou`` term).
 
     Args:
         logits: ``(B, M, H, W)`` mask logits at the targets' resolution.
@@ -97,5 +121,7 @@ def sam_loss(
     row = torch.arange(logits.shape[0], device=logits.device)
     true_iou = binary_iou(logits.detach(), t >= 0.5)  # (B, M); soft targets count where >= 0.5
     iou_loss = F.mse_loss(iou_pred.float(), true_iou.float(), reduction="none").mean(dim=1)
+    if rank_weight > 0:
+        iou_loss = iou_loss + rank_weight * iou_rank_loss(iou_pred, true_iou)
     total = mask_loss[row, chosen] + iou_weight * iou_loss
     return LossTerms(total, focal[row, chosen], dice[row, chosen], iou_loss, chosen, true_iou[row, chosen])

@@ -54,6 +54,7 @@ _RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("loop", "focal_weight"): (lambda v: _finite(v) and v >= 0.0, ">= 0"),
     ("loop", "dice_weight"): (lambda v: _finite(v) and v >= 0.0, ">= 0"),
     ("loop", "iou_weight"): (lambda v: _finite(v) and v >= 0.0, ">= 0"),
+    ("loop", "rank_weight"): (lambda v: _finite(v) and v >= 0.0, ">= 0"),
     ("loop", "focal_alpha"): (lambda v: v <= 1.0, "<= 1 (negative: no class weighting)"),
     ("loop", "focal_gamma"): (lambda v: 0.0 <= v <= 10.0, "in [0, 10]"),
     ("loop", "device"): (
