@@ -2,10 +2,12 @@
 
 Usage::
 
-    python recipes/package_default.py runs/default_cpu/model.safetensors
+    python recipes/package_default.py runs/default_cpu/model.safetensors --auto-thresholds 0.6 0.5
 
 writes ``src/segany/weights/segany_default.safetensors`` and checks that ``segany.load_model()``
 loads it back as float32 with outputs matching the float32 weights to float16 precision.
+``--auto-thresholds`` stores the predicted-IoU and stability thresholds at which the automatic mask
+generator keeps this model's masks by default (pick them with ``recipes/calibrate_auto.py``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", help="trained weights (.safetensors or .pth)")
     ap.add_argument("--output", default=str(TARGET))
+    ap.add_argument("--auto-thresholds", nargs=2, type=float, metavar=("IOU", "STABILITY"), default=None,
+                    help="the model's own automatic-mask thresholds (default: none, SAM's 0.88 / 0.95 apply)")
     args = ap.parse_args()
 
     import segany
     from segany.io.checkpoint import load_checkpoint, save_checkpoint
 
     model = load_checkpoint(args.weights).eval()
-    model.config = model.config.replace(name="segany_default")
+    thresholds = tuple(args.auto_thresholds) if args.auto_thresholds else None
+    model.config = model.config.replace(name="segany_default", auto_mask_thresholds=thresholds)
     half = copy.deepcopy(model).half()
     half.config = model.config
     out = save_checkpoint(half, args.output)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,8 @@ from torch import nn
 
 import segany.inference.automatic as automatic
 from segany.inference.automatic import GENERATOR_PRESETS, GeneratorSettingsError, SamAutomaticMaskGenerator
+from segany import load_model
+from segany.io.checkpoint import save_checkpoint
 from segany.io.image import read_image
 from segany.io.rle import decode_rle, encode_mask, to_coco_rle
 from segany.model import PRESETS
@@ -307,11 +310,43 @@ def test_default_preset_and_signature_match_the_official() -> None:
     ours = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
     theirs = inspect.signature(OfficialGenerator.__init__).parameters
     assert list(ours)[: len(theirs)] == list(theirs)
+    model_own = ("pred_iou_thresh", "stability_score_thresh")  # None: the model's own, else the official
     for name, param in theirs.items():
-        if name not in ("self", "model"):
+        if name not in ("self", "model", *model_own):
             assert ours[name].default == param.default, name
     default = SamAutomaticMaskGenerator.from_preset(random_tiny(0), "default")
     assert default.max_mask_region_fraction is None and default.crop_n_layers == 0
+    for name in model_own:  # a model without thresholds of its own gets the official ones
+        assert ours[name].default is None and getattr(default, name) == theirs[name].default, name
+
+
+def test_a_model_that_carries_its_own_thresholds_is_filtered_with_them(tmp_path: Path) -> None:
+    model = random_tiny(0)
+    model.config = model.config.replace(auto_mask_thresholds=(0.3, 0.6))
+    generator = SamAutomaticMaskGenerator(model)
+    assert (generator.pred_iou_thresh, generator.stability_score_thresh) == (0.3, 0.6)
+    explicit = SamAutomaticMaskGenerator(model, pred_iou_thresh=0.9, stability_score_thresh=0.0)
+    assert (explicit.pred_iou_thresh, explicit.stability_score_thresh) == (0.9, 0.0)
+    sa1b = SamAutomaticMaskGenerator.from_preset(model, "sa1b")  # the paper's settings stay the paper's
+    assert (sa1b.pred_iou_thresh, sa1b.stability_score_thresh) == (0.88, 0.95)
+    # the thresholds travel in the checkpoint and in ONNX exports' configuration
+    path = save_checkpoint(model, tmp_path / "own.safetensors")
+    loaded = load_model(path)
+    assert automatic.model_mask_thresholds(loaded) == (0.3, 0.6)
+    info = SimpleNamespace(model=SimpleNamespace(config=model.config.to_dict()))
+    assert automatic.model_mask_thresholds(info) == (0.3, 0.6)
+    assert automatic.model_mask_thresholds(random_tiny(0)) == automatic.SAM_MASK_THRESHOLDS
+    # and the filter is really applied: at the median predicted IoU of the unfiltered masks, fewer are kept
+    # (the disc decoder gives many masks with varied scores; the random one, a single image-wide mask)
+    blobs, _ = blob_pair()
+    image = small_image(long_side=160)
+    unfiltered = SamAutomaticMaskGenerator(blobs, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                           points_per_side=12).generate(image)
+    median = float(np.median([m["predicted_iou"] for m in unfiltered]))
+    blobs.config = blobs.config.replace(auto_mask_thresholds=(median, 0.0))
+    kept = SamAutomaticMaskGenerator(blobs, points_per_side=12).generate(image)
+    assert 0 < len(kept) < len(unfiltered)
+    assert all(m["predicted_iou"] > median for m in kept)
 
 
 @pytest.mark.parametrize(

@@ -265,3 +265,23 @@ def test_says_so_when_no_mask_passes_the_filters(images: Path, tmp_path: Path, c
     assert "no mask passed the filters" in err and "--pred-iou-thresh" in err
     assert run(*argv, *KNOBS, "--overwrite") == 0
     assert "no mask passed" not in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_its_own_thresholds_is_filtered_with_them(images: Path, tmp_path: Path) -> None:
+    """`segany auto` without threshold flags uses the thresholds a checkpoint carries (the packaged
+    default model's way of being useful), with the torch and the ONNX backend alike; flags still win."""
+    model = random_tiny(0)
+    model.config = model.config.replace(auto_mask_thresholds=(-10.0, 0.02))  # GENERATOR_KNOBS' pair
+    own = save_checkpoint(model, tmp_path / "own.safetensors")
+    plain = save_checkpoint(random_tiny(0), tmp_path / "plain.safetensors")  # SAM's 0.88 / 0.95
+    counts = {}
+    for name, ckpt, extra in (("own", own, []), ("plain", plain, []), ("flags", own, ["--pred-iou-thresh", "1000"]),
+                              ("onnx", own, ["--backend", "onnx"])):
+        out = tmp_path / name
+        argv = [str(images / "first.jpg"), "-o", str(out), "-c", str(ckpt), "--no-progress", "--points-per-side", "4"]
+        assert run(*argv, *extra) == 0
+        counts[name] = len(read_sa1b(out / "first.json").annotations)
+    expected = SamAutomaticMaskGenerator(model, **GENERATOR_KNOBS).generate(read_image(images / "first.jpg"))
+    assert counts["own"] == len(expected) > 0
+    assert counts["plain"] == 0 and counts["flags"] == 0
+    assert counts["onnx"] == counts["own"]

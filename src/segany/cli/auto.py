@@ -57,8 +57,10 @@ COCO_FILE = "coco_instances.json"
 KNOBS: list[tuple[str, str, type, str]] = [
     ("--points-per-side", "points_per_side", int, "grid points per image side"),
     ("--points-per-batch", "points_per_batch", int, "prompts decoded at once"),
-    ("--pred-iou-thresh", "pred_iou_thresh", float, "keep masks with predicted IoU above this"),
-    ("--stability-score-thresh", "stability_score_thresh", float, "keep masks at least this stable"),
+    ("--pred-iou-thresh", "pred_iou_thresh", float,
+     "keep masks with predicted IoU above this (default: the model's own, else 0.88)"),
+    ("--stability-score-thresh", "stability_score_thresh", float,
+     "keep masks at least this stable (default: the model's own, else 0.95)"),
     ("--stability-score-offset", "stability_score_offset", float, "logit offset of the stability score"),
     ("--box-nms-thresh", "box_nms_thresh", float, "box IoU that makes two masks duplicates"),
     ("--crop-n-layers", "crop_n_layers", int, "layers of zoomed-in crops (0: whole image only)"),
@@ -271,8 +273,7 @@ def run(args: argparse.Namespace) -> int:
     if report.done and not report.masks:
         hint = "lower --pred-iou-thresh / --stability-score-thresh"
         if args.checkpoint is None:
-            hint = (f"the packaged default model is a small demonstration model whose predicted IoUs and "
-                    f"stability are low: {hint}, or pass an official checkpoint with -c")
+            hint = f"{hint}, or pass an official checkpoint with -c (the packaged default model is a small one)"
         print(f"segany auto: no mask passed the filters; {hint}", file=sys.stderr)
     return 1 if report.failed else 0
 

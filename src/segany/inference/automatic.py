@@ -54,7 +54,8 @@ from segany.ops.masks import (
 )
 from segany.ops.postprocess import upscale_logits
 
-__all__ = ["SamAutomaticMaskGenerator", "GeneratorSettingsError", "GENERATOR_PRESETS"]
+__all__ = ["SamAutomaticMaskGenerator", "GeneratorSettingsError", "GENERATOR_PRESETS", "SAM_MASK_THRESHOLDS",
+           "model_mask_thresholds"]
 
 # Appendix B of the paper: a 32x32 grid on the image plus 2x2 and 4x4 crops with 16x16 and 8x8 grids,
 # IoU >= 0.88, stability >= 0.95, NMS 0.7 within and across crops, 100 px clean-up, no >= 95% masks.
@@ -79,6 +80,27 @@ GENERATOR_PRESETS: dict[str, dict[str, Any]] = {
 _CHUNK_ELEMENTS = 1 << 25
 
 
+# SAM's filters (paper, appendix B), used for any model that does not carry its own.
+SAM_MASK_THRESHOLDS = (0.88, 0.95)
+
+
+def model_mask_thresholds(model: Any) -> tuple[float, float]:
+    """The (predicted IoU, stability) thresholds a model's automatic masks are kept at by default.
+
+    ``model``: a :class:`~segany.model.Sam` or a predictor (its ``model`` then holds the configuration:
+    a :class:`~segany.model.SamConfig`, or the dict of an ONNX export). SAM's own pair unless the
+    configuration's ``auto_mask_thresholds`` says otherwise.
+    """
+    if not isinstance(model, Sam):
+        model = getattr(model, "model", None)
+    config = getattr(model, "config", None)
+    key = "auto_mask_thresholds"
+    own = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+    if own is None:
+        return SAM_MASK_THRESHOLDS
+    return float(own[0]), float(own[1])
+
+
 class SamAutomaticMaskGenerator:
     """Generate masks for a whole image from a grid of point prompts (official API and records).
 
@@ -88,8 +110,10 @@ class SamAutomaticMaskGenerator:
         points_per_side: grid points per image side (``points_per_side**2`` prompts); None with
             ``point_grids``.
         points_per_batch: prompts decoded at once.
-        pred_iou_thresh: keep masks whose predicted IoU is above this (no filter when <= 0).
+        pred_iou_thresh: keep masks whose predicted IoU is above this (no filter when <= 0). None
+            (the default): the model's own (``config.auto_mask_thresholds``), else the official 0.88.
         stability_score_thresh: keep masks whose stability is at least this (no filter when <= 0).
+            None: the model's own, else the official 0.95.
         stability_score_offset: logit offset of the two thresholds compared by the stability score.
         box_nms_thresh: box IoU above which a lower-scored mask of the same crop is a duplicate.
         crop_n_layers: extra layers of crops (layer i has ``(2**i)**2`` crops).
@@ -113,8 +137,8 @@ class SamAutomaticMaskGenerator:
         model: Sam | Any,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.7,
         crop_n_layers: int = 0,
@@ -127,6 +151,9 @@ class SamAutomaticMaskGenerator:
         max_mask_region_fraction: float | None = None,
         drop_masks_with_only_small_regions: bool = False,
     ) -> None:
+        own = model_mask_thresholds(model)
+        pred_iou_thresh = own[0] if pred_iou_thresh is None else pred_iou_thresh
+        stability_score_thresh = own[1] if stability_score_thresh is None else stability_score_thresh
         self.point_grids = check_settings(
             points_per_side, point_grids, points_per_batch, crop_n_layers, crop_n_points_downscale_factor,
             output_mode, max_mask_region_fraction, pred_iou_thresh=pred_iou_thresh,

@@ -60,6 +60,10 @@ class SamConfig:
     # The text prompt path (SAM paper, section 7.5): the width of the CLIP embeddings it projects into one
     # prompt token (768 for CLIP ViT-L/14); None (every official model): no such path, no extra weights.
     text_embed_dim: int | None = None
+    # (predicted IoU, stability) above which the automatic mask generator keeps this model's masks when
+    # the caller names none. None (every official model): SAM's 0.88 / 0.95. A model whose IoU head is
+    # calibrated otherwise (the small default model) carries its own; it does not shape the network.
+    auto_mask_thresholds: tuple[float, float] | None = field(default=None, compare=False)
     name: str = field(default="custom", compare=False)
 
     @property
