@@ -3,6 +3,7 @@ and the CLI exports and pre-fills without a server."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -147,3 +148,13 @@ def test_prefill_generate_strict(make_sqlite_client, tiny_model) -> None:
     objs = c.get("/api/images/1").json()["objects"]
     assert report.added == len(objs) > 0
     assert all(o["source"] == "auto" and 0 <= o["extra"]["stability_score"] <= 1 for o in objs)
+
+
+def test_prefill_is_stricter_than_the_models_own_thresholds(tiny_model) -> None:
+    from segany.annotate import prefill
+
+    # SAM's 0.88 / 0.95 give the paper's strict pre-fill 0.92 / 0.95
+    assert prefill.strict_settings(tiny_model) == {"pred_iou_thresh": 0.92, "stability_score_thresh": 0.95}
+    own = copy.deepcopy(tiny_model)
+    own.config = own.config.replace(auto_mask_thresholds=(0.6, 0.5))  # a model with its own (the default)
+    assert prefill.strict_settings(own) == {"pred_iou_thresh": 0.64, "stability_score_thresh": 0.5}

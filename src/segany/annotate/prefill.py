@@ -18,8 +18,17 @@ from segany.annotate.errors import ApiError
 from segany.io import FormatError
 from segany.io.rle import encode_mask, to_coco_rle
 
-# Strict settings for server-side pre-fill: only confident, stable masks (paper, stage 2).
-STRICT = {"pred_iou_thresh": 0.92, "stability_score_thresh": 0.95}
+# Server-side pre-fill keeps only confident, stable masks (paper, stage 2): the predicted-IoU threshold
+# this much above the model's own automatic one (SAM: 0.88 + 0.04 = 0.92; stability stays at its 0.95).
+STRICT_IOU_MARGIN = 0.04
+
+
+def strict_settings(model: Any) -> dict[str, float]:
+    """The pre-fill thresholds for ``model`` (a Sam or a predictor): its own, the IoU one made stricter."""
+    from segany.inference.automatic import model_mask_thresholds
+
+    iou, stability = model_mask_thresholds(model)
+    return {"pred_iou_thresh": round(iou + STRICT_IOU_MARGIN, 4), "stability_score_thresh": stability}
 
 
 @dataclass
@@ -131,7 +140,7 @@ def generate(db: Database, project_id: int, user: store.Principal, root: Path, m
     from segany.inference.automatic import SamAutomaticMaskGenerator
     from segany.io.image import read_image
 
-    generator = SamAutomaticMaskGenerator(model, **{**STRICT, **(settings or {})})
+    generator = SamAutomaticMaskGenerator(model, **{**strict_settings(model), **(settings or {})})
     report = PrefillReport()
     with db.read() as s:
         todo = [
