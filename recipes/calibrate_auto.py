@@ -13,7 +13,8 @@ Usage::
     python recipes/calibrate_auto.py $SEGANY_DATA/BSDS500 --split train --images 12 -c WEIGHTS
 
 Choose the thresholds on training images; check them on held-out ones (``--split test``) with
-``--pred-iou-thresh`` / ``--stability-score-thresh`` given, which then reports that pair only.
+``--pred-iou-thresh`` / ``--stability-score-thresh`` given: the generator then runs with them (an
+unnamed one is the model's own) and the kept masks are scored.
 """
 
 from __future__ import annotations
@@ -56,8 +57,11 @@ def main() -> None:
         by_image.setdefault(a["image_id"], []).append(a["segmentation"])
 
     model = segany.load_model(args.checkpoint) if args.checkpoint else segany.load_model()
-    # No score filters: every candidate comes back with its scores; the rest is the default generator.
-    generator = SamAutomaticMaskGenerator(model, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+    check = args.pred_iou_thresh is not None or args.stability_score_thresh is not None
+    # Choosing: no score filters, every candidate comes back with its scores (NMS then sees them all,
+    # so the counts below are a close estimate). Checking: the generator exactly as segany auto runs it.
+    given = (args.pred_iou_thresh, args.stability_score_thresh) if check else (0.0, 0.0)
+    generator = SamAutomaticMaskGenerator(model, pred_iou_thresh=given[0], stability_score_thresh=given[1],
                                           output_mode="coco_rle")
     rows = []  # (image index, predicted IoU, stability, best IoU with a region)
     for k, info in enumerate(images):
@@ -80,10 +84,13 @@ def main() -> None:
         precision = right / len(kept) if len(kept) else 0.0
         return len(kept) / n, right / n, precision
 
-    if args.pred_iou_thresh is not None or args.stability_score_thresh is not None:
-        t = (args.pred_iou_thresh or 0.0, args.stability_score_thresh or 0.0)
-        kept, right, precision = report(*t)
-        print(f"thresholds {t}: {kept:.1f} masks/image kept, {right:.1f} right, precision {precision:.2f}")
+    if check:
+        t = (generator.pred_iou_thresh, generator.stability_score_thresh)
+        kept, right, precision = report(-np.inf, -np.inf)
+        mean_best = table[:, 3].mean() if len(table) else 0.0
+        print(f"thresholds {t}: {kept:.1f} masks/image kept, {right:.1f} right (IoU >= 0.5 with a region), "
+              f"precision {precision:.2f}, mean best IoU {mean_best:.2f}, images with none kept: "
+              f"{n - len(set(table[:, 0].astype(int)))} of {n}")
         return
     print("pred_iou  stability  kept/image  right/image  precision")
     best_pair, best_right = None, -1.0

@@ -10,7 +10,8 @@
 # CVPPP_A1 subsets as in benchmarks/eval/run.sh (30 and 20 objects). Standard clicker (centre of the
 # larger error region), previous logits fed back, top-ranked mask on the first click, 10 clicks.
 # Each report goes to OUT/<set>_<NAME>; reports of other methods already in OUT are shown alongside.
-# ONLY=bsds500 (or dsb2018, cvppp_a1) runs one set.
+# ONLY=bsds500 (or dsb2018, cvppp_a1) runs one set. FULL=1: larger sets (BSDS500 test, every image:
+# 200 objects; DSB2018 220 and CVPPP_A1 80, two per image) instead of the small subsets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=$1 NAME=$2 OUT=$3
@@ -27,6 +28,13 @@ SETS=(
   "dsb2018 $DATA/DSB2018 --limit 30 --max-per-image 2"
   "cvppp_a1 $DATA/CVPPP_A1 --limit 20 --max-per-image 1"
 )
+if [ -n "${FULL:-}" ]; then  # 4-7x the objects: far less noise
+  SETS=(
+    "bsds500 $BSDS --limit 200 --max-per-image 1"
+    "dsb2018 $DATA/DSB2018 --limit 220 --max-per-image 2"
+    "cvppp_a1 $DATA/CVPPP_A1 --limit 80 --max-per-image 2"
+  )
+fi
 for s in "${SETS[@]}"; do
   set -- $s
   set_name=$1 dir=$2; shift 2

@@ -285,3 +285,21 @@ def test_a_checkpoint_with_its_own_thresholds_is_filtered_with_them(images: Path
     assert counts["own"] == len(expected) > 0
     assert counts["plain"] == 0 and counts["flags"] == 0
     assert counts["onnx"] == counts["own"]
+
+
+def test_the_default_model_keeps_masks_on_a_photo_with_the_default_settings(tmp_path: Path) -> None:
+    """The packaged model carries thresholds it reaches (SAM's 0.88 / 0.95 kept none of its masks): with no
+    setting given, `segany auto` keeps several masks of a photo, each above the model's own thresholds."""
+    from segany import load_model
+    from segany.build import default_weights_path
+    from segany.inference.automatic import SAM_MASK_THRESHOLDS, model_mask_thresholds
+
+    if default_weights_path() is None:
+        pytest.skip("no packaged default weights in this install")
+    own = model_mask_thresholds(load_model())
+    assert own != SAM_MASK_THRESHOLDS
+    photo = Path(__file__).parent / "data" / "images" / "chelsea.jpg"
+    assert run(str(photo), "-o", str(tmp_path / "out"), "--no-progress") == 0
+    masks = read_sa1b(tmp_path / "out" / "chelsea.json").annotations
+    assert len(masks) >= 3
+    assert all(m.predicted_iou > own[0] and m.stability_score >= own[1] for m in masks)
