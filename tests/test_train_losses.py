@@ -90,7 +90,7 @@ def test_soft_targets_are_accepted() -> None:
     assert logits.grad.abs().sum() > 0
 
 
-def test_rank_loss_is_zero_for_the_right_order_and_grows_with_misorder() -> None:
+def test_rank_loss_is_zero_for_the_true_ious_up_to_a_constant_and_grows_with_misorder() -> None:
     true = torch.tensor([[0.8, 0.5, 0.2]])
     right = iou_rank_loss(torch.tensor([[0.8, 0.5, 0.2]]), true)
     shifted = iou_rank_loss(torch.tensor([[0.6, 0.3, 0.0]]), true)  # off by a constant: same order

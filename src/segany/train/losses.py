@@ -71,7 +71,8 @@ def iou_rank_loss(iou_pred: torch.Tensor, true_iou: torch.Tensor, temperature: f
     """
     target = torch.softmax(true_iou.detach().float() / temperature, dim=-1)
     log_pred = torch.log_softmax(iou_pred.float() / temperature, dim=-1)
-    # Minus the target's own entropy, so a perfect ranking costs 0 (and M == 1 costs exactly 0).
+    # Minus the target's own entropy (a KL divergence): predictions equal to the true IoUs, or off from them
+    # by a constant, cost 0, and so does M == 1.
     entropy = -(target * target.clamp(min=1e-12).log()).sum(-1)
     return -(target * log_pred).sum(-1) - entropy
 
