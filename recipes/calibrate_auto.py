@@ -26,10 +26,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _candidates(generator: object, image: np.ndarray) -> list[dict]:
-    return generator.generate(image)  # type: ignore[attr-defined, no-any-return]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path, help="a COCO folder (images/, annotations.json)")
@@ -42,11 +38,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from PIL import Image
     from pycocotools import mask as mask_utils
 
     import segany
     from segany.inference.automatic import SamAutomaticMaskGenerator
+    from segany.io.image import read_image
 
     torch.set_grad_enabled(False)
     coco = json.loads((args.data / "annotations.json").read_text())
@@ -65,9 +61,8 @@ def main() -> None:
                                           output_mode="coco_rle")
     rows = []  # (image index, predicted IoU, stability, best IoU with a region)
     for k, info in enumerate(images):
-        image = np.asarray(Image.open(args.data / "images" / info["file_name"]).convert("RGB"))
         gts = by_image.get(info["id"], [])
-        masks = _candidates(generator, image)
+        masks = generator.generate(read_image(args.data / "images" / info["file_name"]))
         if masks and gts:
             ious = mask_utils.iou([m["segmentation"] for m in masks], gts, [0] * len(gts))
             best = np.asarray(ious).max(axis=1)
