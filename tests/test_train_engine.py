@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from segany.io.rle import encode_mask
+from segany.io.rle import decode_rle, encode_mask
 from segany.model import PRESETS, build_sam
 from segany.ops.clicks import round_schedule
 from segany.train import engine
@@ -252,3 +252,54 @@ def test_flips_and_colour_jitter_keep_masks_on_their_pixels() -> None:
     assert np.array_equal(photometric_jitter(image, 0.0, rng), image)
     jittered = photometric_jitter(image, 0.5, np.random.default_rng(1))
     assert jittered.dtype == np.uint8 and jittered.shape == image.shape and not np.array_equal(jittered, image)
+
+
+def _square_item(size: int, box: tuple[int, int, int, int], fg: int, bg: int, name: str) -> CachedImage:
+    y0, y1, x0, x1 = box
+    image = np.full((size, size, 3), bg, np.uint8)
+    image[y0:y1, x0:x1] = fg
+    mask = np.zeros((size, size), bool)
+    mask[y0:y1, x0:x1] = True
+    return CachedImage(image, [encode_mask(mask)], np.array([mask.mean()]), np.array([mask.sum()]), name)
+
+
+def test_paste_object_moves_the_donor_pixels_and_cuts_the_masks_it_covers() -> None:
+    from segany.train.data import paste_object
+
+    target = _square_item(40, (0, 40, 0, 40), 10, 10, "t")  # one mask covering the whole image
+    donor = _square_item(40, (5, 25, 10, 20), 200, 50, "d")  # a 20 x 10 object
+    masks = np.ones((1, 40, 40), bool)
+    for seed in range(10):
+        image, cut, pasted = paste_object(
+            target.image, masks, donor.image, decode_rle(donor.rles[0]), (0.5, 1.0), np.random.default_rng(seed)
+        )
+        ys, xs = np.nonzero(pasted)
+        assert 10 <= np.ptp(ys) + 1 <= 20 and 5 <= np.ptp(xs) + 1 <= 10  # rescaled within (0.5, 1.0)
+        assert (image[pasted] == 200).all() and (image[~pasted] == 10).all()  # donor pixels, nothing else
+        assert np.array_equal(cut[0], ~pasted)
+    big = _square_item(40, (0, 40, 0, 40), 200, 200, "b")  # larger than the target: shrunk to fit
+    image, _, pasted = paste_object(
+        np.zeros((16, 24, 3), np.uint8), np.zeros((0, 16, 24), bool), big.image, np.ones((40, 40), bool),
+        (1.0, 1.0), np.random.default_rng(0),
+    )
+    assert pasted.shape == (16, 24) and pasted.sum() == 16 * 16
+
+
+def test_copy_paste_adds_other_images_objects_as_masks_and_is_off_by_default() -> None:
+    items = [_square_item(32, (4, 12, 4, 12), 100, 0, "a"), _square_item(32, (10, 26, 8, 30), 200, 50, "b")]
+    plain = TrainDataset(items, 32, 2, seed=3)
+    off = TrainDataset(items, 32, 2, seed=3, copy_paste=0.0)
+    assert all(torch.equal(plain[(i, s)]["masks"], off[(i, s)]["masks"]) for i in range(2) for s in range(5))
+    ds = TrainDataset(items, 32, 2, min_mask_pixels=4, seed=3, copy_paste=1.0, copy_paste_max=3)
+    foreign = 0
+    for step in range(20):
+        for index in range(2):
+            out = ds[(index, step)]
+            img, masks = out["image"].numpy(), out["masks"].numpy()
+            assert 1 <= len(masks) <= 2 and (masks.reshape(len(masks), -1).sum(1) >= 4).all()
+            assert (masks.sum(0) <= 1).all()  # pasted objects cut the masks they cover
+            for m in masks:
+                colours = np.unique(img[:, m])
+                assert len(colours) == 1 and colours[0] in (100, 200)  # each mask is one whole object's pixels
+                foreign += int(colours[0] != (100, 200)[index])
+    assert foreign > 0  # objects of the other image were pasted and kept as masks

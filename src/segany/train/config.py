@@ -51,6 +51,9 @@ class DataSection:
     jitter_scale: tuple[float, float] = (0.1, 2.0)
     hflip: bool = False  # mirror half of the images
     color_jitter: float = 0.0  # brightness, contrast and saturation scaled by 1 + U(-x, x)
+    copy_paste: float = 0.0  # share of images that get 1..copy_paste_max objects of other images pasted on
+    copy_paste_max: int = 3
+    copy_paste_scale: tuple[float, float] = (0.25, 1.0)  # pasted objects rescaled by a factor in this range
     cache_dir: str | None = None  # resized images and masks are cached here (default: OUTPUT/cache)
     num_workers: int = 0
     limit_per_dataset: int | None = None

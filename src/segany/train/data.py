@@ -182,12 +182,53 @@ def photometric_jitter(image: np.ndarray, strength: float, rng: np.random.Genera
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
+def paste_object(
+    image: np.ndarray,
+    masks: np.ndarray,
+    donor_image: np.ndarray,
+    donor_mask: np.ndarray,
+    scale: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simple copy-paste (Ghiasi et al., 2021): one annotated object pasted onto another image.
+
+    The object (``donor_mask``'s pixels of ``donor_image``) is rescaled by a factor drawn log-uniformly
+    from ``scale`` (shrunk further if it would not fit) and pasted at a random place; the masks it covers
+    lose those pixels. It teaches isolated objects on unrelated backgrounds, where the whole field is
+    never the answer.
+
+    Args:
+        image: uint8 (h, w, 3); masks: bool (M, h, w); donor_image: uint8 (h2, w2, 3); donor_mask: bool
+        (h2, w2), not empty.
+    Returns:
+        the new image (h, w, 3), ``masks`` minus the pasted pixels (M, h, w), and the pasted object's mask
+        (h, w).
+    """
+    ys, xs = np.nonzero(donor_mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    patch, shape = donor_image[y0:y1, x0:x1], donor_mask[y0:y1, x0:x1]
+    h, w = image.shape[:2]
+    s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
+    s = min(s, h / patch.shape[0], w / patch.shape[1])
+    ph, pw = max(1, min(h, round(patch.shape[0] * s))), max(1, min(w, round(patch.shape[1] * s)))
+    patch = cv2.resize(patch, (pw, ph), interpolation=cv2.INTER_LINEAR)
+    shape = cv2.resize(shape.astype(np.uint8), (pw, ph), interpolation=cv2.INTER_NEAREST) > 0
+    ty, tx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    pasted = np.zeros((h, w), bool)
+    pasted[ty : ty + ph, tx : tx + pw] = shape
+    out = image.copy()
+    out[pasted] = patch[shape]
+    return out, masks & ~pasted, pasted
+
+
 class TrainDataset(Dataset):
     """Cached images with up to ``masks_per_image`` sampled masks each.
 
     Items are fetched by ``(index, step)`` keys (see :class:`StepBatchSampler`) and are dicts with
     ``image`` uint8 ``(3, h, w)``, ``masks`` bool ``(M, h, w)`` (1 <= M <= masks_per_image), ``index``
     and ``step``. ``h, w <= size``; padding to the square input happens in the model's preprocess.
+    Augmentations, in order: large-scale jitter, horizontal flip, copy-paste of other images' objects
+    (:func:`paste_object`), photometric jitter.
     """
 
     def __init__(
@@ -201,8 +242,12 @@ class TrainDataset(Dataset):
         seed: int = 0,
         hflip: bool = False,
         color_jitter: float = 0.0,
+        copy_paste: float = 0.0,
+        copy_paste_max: int = 3,
+        copy_paste_scale: tuple[float, float] = (0.25, 1.0),
     ) -> None:
         self.size = size
+        self.copy_paste, self.copy_paste_max, self.copy_paste_scale = copy_paste, copy_paste_max, copy_paste_scale
         self.hflip = hflip
         self.color_jitter = color_jitter
         self.masks_per_image = masks_per_image
@@ -239,6 +284,8 @@ class TrainDataset(Dataset):
                 masks = masks[keep]
         if self.hflip and rng.random() < 0.5:
             image, masks = image[:, ::-1], masks[:, :, ::-1]
+        if self.copy_paste > 0 and rng.random() < self.copy_paste:
+            image, masks = self._paste(image, masks, rng)
         if self.color_jitter > 0:
             image = photometric_jitter(image, self.color_jitter, rng)
         return {
@@ -247,6 +294,27 @@ class TrainDataset(Dataset):
             "index": index,
             "step": step,
         }
+
+
+    def _paste(
+        self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Paste 1..``copy_paste_max`` objects of random images; pasted objects are kept first under the cap."""
+        originals, pasted = masks, []
+        for _ in range(int(rng.integers(1, self.copy_paste_max + 1))):
+            donor, ok = self.items[int(rng.integers(len(self.items)))]
+            donor_mask = decode_rle(donor.rles[int(rng.choice(ok))])
+            image, originals, new = paste_object(image, originals, donor.image, donor_mask, self.copy_paste_scale, rng)
+            pasted = [p & ~new for p in pasted] + [new]
+        big = [m for m in pasted if m.sum() >= self.min_mask_pixels][-self.masks_per_image :]
+        rest = [m for m in originals if m.sum() >= self.min_mask_pixels]
+        room = max(0, self.masks_per_image - len(big))
+        if len(rest) > room:
+            rest = [rest[i] for i in sorted(rng.choice(len(rest), room, replace=False))]
+        kept = big + rest
+        if not kept:  # everything pasted was tiny and covered the rest: keep one mask, as unjittered items do
+            kept = [max(list(originals) + pasted, key=lambda m: int(m.sum()))]
+        return image, np.stack(kept)
 
 
 def collate_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -123,6 +123,9 @@ def build_dataset(cfg: TrainConfig, size: int, cache_dir: Path, is_main: bool) -
         seed=cfg.loop.seed,
         hflip=d.hflip,
         color_jitter=d.color_jitter,
+        copy_paste=d.copy_paste,
+        copy_paste_max=d.copy_paste_max,
+        copy_paste_scale=(d.copy_paste_scale[0], d.copy_paste_scale[1]),
     )
 
 
