@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segany.io.checkpoint import save_checkpoint
+from segany.io.checkpoint import load_checkpoint, save_checkpoint
 from segany.model import PRESETS, build_sam
 from segany.train.config import load_config
 from segany.train.loop import build_model, train
@@ -95,6 +95,26 @@ def test_finetune_from_pth_and_export_loads_everywhere(tmp_path: Path, shapes_da
     official.load_state_dict(state, strict=True)
     assert torch.equal(segany.load_model(tmp_path / "ft" / "model.pth").state_dict()["mask_decoder.iou_token.weight"],
                        state["mask_decoder.iou_token.weight"])
+
+
+def test_a_frozen_convolutional_encoder_keeps_its_batchnorm_statistics(tmp_path: Path, shapes_data: Path) -> None:
+    recipe = _recipe(tmp_path, shapes_data, steps=2)
+    small = ["model.preset=conv_small", "model.architecture={image_size = 128, conv_widths = [8, 8, 16, 16]}"]
+    cfg = load_config(recipe, small)
+    torch.manual_seed(0)
+    save_checkpoint(build_model(cfg), tmp_path / "init.safetensors")
+    init = load_checkpoint(tmp_path / "init.safetensors").state_dict()
+    start = f"model.init={tmp_path / 'init.safetensors'}"
+    frozen = load_config(recipe, [*small, start, "model.freeze_image_encoder=true"])
+    tuned = load_checkpoint(train(frozen, tmp_path / "frozen", progress=False).weights).state_dict()
+    running = [k for k in init if k.startswith("image_encoder.") and "running_" in k]
+    assert running  # the encoder has BatchNorm layers
+    for k, v in init.items():
+        if k.startswith("image_encoder."):
+            assert torch.equal(tuned[k], v), k  # weights and running statistics alike
+    trained = load_config(recipe, [*small, start])
+    moved = load_checkpoint(train(trained, tmp_path / "trained", progress=False).weights).state_dict()
+    assert any(not torch.equal(moved[k], init[k]) for k in running)  # not frozen: the statistics follow the data
 
 
 def test_cli_train_runs(tmp_path: Path, shapes_data: Path) -> None:

@@ -34,7 +34,7 @@ class ModelSection:
     architecture: dict[str, Any] = field(default_factory=dict)  # SamConfig field overrides of the preset
     init: str | None = None  # checkpoint to fine-tune from (official .pth or segany file); None = random
     drop_path_rate: float = 0.0
-    freeze_image_encoder: bool = False  # then images are encoded once per step, without gradients
+    freeze_image_encoder: bool = False  # encoded without gradients, in eval mode (BatchNorm statistics kept)
     gradient_checkpointing: bool = False
 
 

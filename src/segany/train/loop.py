@@ -280,6 +280,8 @@ def train(
     clip = _load_clip(cfg, info.device)
     torch.manual_seed(loop.seed)
     model = (build_model(cfg) if clip is None else build_model(cfg, clip.embed_dim)).to(info.device).train()
+    if cfg.model.freeze_image_encoder:
+        model.image_encoder.eval()  # frozen: BatchNorm statistics (convolutional encoders) stay as loaded too
     dist_utils.broadcast_parameters(model)
     depth, stage_depths = decay_depths(model)  # layer decay over ViT or TinyViT blocks
     optimizer = build_optimizer(model, cfg.optim, depth, stage_depths)
