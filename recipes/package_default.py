@@ -2,7 +2,7 @@
 
 Usage::
 
-    python recipes/package_default.py runs/default_cpu/model.safetensors --auto-thresholds 0.55 0.5
+    python recipes/package_default.py runs/default_cpu/model.safetensors --auto-thresholds 0.5 0.5
 
 writes ``src/segany/weights/segany_default.safetensors`` and checks that ``segany.load_model()``
 loads it back as float32 with outputs matching the float32 weights to float16 precision.
