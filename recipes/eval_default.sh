@@ -4,6 +4,7 @@
 #   recipes/eval_default.sh CHECKPOINT NAME OUT      # the candidate
 #   recipes/eval_default.sh default shipped OUT      # the packaged default model
 #   recipes/eval_default.sh grabcut grabcut OUT      # the GrabCut baseline
+#   recipes/eval_default.sh otsu otsu OUT            # the Otsu baseline (MAX_CLICKS=1: one click only)
 #
 # Sets (never trained on): BSDS500 test split, objects >= 1% of the image (made by
 # recipes/heldout_bsds500.py), one random object on each of the first 50 images; DSB2018 and
@@ -21,6 +22,7 @@ BSDS=${BSDS_HELDOUT:-/tmp/bsds500_test_1pct}
 case "$CKPT" in
   default) WHO=() ;;
   grabcut) WHO=(--baseline grabcut) ;;
+  otsu) WHO=(--baseline otsu) ;;
   *) WHO=(-c "$CKPT") ;;
 esac
 SETS=(
@@ -43,6 +45,6 @@ for s in "${SETS[@]}"; do
   for other in "$OUT/${set_name}_"*; do
     [ -f "$other/results.json" ] && [ "$other" != "$OUT/${set_name}_${NAME}" ] && cmp+=(--compare "$other")
   done
-  nice -n 10 segany eval points --data "$dir" "${WHO[@]}" --name "$NAME" "$@" --max-clicks 10 --cases 1 \
+  nice -n 10 segany eval points --data "$dir" "${WHO[@]}" --name "$NAME" "$@" --max-clicks "${MAX_CLICKS:-10}" --cases 1 \
     --threads 1 --quiet "${cmp[@]}" -o "$OUT/${set_name}_${NAME}"
 done

@@ -6,8 +6,8 @@ scored by IoU with the ground truth; mIoU = mean over the data set's objects. Cr
 
 Baselines (same click, for context):
 
-* ``otsu``: Otsu threshold of the grey image; the connected component (8-connected) of the clicked
-  pixel's side of the threshold;
+* ``otsu``: ``segany.eval.baselines.OtsuSegmenter``: Otsu threshold of the grey image; the connected
+  component (8-connected) of the clicked pixel's side of the threshold;
 * ``grabcut``: ``segany.eval.baselines.GrabCutSegmenter`` from that click alone (several seconds per
   object on a small CPU: by default one object on each of the first 20 images only).
 
@@ -26,7 +26,6 @@ import os
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -34,23 +33,6 @@ DEFAULT_DATA = [
     os.path.join(os.environ.get("SEGANY_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")), name)
     for name in ("DSB2018", "CVPPP_A1")
 ]
-
-
-class OtsuComponents:
-    """Otsu threshold of the grey image, split into 8-connected components of each side, once per
-    image; :meth:`at` is the component holding a pixel."""
-
-    def __init__(self, image: np.ndarray) -> None:
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        _, binary = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        self.binary = binary
-        _, self.fg = cv2.connectedComponents(binary, connectivity=8)
-        _, self.bg = cv2.connectedComponents(1 - binary, connectivity=8)
-
-    def at(self, x: int, y: int) -> np.ndarray:
-        """bool (H, W): the Otsu-threshold connected component holding pixel (x, y)."""
-        comp = self.fg if self.binary[y, x] else self.bg
-        return comp == comp[y, x]
 
 
 def pick_objects(n: int, k: int | None, rng: np.random.Generator) -> list[int]:
@@ -87,11 +69,10 @@ def main() -> None:
 
     model = segany.load_model(args.checkpoint)
     predictor = segany.SamPredictor(model)
-    grabcut = None
-    if "grabcut" in args.baselines:
-        from segany.eval.baselines import GrabCutSegmenter
+    from segany.eval.baselines import GrabCutSegmenter, OtsuSegmenter
 
-        grabcut = GrabCutSegmenter()
+    grabcut = GrabCutSegmenter() if "grabcut" in args.baselines else None
+    otsu = OtsuSegmenter()
     results: dict[str, dict[str, float | int]] = {}
     for root in args.data:
         t0 = time.time()
@@ -124,7 +105,7 @@ def main() -> None:
             if args.baselines:
                 if grabcut is not None and sample_no < args.grabcut_images:
                     grabcut.set_image(image)
-                otsu = OtsuComponents(image)
+                otsu.set_image(image)
                 # The model's objects, optionally subsampled further.
                 sub = pick_objects(
                     len(keep), args.baseline_max_per_image, np.random.default_rng([args.seed, sample.image_id])
@@ -132,7 +113,7 @@ def main() -> None:
                 for i in (keep[j] for j in sub):
                     x, y = clicks[i]
                     if "otsu" in base:
-                        base["otsu"].append(mask_iou(otsu.at(x, y), gts[i]))
+                        base["otsu"].append(mask_iou(otsu.predict(np.array([[x, y]]), np.array([1])), gts[i]))
                     if (
                         grabcut is not None
                         and sample_no < args.grabcut_images

@@ -75,6 +75,17 @@ def test_points_report(tmp_path: Path, synthetic: Path, tiny_ckpt: Path) -> None
     assert "not directly comparable" in (other / "report.md").read_text()
 
 
+def test_points_with_the_otsu_baseline(tmp_path: Path, synthetic: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "otsu"
+    assert _eval("points", "--data", synthetic, "--baseline", "otsu", "-o", out, "--max-clicks", "2") == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["methods"]) == {"otsu"}
+    top = res["methods"]["otsu"]["metrics"]["top"]
+    assert top["num_objects"] == 3 and top["miou@1"] > 0.9  # plain shapes on a plain background
+    assert "--baseline otsu" in (out / "report.md").read_text()
+    assert "points" in _fails(capsys, "boxes", "--data", synthetic, "--baseline", "otsu", "-o", tmp_path / "b")
+
+
 def test_boxes_and_proposals_reports(tmp_path: Path, synthetic: Path, tiny_ckpt: Path) -> None:
     assert _eval("boxes", "--data", synthetic, "-c", tiny_ckpt, "-o", tmp_path / "b", "--limit", "1") == 0
     res = json.loads((tmp_path / "b" / "results.json").read_text())

@@ -1,4 +1,4 @@
-"""Tests for segany.eval.baselines: GrabCut driven by clicks and boxes."""
+"""Tests for segany.eval.baselines: GrabCut driven by clicks and boxes, Otsu by clicks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segany.errors import ImageError, PromptError
-from segany.eval.baselines import GrabCutSegmenter
+from segany.eval.baselines import GrabCutSegmenter, OtsuSegmenter
 from segany.eval.metrics import mask_iou
 
 H, W = 120, 160
@@ -99,3 +99,35 @@ def test_bad_image_and_missing_image() -> None:
         seg.set_image(np.zeros((10, 10), np.uint8))
     with pytest.raises(ImageError):
         seg.set_image(np.zeros((10, 10, 3), np.float32))
+
+
+def test_otsu_click_picks_the_component_under_it() -> None:
+    left, right = _disk(40, 60, 20), _disk(120, 60, 20)
+    seg = OtsuSegmenter()
+    seg.set_image(_image(left, right, seed=1))
+    one = seg.predict(np.array([[120, 60]]), np.array([1]))
+    assert one.dtype == bool and one.shape == (H, W)
+    assert mask_iou(one, right) > 0.95 and not (one & left).any()
+    both = seg.predict(np.array([[120, 60], [40, 60]]), np.array([1, 1]))
+    assert mask_iou(both, left | right) > 0.95
+    minus = seg.predict(np.array([[120, 60], [40, 60], [41, 61]]), np.array([1, 1, 0]))  # a negative click
+    assert np.array_equal(minus, one)  # removes the component it lands on
+    background = seg.predict(np.array([[5, 5]]), np.array([1]))  # the dark side is a component too
+    assert mask_iou(background, ~(left | right)) > 0.95
+
+
+def test_otsu_refuses_boxes_bad_clicks_and_bad_images() -> None:
+    seg = OtsuSegmenter()
+    with pytest.raises(RuntimeError):
+        seg.predict(np.array([[1, 1]]), np.array([1]))
+    with pytest.raises(ImageError):
+        seg.set_image(np.zeros((10, 10), np.uint8))
+    seg.set_image(_image(_disk(80, 60, 25)))
+    for kwargs in (
+        {"box": np.array([50, 30, 110, 90])},
+        {"point_coords": np.array([[80, 60]]), "point_labels": np.array([0])},
+        {"point_coords": np.array([[W, 60]]), "point_labels": np.array([1])},
+        {},
+    ):
+        with pytest.raises(PromptError):
+            seg.predict(**kwargs)

@@ -19,6 +19,7 @@ EXAMPLES = """protocols:
 examples:
   segany eval points --data data/DSB2018 -o reports/points_dsb --limit 200 --max-per-image 5
   segany eval points --data data/DSB2018 -o reports/points_dsb_grabcut --baseline grabcut --limit 50
+  segany eval points --data data/DSB2018 -o reports/points_dsb_otsu --baseline otsu --max-clicks 1
   segany eval boxes --data data/CVPPP_A1 -c sam_vit_b_01ec64.pth -o reports/boxes_cvppp --limit 10
   segany eval proposals --data data/CVPPP_A1 -o reports/proposals_cvppp --limit 5
   segany eval edges --data data/BSDS500 --split test -o reports/edges_bsds --limit 20
@@ -33,7 +34,7 @@ and --baseline, both are evaluated and shown together; --compare adds earlier re
 REPORT_DIR gets results.json, report.md, plots and cases/ (pictures of the best and worst cases)."""
 
 PROTOCOLS = ("points", "boxes", "proposals", "edges")
-BASELINES = {"grabcut": ("points", "boxes"), "canny": ("edges",)}
+BASELINES = {"grabcut": ("points", "boxes"), "otsu": ("points",), "canny": ("edges",)}
 
 
 class EvalError(SeganyError):
@@ -47,7 +48,10 @@ _OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("-c", "--checkpoint"), dict(metavar="PATH", help="model weights; default: the packaged default model")),
     (
         ("--baseline",),
-        dict(choices=sorted(BASELINES), help="classical baseline: grabcut (points, boxes), canny (edges)"),
+        dict(
+            choices=sorted(BASELINES),
+            help="classical baseline: grabcut (points, boxes), otsu (points), canny (edges)",
+        ),
     ),
     (("--device",), dict(default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")),
     (("--name",), dict(metavar="NAME", help="the model's name in the report (default: from the checkpoint)")),
@@ -335,6 +339,10 @@ def _segmenter(method: Any, name: str) -> Any:
         from segany.eval.baselines import GrabCutSegmenter
 
         return PromptSegmenter(GrabCutSegmenter(), "grabcut")
+    if method == "otsu":
+        from segany.eval.baselines import OtsuSegmenter
+
+        return PromptSegmenter(OtsuSegmenter(), "otsu")
     from segany.inference.predictor import SamPredictor
 
     return PredictorSegmenter(SamPredictor(method), name)

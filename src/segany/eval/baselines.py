@@ -1,8 +1,14 @@
-"""Classical interactive segmentation baseline: GrabCut driven by SAM-style prompts.
+"""Classical interactive segmentation baselines driven by SAM-style prompts: GrabCut and Otsu.
 
-:class:`GrabCutSegmenter` mirrors the predictor's interface (``set_image`` then ``predict`` with
-``point_coords`` / ``point_labels`` / ``box``) so the evaluation protocols can run it unchanged,
-for context next to SAM's numbers. It uses OpenCV's ``cv2.grabCut``:
+Both mirror the predictor's interface (``set_image`` then ``predict`` with ``point_coords`` /
+``point_labels`` / ``box``) so the evaluation protocols can run them unchanged, for context next to
+SAM's numbers.
+
+:class:`OtsuSegmenter` (points only): Otsu's threshold of the grey image, split into 8-connected
+components on each side of it; the mask is the components under the positive clicks minus those under
+the negative ones. Strong where objects differ from their background in brightness alone (nuclei).
+
+:class:`GrabCutSegmenter` uses OpenCV's ``cv2.grabCut``:
 
 * box only: ``GC_INIT_WITH_RECT`` (outside = background, inside = probably foreground);
 * clicks (with or without a box): ``GC_INIT_WITH_MASK``. Every click paints a disk of sure
@@ -21,7 +27,79 @@ import numpy as np
 
 from segany.errors import ImageError, PromptError
 
-__all__ = ["GrabCutSegmenter"]
+__all__ = ["GrabCutSegmenter", "OtsuSegmenter"]
+
+
+def _rgb_image(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ImageError(f"expected an RGB uint8 image of shape [H, W, 3], got {img.dtype} {img.shape}")
+    if min(img.shape[:2]) < 2:
+        raise ImageError(f"image too small: {img.shape[:2]}")
+    return img
+
+
+def _check_points(
+    coords: np.ndarray | None, labels: np.ndarray | None, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validated clicks: int64 [N, 2] ``(x, y)`` rounded to pixels and int64 [N] labels (N may be 0)."""
+    if coords is None:
+        if labels is not None:
+            raise PromptError("point_labels given without point_coords")
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    if labels is None:
+        raise PromptError("point_coords needs point_labels")
+    c = np.asarray(coords, dtype=np.float64)
+    lab = np.asarray(labels)
+    if c.ndim != 2 or c.shape[1] != 2:
+        raise PromptError(f"point_coords must have shape [N, 2], got {c.shape}")
+    if lab.shape != (c.shape[0],):
+        raise PromptError(f"point_labels must have shape [{c.shape[0]}], got {lab.shape}")
+    if not np.isin(lab, (0, 1)).all():
+        raise PromptError("point_labels must be 0 (background) or 1 (foreground)")
+    if not np.isfinite(c).all() or (c < 0).any() or (c[:, 0] > w - 1).any() or (c[:, 1] > h - 1).any():
+        raise PromptError(f"points must lie inside the {w}x{h} image")
+    return np.rint(c).astype(np.int64), lab.astype(np.int64)
+
+
+class OtsuSegmenter:
+    """Otsu's threshold and connected components, with a predictor-like API (clicks only)."""
+
+    def __init__(self) -> None:
+        self._components: np.ndarray | None = None  # int32 [H, W]: component ids, unique across both sides
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Threshold and label the image once: RGB uint8 [H, W, 3]."""
+        grey = cv2.cvtColor(_rgb_image(image), cv2.COLOR_RGB2GRAY)
+        _, binary = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        n_fg, fg = cv2.connectedComponents(binary, connectivity=8)
+        _, bg = cv2.connectedComponents(1 - binary, connectivity=8)
+        self._components = np.where(binary > 0, fg, bg + n_fg).astype(np.int32)
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The components under the positive clicks minus those under the negative ones.
+
+        Args:
+            point_coords: [N, 2] ``(x, y)`` pixel coordinates; point_labels: [N] 1 or 0; box: unsupported.
+        Returns:
+            bool [H, W] mask.
+        """
+        if self._components is None:
+            raise RuntimeError("call set_image() before predict()")
+        if box is not None:
+            raise PromptError("the Otsu baseline takes clicks only, not a box")
+        h, w = self._components.shape
+        points, labels = _check_points(point_coords, point_labels, h, w)
+        if not (labels == 1).any():
+            raise PromptError("at least one positive (label 1) click is needed")
+        ids = self._components[points[:, 1], points[:, 0]]
+        keep = set(ids[labels == 1].tolist()) - set(ids[labels == 0].tolist())
+        return np.isin(self._components, sorted(keep))
 
 
 class GrabCutSegmenter:
@@ -44,12 +122,7 @@ class GrabCutSegmenter:
 
     def set_image(self, image: np.ndarray) -> None:
         """Set the image to segment: RGB uint8 [H, W, 3]."""
-        img = np.asarray(image)
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise ImageError(f"expected an RGB uint8 image of shape [H, W, 3], got {img.dtype} {img.shape}")
-        if min(img.shape[:2]) < 2:
-            raise ImageError(f"image too small: {img.shape[:2]}")
-        self._image = np.ascontiguousarray(img[:, :, ::-1])
+        self._image = np.ascontiguousarray(_rgb_image(image)[:, :, ::-1])
 
     def predict(
         self,
@@ -70,7 +143,7 @@ class GrabCutSegmenter:
         if self._image is None:
             raise RuntimeError("call set_image() before predict()")
         h, w = self._image.shape[:2]
-        points, labels = self._check_points(point_coords, point_labels, h, w)
+        points, labels = _check_points(point_coords, point_labels, h, w)
         rect = self._check_box(box, h, w)
         if rect is None and len(points) == 0:
             raise PromptError("give at least one point or a box")
@@ -99,28 +172,6 @@ class GrabCutSegmenter:
         return out
 
     # ------------------------------------------------------------------ helpers
-
-    @staticmethod
-    def _check_points(
-        coords: np.ndarray | None, labels: np.ndarray | None, h: int, w: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if coords is None:
-            if labels is not None:
-                raise PromptError("point_labels given without point_coords")
-            return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
-        if labels is None:
-            raise PromptError("point_coords needs point_labels")
-        c = np.asarray(coords, dtype=np.float64)
-        lab = np.asarray(labels)
-        if c.ndim != 2 or c.shape[1] != 2:
-            raise PromptError(f"point_coords must have shape [N, 2], got {c.shape}")
-        if lab.shape != (c.shape[0],):
-            raise PromptError(f"point_labels must have shape [{c.shape[0]}], got {lab.shape}")
-        if not np.isin(lab, (0, 1)).all():
-            raise PromptError("point_labels must be 0 (background) or 1 (foreground)")
-        if not np.isfinite(c).all() or (c < 0).any() or (c[:, 0] > w - 1).any() or (c[:, 1] > h - 1).any():
-            raise PromptError(f"points must lie inside the {w}x{h} image")
-        return np.rint(c).astype(np.int64), lab.astype(np.int64)
 
     @staticmethod
     def _check_box(box: np.ndarray | None, h: int, w: int) -> tuple[int, int, int, int] | None:
