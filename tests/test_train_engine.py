@@ -303,3 +303,18 @@ def test_copy_paste_adds_other_images_objects_as_masks_and_is_off_by_default() -
                 assert len(colours) == 1 and colours[0] in (100, 200)  # each mask is one whole object's pixels
                 foreign += int(colours[0] != (100, 200)[index])
     assert foreign > 0  # objects of the other image were pasted and kept as masks
+
+
+def test_a_paste_that_leaves_no_mask_large_enough_is_undone() -> None:
+    # 4 x 4 images whose one mask is the whole image; pasted at half size the object has 4 px and cuts the
+    # image's mask to 12, both under min_mask_pixels = 13: the item must come back unpasted.
+    items = [_square_item(4, (0, 4, 0, 4), fg, fg, name) for fg, name in ((100, "a"), (200, "b"))]
+    ds = TrainDataset(
+        items, 4, 2, max_area_fraction=1.0, min_mask_pixels=13, copy_paste=1.0, copy_paste_max=1,
+        copy_paste_scale=(0.5, 0.5),
+    )
+    for step in range(8):
+        for index in range(2):
+            out = ds[(index, step)]
+            assert np.array_equal(out["image"].permute(1, 2, 0).numpy(), items[index].image)
+            assert out["masks"].shape == (1, 4, 4) and bool(out["masks"].all())

@@ -295,11 +295,9 @@ class TrainDataset(Dataset):
             "step": step,
         }
 
-
-    def _paste(
-        self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _paste(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Paste 1..``copy_paste_max`` objects of random images; pasted objects are kept first under the cap."""
+        before = image, masks
         originals, pasted = masks, []
         for _ in range(int(rng.integers(1, self.copy_paste_max + 1))):
             donor, ok = self.items[int(rng.integers(len(self.items)))]
@@ -312,8 +310,8 @@ class TrainDataset(Dataset):
         if len(rest) > room:
             rest = [rest[i] for i in sorted(rng.choice(len(rest), room, replace=False))]
         kept = big + rest
-        if not kept:  # everything pasted was tiny and covered the rest: keep one mask, as unjittered items do
-            kept = [max(list(originals) + pasted, key=lambda m: int(m.sum()))]
+        if not kept:  # what was pasted is too small and cut every mask below the minimum: leave the item as it was
+            return before
         return image, np.stack(kept)
 
 
