@@ -72,7 +72,7 @@ def main() -> None:
     from segany.eval.baselines import GrabCutSegmenter, OtsuSegmenter
 
     grabcut = GrabCutSegmenter() if "grabcut" in args.baselines else None
-    otsu = OtsuSegmenter()
+    otsu = OtsuSegmenter() if "otsu" in args.baselines else None
     results: dict[str, dict[str, float | int]] = {}
     for root in args.data:
         t0 = time.time()
@@ -105,14 +105,15 @@ def main() -> None:
             if args.baselines:
                 if grabcut is not None and sample_no < args.grabcut_images:
                     grabcut.set_image(image)
-                otsu.set_image(image)
+                if otsu is not None:
+                    otsu.set_image(image)
                 # The model's objects, optionally subsampled further.
                 sub = pick_objects(
                     len(keep), args.baseline_max_per_image, np.random.default_rng([args.seed, sample.image_id])
                 )
                 for i in (keep[j] for j in sub):
                     x, y = clicks[i]
-                    if "otsu" in base:
+                    if otsu is not None:
                         base["otsu"].append(mask_iou(otsu.predict(np.array([[x, y]]), np.array([1])), gts[i]))
                     if (
                         grabcut is not None
